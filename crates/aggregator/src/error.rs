@@ -1,0 +1,33 @@
+//! The aggregator's errors. Bad input is never an error here: it is dead-lettered.
+//! These are the failures of the aggregator's own I/O, which stop it so that no offset
+//! moves past data that was not written.
+
+use std::io;
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot {action}: {source}")]
+    Io { action: String, source: io::Error },
+    #[error("parquet file {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("arrow error while {context}: {source}")]
+    Arrow {
+        context: String,
+        source: arrow::error::ArrowError,
+    },
+    #[error("manifest {path} is unreadable: {detail}; it is written only by the aggregator, restore it from a backup or remove the partition's files and replay")]
+    Manifest { path: PathBuf, detail: String },
+    #[error("kafka ({context}): {source}")]
+    Kafka {
+        context: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("input file {path}: {source}")]
+    Input { path: PathBuf, source: io::Error },
+}

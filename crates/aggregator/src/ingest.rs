@@ -1,0 +1,229 @@
+//! The aggregator's core, shared by the Kafka consumer and the file backfill: each
+//! message is decoded, each sample validated, deduplicated and rolled up into its
+//! partition's open hours, and everything unusable is dead-lettered with its reason.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tally_model::clock::Clock;
+use tally_model::validate::validate;
+use tally_model::{Minute, RejectReason, ValidationLimits};
+
+use crate::deadletter::{DeadLetter, DeadLetterCounts, DeadLetterSink};
+use crate::decode::decode_message;
+use crate::dedup::Verdict;
+use crate::error::Result;
+use crate::partition::{PartitionState, SealReport};
+
+/// How the aggregator rolls up, whatever its input.
+#[derive(Clone, Debug)]
+pub struct AggregateConfig {
+    /// Root of the lake (`rollups/`, `_state/` below it).
+    pub lake: PathBuf,
+    /// How long after an hour's end its samples are still merged before it is sealed.
+    pub lateness_minutes: i64,
+    pub limits: ValidationLimits,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AggregateConfig {
+    pub fn new(lake: impl Into<PathBuf>) -> Self {
+        Self {
+            lake: lake.into(),
+            lateness_minutes: default_lateness_minutes(),
+            limits: ValidationLimits::default(),
+            clock: tally_model::clock::system_clock(),
+        }
+    }
+}
+
+/// Fifteen minutes: a collector bridging a short broker outage from its spool delivers
+/// within it; later samples are still kept, as restatements.
+pub const fn default_lateness_minutes() -> i64 {
+    15
+}
+
+/// What an aggregation run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AggregateReport {
+    pub messages: u64,
+    /// Samples that decoded (valid or not).
+    pub samples: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    pub dead_letters: DeadLetterCounts,
+    pub hours_sealed: u64,
+    pub restatements: u64,
+    pub rows_written: u64,
+    pub bytes_written: u64,
+}
+
+impl AggregateReport {
+    fn add_seal(&mut self, seal: SealReport) {
+        self.hours_sealed += seal.hours;
+        self.restatements += seal.restatements;
+        self.rows_written += seal.rows;
+        self.bytes_written += seal.bytes;
+    }
+
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+}
+
+/// One input's partitions and where their rejects go.
+pub struct Ingest<'sink> {
+    config: AggregateConfig,
+    source: String,
+    partitions: BTreeMap<i32, PartitionState>,
+    dead_letters: &'sink mut dyn DeadLetterSink,
+    unflushed_dead_letters: bool,
+    pub report: AggregateReport,
+}
+
+impl<'sink> Ingest<'sink> {
+    /// `source` names the input in file names and manifests (the topic, or the file).
+    pub fn new(config: AggregateConfig, source: &str, dead_letters: &'sink mut dyn DeadLetterSink) -> Self {
+        Self {
+            config,
+            source: sanitize(source),
+            partitions: BTreeMap::new(),
+            dead_letters,
+            unflushed_dead_letters: false,
+            report: AggregateReport::default(),
+        }
+    }
+
+    /// Opens (or returns) a partition's state and says where to resume reading it.
+    pub fn open_partition(&mut self, partition: i32) -> Result<i64> {
+        if let Some(state) = self.partitions.get(&partition) {
+            return Ok(state.resume_offset());
+        }
+        let state = PartitionState::open(
+            &self.config.lake,
+            &self.source,
+            partition,
+            self.config.lateness_minutes,
+        )?;
+        let resume = state.resume_offset();
+        self.partitions.insert(partition, state);
+        Ok(resume)
+    }
+
+    /// Processes one message read from `topic`/`partition` at `offset`.
+    pub fn process(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        content_type: Option<&str>,
+        payload: &[u8],
+    ) -> Result<()> {
+        self.open_partition(partition)?;
+        self.report.messages += 1;
+        let letter = |reason: RejectReason, detail: String, item: Option<usize>, payload: Vec<u8>| DeadLetter {
+            reason,
+            detail,
+            source_topic: topic.to_owned(),
+            source_partition: partition,
+            source_offset: offset,
+            item,
+            payload,
+        };
+        let decoded = match decode_message(content_type, payload) {
+            Ok(decoded) => decoded,
+            Err(rejection) => {
+                return self.dead_letter(letter(rejection.reason, rejection.detail, None, payload.to_vec()));
+            }
+        };
+        let now = Minute::containing(self.config.clock.now());
+        for item in decoded {
+            let sample = match item {
+                Ok(sample) => sample,
+                Err(error) => {
+                    let raw = if error.raw.is_empty() { payload.to_vec() } else { error.raw };
+                    let detail = format!("{} {}: {}", error.unit, error.position, error.rejection.detail);
+                    self.dead_letter(letter(error.rejection.reason, detail, Some(error.position), raw))?;
+                    continue;
+                }
+            };
+            self.report.samples += 1;
+            if let Err(rejection) = validate(&sample, &self.config.limits, now) {
+                let json = tally_model::wire::encode_json(std::slice::from_ref(&sample));
+                let detail = format!("resource {} minute {}: {}", sample.resource_id, sample.minute, rejection.detail);
+                self.dead_letter(letter(rejection.reason, detail, None, json))?;
+                continue;
+            }
+            let state = self.partitions.get_mut(&partition).ok_or_else(|| missing(partition))?;
+            match state.accept(&sample, offset)? {
+                Verdict::New => self.report.accepted += 1,
+                Verdict::Duplicate => self.report.duplicates += 1,
+                Verdict::Conflict => {
+                    self.report.conflicts += 1;
+                    let json = tally_model::wire::encode_json(std::slice::from_ref(&sample));
+                    let detail = format!(
+                        "resource {} minute {} was already counted with different values; the first sample is kept",
+                        sample.resource_id, sample.minute
+                    );
+                    self.dead_letter(letter(RejectReason::Conflict, detail, None, json))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, letter: DeadLetter) -> Result<()> {
+        *self.report.dead_letters.entry(letter.reason.code()).or_default() += 1;
+        tracing::debug!(reason = letter.reason.code(), partition = letter.source_partition, offset = letter.source_offset, detail = %letter.detail, "dead-lettered");
+        self.unflushed_dead_letters = true;
+        self.dead_letters.send(letter)
+    }
+
+    /// Seals what the watermark has passed on `partition`.
+    pub fn seal_ready(&mut self, partition: i32, next_offset: i64) -> Result<()> {
+        self.flush_dead_letters()?;
+        let state = self.partitions.get_mut(&partition).ok_or_else(|| missing(partition))?;
+        let seal = state.seal_ready(next_offset)?;
+        self.report.add_seal(seal);
+        Ok(())
+    }
+
+    /// Seals every open hour of `partition`.
+    pub fn seal_all(&mut self, partition: i32, next_offset: i64) -> Result<()> {
+        self.flush_dead_letters()?;
+        let state = self.partitions.get_mut(&partition).ok_or_else(|| missing(partition))?;
+        let seal = state.seal_all(next_offset)?;
+        self.report.add_seal(seal);
+        Ok(())
+    }
+
+    /// Dead letters must be stored before a manifest lets the resume offset pass them.
+    fn flush_dead_letters(&mut self) -> Result<()> {
+        if self.unflushed_dead_letters {
+            self.dead_letters.flush()?;
+            self.unflushed_dead_letters = false;
+        }
+        Ok(())
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.partitions.keys().copied()
+    }
+}
+
+fn missing(partition: i32) -> crate::error::Error {
+    crate::error::Error::Io {
+        action: format!("find the state of partition {partition}"),
+        source: std::io::Error::other("the partition was not opened"),
+    }
+}
+
+/// Keeps a source name safe as a file name part.
+fn sanitize(source: &str) -> String {
+    source
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect()
+}

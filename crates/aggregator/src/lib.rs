@@ -1,0 +1,29 @@
+//! `tally aggregate`: from samples on Kafka to the hourly rollup lake.
+//!
+//! The steps, each in the file of its name:
+//! [`consume`] (or [`backfill`] from a file) → [`decode`] → validate (in the model crate)
+//! → [`dedup`] → [`rollup`] → seal ([`partition`]) → [`write`] → [`manifest`];
+//! [`deadletter`] keeps what could not be used. [`ingest`] ties them together for one
+//! input.
+//!
+//! Guarantees: a sample counts once however often it arrives (dedup on
+//! `(resource_id, minute)`, no time window); files are written temp → fsync → rename and
+//! are a function of their rows; after a crash, reading resumes at the manifest's resume
+//! offset, which never passes a sample that is only in memory.
+
+pub mod backfill;
+pub mod consume;
+pub mod deadletter;
+pub mod decode;
+pub mod dedup;
+pub mod error;
+pub mod ingest;
+pub mod manifest;
+pub mod partition;
+pub mod rollup;
+pub mod write;
+
+pub use backfill::run_file;
+pub use consume::{KafkaInput, run_kafka};
+pub use error::{Error, Result};
+pub use ingest::{AggregateConfig, AggregateReport};

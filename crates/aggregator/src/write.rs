@@ -1,0 +1,112 @@
+//! Writing and reading sealed rollup files.
+//!
+//! A file is written to a temporary name, fsynced, renamed into place and its directory
+//! fsynced: a reader sees a whole file or none. The bytes are a function of the rows
+//! alone (sorted rows, fixed writer settings), so a replay writes the same file again.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use tally_model::rollup::{PARTITION_KEY, batch_to_rows, rows_to_batch};
+use tally_model::{Hour, RollupRow};
+
+use crate::error::{Error, Result};
+
+/// Suffix of files being written; leftovers from a crash are removed at start-up.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Where the rollups live under the lake root.
+pub const ROLLUPS_DIR: &str = "rollups";
+
+/// The directory of one hour: `rollups/hour=YYYY-MM-DDTHH`.
+pub fn hour_dir(lake: &Path, hour: Hour) -> PathBuf {
+    lake.join(ROLLUPS_DIR)
+        .join(format!("{PARTITION_KEY}={}", hour.partition_value()))
+}
+
+/// The file name of one source partition's generation of an hour.
+pub fn file_name(source: &str, partition: i32, generation: u32) -> String {
+    format!("{source}-p{partition:03}-g{generation:04}.parquet")
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_dictionary_enabled(true)
+        .set_created_by("tally rollup v1".to_owned())
+        .build()
+}
+
+/// Writes `rows` atomically to `path` (relative names are resolved against `lake`).
+pub fn write_rows(lake: &Path, relative: &Path, rows: &[RollupRow]) -> Result<u64> {
+    let path = lake.join(relative);
+    let io_error = |action: &str, source: io::Error| Error::Io {
+        action: format!("{action} {}", path.display()),
+        source,
+    };
+    let directory = path.parent().unwrap_or(lake);
+    fs::create_dir_all(directory).map_err(|e| io_error("create the directory of", e))?;
+    let temp = path.with_extension(format!("parquet{TEMP_SUFFIX}"));
+    let batch = rows_to_batch(rows).map_err(|source| Error::Arrow {
+        context: format!("building the batch for {}", path.display()),
+        source,
+    })?;
+    let file = File::create(&temp).map_err(|e| io_error("create", e))?;
+    let parquet_error = |source: parquet::errors::ParquetError| Error::Parquet {
+        path: temp.clone(),
+        source,
+    };
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))
+        .map_err(parquet_error)?;
+    writer.write(&batch).map_err(parquet_error)?;
+    let file = writer.into_inner().map_err(parquet_error)?;
+    file.sync_all().map_err(|e| io_error("fsync", e))?;
+    let bytes = file.metadata().map_err(|e| io_error("stat", e))?.len();
+    drop(file);
+    fs::rename(&temp, &path).map_err(|e| io_error("rename into place", e))?;
+    sync_dir(directory)?;
+    Ok(bytes)
+}
+
+/// Reads every row of a rollup file.
+pub fn read_rows(path: &Path) -> Result<Vec<RollupRow>> {
+    let file = File::open(path).map_err(|source| Error::Io {
+        action: format!("open {}", path.display()),
+        source,
+    })?;
+    let parquet_error = |source| Error::Parquet {
+        path: path.to_owned(),
+        source,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet_error)?
+        .build()
+        .map_err(parquet_error)?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|source| Error::Arrow {
+            context: format!("reading {}", path.display()),
+            source,
+        })?;
+        rows.extend(batch_to_rows(&batch).map_err(|source| Error::Arrow {
+            context: format!("decoding rollup rows of {}", path.display()),
+            source,
+        })?);
+    }
+    Ok(rows)
+}
+
+/// fsyncs a directory so a rename in it survives a power loss.
+pub fn sync_dir(directory: &Path) -> Result<()> {
+    File::open(directory)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|source| Error::Io {
+            action: format!("fsync directory {}", directory.display()),
+            source,
+        })
+}

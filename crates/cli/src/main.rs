@@ -1,0 +1,206 @@
+//! The `tally` command. Each subcommand parses its arguments and calls one library.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tally_model::Minute;
+use tally_model::wire::Encoding;
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Usage metering and rating for hosting providers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline for one month on an in-process Kafka: no broker needed.
+    Demo {
+        /// Where the lake, line items and invoices go.
+        #[arg(long, default_value = "tally-demo-out")]
+        out: PathBuf,
+        /// Billing month `YYYY-MM` (Europe/Berlin); default: the last complete month.
+        #[arg(long)]
+        month: Option<String>,
+        /// Copies of the base fleet (about 60 resources of every kind each).
+        #[arg(long, default_value_t = 2)]
+        scale: usize,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
+    /// Ship a simulated fleet's samples for a span of minutes to Kafka.
+    Simulate {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value = "tally.samples")]
+        topic: String,
+        /// First minute, e.g. 2026-10-01T00:00:00Z.
+        #[arg(long)]
+        from: Minute,
+        /// First minute after the simulation.
+        #[arg(long)]
+        to: Minute,
+        #[arg(long, default_value_t = 1)]
+        scale: usize,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = WireFormat::Arrow)]
+        encoding: WireFormat,
+    },
+    /// Roll samples up into the hourly Parquet lake, from Kafka or from an NDJSON file.
+    Aggregate {
+        #[arg(long)]
+        lake: PathBuf,
+        #[arg(long, required_unless_present = "from_file")]
+        brokers: Option<String>,
+        #[arg(long, default_value = "tally.samples")]
+        topic: String,
+        #[arg(long, default_value = "tally.deadletter")]
+        dead_letter_topic: String,
+        /// Stop once every partition is read to its end and seal all open hours.
+        #[arg(long)]
+        until_drained: bool,
+        /// Backfill from an NDJSON sample file instead of Kafka.
+        #[arg(long, conflicts_with = "brokers")]
+        from_file: Option<PathBuf>,
+        #[arg(long, default_value_t = tally_aggregator::ingest::default_lateness_minutes())]
+        lateness_minutes: i64,
+    },
+    /// Rate a month of rollups into line items and invoices.
+    Rate {
+        #[arg(long)]
+        lake: PathBuf,
+        /// Billing month `YYYY-MM`.
+        #[arg(long)]
+        month: String,
+        /// Tariff files (TOML).
+        #[arg(long = "tariff", required = true)]
+        tariffs: Vec<PathBuf>,
+        /// The accounts' contracts (JSON).
+        #[arg(long)]
+        contracts: PathBuf,
+        /// Where line_items/ and invoices/ go; default: the lake.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Tariff tools.
+    Tariff {
+        #[command(subcommand)]
+        command: TariffCommand,
+    },
+    /// Run SQL over the lake (tables `rollups` and `line_items`).
+    Sql {
+        #[arg(long)]
+        lake: PathBuf,
+        query: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TariffCommand {
+    /// Validate a tariff file; errors name the line and field.
+    Check { file: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WireFormat {
+    Json,
+    Arrow,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Demo { out, month, scale, seed } => {
+            let mut config = tally_demo::DemoConfig::new(out);
+            config.month = month;
+            config.scale = scale;
+            config.seed = seed;
+            let started = Instant::now();
+            let report = runtime.block_on(tally_demo::run(&config))?;
+            print!("{}", tally_demo::summary::render(&report, started.elapsed()));
+        }
+        Command::Simulate { brokers, topic, from, to, scale, seed, encoding } => {
+            if to <= from {
+                bail!("--to ({to}) must come after --from ({from})");
+            }
+            let fleet = tally_collector::Fleet::generate(tally_collector::FleetSpec {
+                seed,
+                start: from,
+                end: to,
+                scale,
+            });
+            let mut config = tally_collector::ShipConfig::new(brokers, topic);
+            config.encoding = match encoding {
+                WireFormat::Json => Encoding::Json,
+                WireFormat::Arrow => Encoding::Arrow,
+            };
+            let shipper = tally_collector::Shipper::connect(&config)?;
+            let mut samples = 0;
+            runtime.block_on(async {
+                for chunk in fleet.chunks(60) {
+                    samples += shipper.ship(chunk).await?.samples;
+                }
+                anyhow::Ok(())
+            })?;
+            println!("shipped {samples} samples of {} resources", fleet.resources.len());
+        }
+        Command::Aggregate {
+            lake,
+            brokers,
+            topic,
+            dead_letter_topic,
+            until_drained,
+            from_file,
+            lateness_minutes,
+        } => {
+            let mut config = tally_aggregator::AggregateConfig::new(lake);
+            config.lateness_minutes = lateness_minutes;
+            let report = if let Some(path) = from_file {
+                let (report, dead_letters) = tally_aggregator::run_file(&config, &path)?;
+                for letter in &dead_letters {
+                    eprintln!("{}: line {}: {} ({})", path.display(), letter.item.unwrap_or_default(), letter.detail, letter.reason);
+                }
+                report
+            } else {
+                let brokers = brokers.context("--brokers is required without --from-file")?;
+                let mut input = tally_aggregator::KafkaInput::new(brokers, topic);
+                input.dead_letter_topic = dead_letter_topic;
+                input.until_drained = until_drained;
+                tally_aggregator::run_kafka(&config, &input)?
+            };
+            println!("{report:#?}");
+        }
+        Command::Rate { lake, month, tariffs, contracts, out } => {
+            let request = tally_rating::RateRequest {
+                out: out.unwrap_or_else(|| lake.clone()),
+                lake,
+                month,
+                tariffs,
+                contracts,
+            };
+            let report = runtime.block_on(tally_rating::rate(&request))?;
+            println!("{report:#?}");
+        }
+        Command::Tariff { command: TariffCommand::Check { file } } => {
+            let tariff = tally_rating::check_tariff(&file)?;
+            println!("{}: tariff {} version {} is valid", file.display(), tariff.id, tariff.version);
+        }
+        Command::Sql { lake, query } => {
+            let batches = runtime.block_on(tally_rating::sql(&lake, &query))?;
+            println!("{}", tally_rating::format_batches(&batches)?);
+        }
+    }
+    Ok(())
+}

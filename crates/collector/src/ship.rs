@@ -1,0 +1,199 @@
+//! The Kafka producer: samples grouped by partition, encoded, sent and acknowledged.
+//!
+//! The producer is idempotent with `acks=all`, so a broker hiccup neither loses nor
+//! reorders a batch; `message.timeout.ms = 0` (no timeout) keeps a message that is only
+//! in memory from ever being given up during an outage. Every librdkafka setting can be
+//! overridden (TLS, SASL/SCRAM, batching) through [`ShipConfig::librdkafka`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tally_model::Sample;
+use tally_model::wire::{CONTENT_TYPE_HEADER, Encoding};
+
+use crate::partition::partition_for;
+
+/// Where and how to ship samples.
+#[derive(Clone, Debug)]
+pub struct ShipConfig {
+    /// `host:port[,host:port...]` of the Kafka brokers.
+    pub brokers: String,
+    pub topic: String,
+    pub encoding: Encoding,
+    /// Most samples in one message; 4,096 Arrow-encoded samples stay well under Kafka's
+    /// default 1 MiB message limit.
+    pub max_batch_samples: usize,
+    /// librdkafka settings applied last, overriding Tally's defaults.
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl ShipConfig {
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            encoding: Encoding::Arrow,
+            max_batch_samples: default_max_batch_samples(),
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+const fn default_max_batch_samples() -> usize {
+    4096
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("cannot create a Kafka producer for {brokers}: {source}")]
+    Connect { brokers: String, source: KafkaError },
+    #[error("cannot read the partitions of topic '{topic}' from {brokers}: {detail}")]
+    Metadata { brokers: String, topic: String, detail: String },
+    #[error("cannot encode a batch of {samples} samples: {source}")]
+    Encode { samples: usize, source: arrow::error::ArrowError },
+    #[error("topic '{topic}' partition {partition}: delivery failed: {source}")]
+    Delivery { topic: String, partition: i32, source: KafkaError },
+}
+
+/// What one call to [`Shipper::ship`] sent; every message in it was acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShipReport {
+    pub samples: usize,
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+/// A connected producer for one samples topic.
+pub struct Shipper {
+    producer: FutureProducer,
+    topic: String,
+    partitions: i32,
+    encoding: Encoding,
+    max_batch_samples: usize,
+}
+
+impl Shipper {
+    pub fn connect(config: &ShipConfig) -> Result<Self, ShipError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "zstd")
+            .set("linger.ms", "20")
+            .set("message.timeout.ms", "0")
+            .set("message.max.bytes", "8388608");
+        for (key, value) in &config.librdkafka {
+            client.set(key, value);
+        }
+        let producer: FutureProducer = client.create().map_err(|source| ShipError::Connect {
+            brokers: config.brokers.clone(),
+            source,
+        })?;
+        let metadata_error = |detail: String| ShipError::Metadata {
+            brokers: config.brokers.clone(),
+            topic: config.topic.clone(),
+            detail,
+        };
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&config.topic), Duration::from_secs(30))
+            .map_err(|error| metadata_error(error.to_string()))?;
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|topic| topic.name() == config.topic)
+            .ok_or_else(|| metadata_error("the broker does not know the topic".into()))?;
+        if let Some(error) = topic.error() {
+            return Err(metadata_error(format!(
+                "{:?} (create the topic first)",
+                RDKafkaErrorCode::from(error)
+            )));
+        }
+        let partitions = topic.partitions().len() as i32;
+        if partitions == 0 {
+            return Err(metadata_error("the topic has no partitions".into()));
+        }
+        Ok(Self {
+            producer,
+            topic: config.topic.clone(),
+            partitions,
+            encoding: config.encoding,
+            max_batch_samples: config.max_batch_samples.max(1),
+        })
+    }
+
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// Sends `samples` and waits until the broker acknowledged every message.
+    pub async fn ship(&self, samples: Vec<Sample>) -> Result<ShipReport, ShipError> {
+        let mut by_partition: Vec<Vec<Sample>> = vec![Vec::new(); self.partitions as usize];
+        for sample in samples {
+            let partition = partition_for(&sample.resource_id, self.partitions);
+            by_partition[partition as usize].push(sample);
+        }
+        let mut report = ShipReport::default();
+        let mut deliveries = Vec::new();
+        for (partition, samples) in by_partition.iter().enumerate() {
+            for batch in samples.chunks(self.max_batch_samples) {
+                let payload = self.encoding.encode(batch).map_err(|source| ShipError::Encode {
+                    samples: batch.len(),
+                    source,
+                })?;
+                report.samples += batch.len();
+                report.messages += 1;
+                report.bytes += payload.len();
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: CONTENT_TYPE_HEADER,
+                    value: Some(self.encoding.content_type()),
+                });
+                // The key names the sending host; the partition is chosen above by
+                // resource id, so one resource's samples always share a partition.
+                let mut record = FutureRecord::to(&self.topic)
+                    .partition(partition as i32)
+                    .key(batch[0].host.as_str())
+                    .payload(&payload)
+                    .headers(headers);
+                loop {
+                    match self.producer.send_result(record) {
+                        Ok(delivery) => {
+                            deliveries.push((partition as i32, delivery));
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            // librdkafka's queue is full: let it drain, then retry.
+                            record = back;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err((source, _)) => {
+                            return Err(ShipError::Delivery {
+                                topic: self.topic.clone(),
+                                partition: partition as i32,
+                                source,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for (partition, delivery) in deliveries {
+            let delivery_error = |source| ShipError::Delivery {
+                topic: self.topic.clone(),
+                partition,
+                source,
+            };
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => return Err(delivery_error(source)),
+                Err(_) => return Err(delivery_error(KafkaError::Canceled)),
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,408 @@
+//! The two encodings of samples on Kafka, told apart by the `content-type` header.
+//!
+//! - **JSON** (`application/vnd.tally.sample.v1+json`): one sample per line (NDJSON); a
+//!   message may hold one line or many. For interoperability: any exporter can write it.
+//! - **Arrow** (`application/vnd.tally.sample.v1+arrow`): an Arrow IPC stream of record
+//!   batches with the columns of [`sample_arrow_schema`]. The compact default of Tally's
+//!   own collector.
+//!
+//! Decoding keeps good data: a bad line or row is returned as its own error, with its
+//! position, next to the samples that decoded.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    Array, ArrayRef, RecordBatch, StringArray, TimestampSecondArray, UInt16Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+
+use crate::minute::Minute;
+use crate::sample::{ResourceKind, ResourceState, Sample, labels_from_text, labels_to_text};
+use crate::validate::{RejectReason, Rejection};
+
+/// The Kafka header that names a message's encoding.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+
+/// How a message's samples are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Json,
+    Arrow,
+}
+
+impl Encoding {
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/vnd.tally.sample.v1+json",
+            Encoding::Arrow => "application/vnd.tally.sample.v1+arrow",
+        }
+    }
+
+    pub fn from_content_type(content_type: &str) -> Option<Self> {
+        [Encoding::Json, Encoding::Arrow]
+            .into_iter()
+            .find(|encoding| encoding.content_type() == content_type)
+    }
+
+    pub fn encode(self, samples: &[Sample]) -> Result<Vec<u8>, ArrowError> {
+        match self {
+            Encoding::Json => Ok(encode_json(samples)),
+            Encoding::Arrow => encode_arrow(samples),
+        }
+    }
+
+    pub fn decode(self, bytes: &[u8]) -> Result<Vec<Decoded>, Rejection> {
+        match self {
+            Encoding::Json => Ok(decode_json(bytes)),
+            Encoding::Arrow => decode_arrow(bytes),
+        }
+    }
+}
+
+/// One sample of a message, or why it could not be read.
+pub type Decoded = Result<Sample, ItemError>;
+
+/// A line (JSON) or row (Arrow) of a message that did not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{unit} {position}: {rejection}")]
+pub struct ItemError {
+    pub unit: &'static str,
+    /// 1-based line number or 0-based row index, as editors and Arrow count them.
+    pub position: usize,
+    pub rejection: Rejection,
+    /// The line's own bytes for JSON; empty for Arrow rows (the message is kept whole).
+    pub raw: Vec<u8>,
+}
+
+/// Samples as NDJSON: one line per sample, each ending in `\n`.
+pub fn encode_json(samples: &[Sample]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(samples.len() * 256);
+    for sample in samples {
+        // Serialising a Sample cannot fail: every field is a string, number or string map.
+        if serde_json::to_writer(&mut out, sample).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// Reads NDJSON samples; blank lines are skipped, each bad line becomes an [`ItemError`].
+pub fn decode_json(bytes: &[u8]) -> Vec<Decoded> {
+    bytes
+        .split(|byte| *byte == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(index, line)| {
+            serde_json::from_slice::<Sample>(line).map_err(|error| ItemError {
+                unit: "line",
+                position: index + 1,
+                rejection: Rejection::new(RejectReason::Malformed, error.to_string()),
+                raw: line.to_vec(),
+            })
+        })
+        .collect()
+}
+
+static SAMPLE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let text = |name: &str| Field::new(name, DataType::Utf8, false);
+    let bytes = |name: &str| Field::new(name, DataType::UInt64, false);
+    Arc::new(Schema::new(vec![
+        Field::new(
+            "minute",
+            DataType::Timestamp(TimeUnit::Second, Some("UTC".into())),
+            false,
+        ),
+        text("host"),
+        text("account_id"),
+        text("resource_id"),
+        text("kind"),
+        text("sku"),
+        text("zone"),
+        text("state"),
+        Field::new("gpus", DataType::UInt16, false),
+        bytes("out_external_bytes"),
+        bytes("out_internal_bytes"),
+        bytes("in_bytes"),
+        bytes("size_bytes"),
+        text("labels"),
+    ]))
+});
+
+/// The Arrow schema of a binary sample batch (sample v1). `labels` holds the canonical
+/// label text of [`crate::sample::labels_to_text`].
+pub fn sample_arrow_schema() -> SchemaRef {
+    SAMPLE_SCHEMA.clone()
+}
+
+/// Samples as one Arrow IPC stream holding one record batch.
+pub fn encode_arrow(samples: &[Sample]) -> Result<Vec<u8>, ArrowError> {
+    let batch = samples_to_batch(samples)?;
+    let mut writer = StreamWriter::try_new(Vec::with_capacity(samples.len() * 96), &batch.schema())?;
+    writer.write(&batch)?;
+    writer.finish()?;
+    writer.into_inner()
+}
+
+/// Samples as a record batch of [`sample_arrow_schema`].
+pub fn samples_to_batch(samples: &[Sample]) -> Result<RecordBatch, ArrowError> {
+    let strings = |field: fn(&Sample) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(samples.iter().map(field)))
+    };
+    let counters = |field: fn(&Sample) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(samples.iter().map(field)))
+    };
+    let minutes = TimestampSecondArray::from_iter_values(
+        samples.iter().map(|sample| sample.minute.unix_minutes() * 60),
+    )
+    .with_timezone("UTC");
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(minutes),
+        strings(|s| &s.host),
+        strings(|s| &s.account_id),
+        strings(|s| &s.resource_id),
+        strings(|s| s.kind.as_str()),
+        strings(|s| &s.sku),
+        strings(|s| &s.zone),
+        strings(|s| s.state.as_str()),
+        Arc::new(UInt16Array::from_iter_values(samples.iter().map(|s| s.gpus))),
+        counters(|s| s.out_external_bytes),
+        counters(|s| s.out_internal_bytes),
+        counters(|s| s.in_bytes),
+        counters(|s| s.size_bytes),
+        Arc::new(StringArray::from_iter_values(
+            samples.iter().map(|sample| labels_to_text(&sample.labels)),
+        )),
+    ];
+    RecordBatch::try_new(sample_arrow_schema(), columns)
+}
+
+/// Reads an Arrow IPC stream of sample batches. A stream that does not parse, or whose
+/// schema is not sample v1, is rejected whole; a row with an unknown kind or state or an
+/// unaligned minute is rejected alone.
+pub fn decode_arrow(bytes: &[u8]) -> Result<Vec<Decoded>, Rejection> {
+    let malformed = |error: ArrowError| Rejection::new(RejectReason::Malformed, error.to_string());
+    let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(malformed)?;
+    let mut decoded = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(malformed)?;
+        check_schema(&batch)?;
+        decode_batch(&batch, decoded.len(), &mut decoded)?;
+    }
+    Ok(decoded)
+}
+
+fn check_schema(batch: &RecordBatch) -> Result<(), Rejection> {
+    let expected = sample_arrow_schema();
+    for field in expected.fields() {
+        let Ok(found) = batch.schema().field_with_name(field.name()).cloned() else {
+            return Err(Rejection::new(
+                RejectReason::Malformed,
+                format!("arrow batch has no column '{}'", field.name()),
+            ));
+        };
+        if found.data_type() != field.data_type() {
+            return Err(Rejection::new(
+                RejectReason::Malformed,
+                format!(
+                    "arrow column '{}' is {}, sample v1 wants {}",
+                    field.name(),
+                    found.data_type(),
+                    field.data_type()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn decode_batch(
+    batch: &RecordBatch,
+    first_row: usize,
+    decoded: &mut Vec<Decoded>,
+) -> Result<(), Rejection> {
+    let column = |name: &str| -> Result<&ArrayRef, Rejection> {
+        batch.column_by_name(name).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::Malformed,
+                format!("arrow batch has no column '{name}'"),
+            )
+        })
+    };
+    fn typed<'a, T: 'static>(array: &'a ArrayRef, name: &str) -> Result<&'a T, Rejection> {
+        array.as_any().downcast_ref::<T>().ok_or_else(|| {
+            Rejection::new(
+                RejectReason::Malformed,
+                format!("arrow column '{name}' has an unexpected type"),
+            )
+        })
+    }
+    let text = |name: &str| -> Result<&StringArray, Rejection> { typed(column(name)?, name) };
+    let counter = |name: &str| -> Result<&UInt64Array, Rejection> { typed(column(name)?, name) };
+
+    let minutes: &TimestampSecondArray = typed(column("minute")?, "minute")?;
+    let (host, account, resource, kind, sku, zone, state, labels) = (
+        text("host")?,
+        text("account_id")?,
+        text("resource_id")?,
+        text("kind")?,
+        text("sku")?,
+        text("zone")?,
+        text("state")?,
+        text("labels")?,
+    );
+    let gpus: &UInt16Array = typed(column("gpus")?, "gpus")?;
+    let (out_external, out_internal, inbound, size) = (
+        counter("out_external_bytes")?,
+        counter("out_internal_bytes")?,
+        counter("in_bytes")?,
+        counter("size_bytes")?,
+    );
+    let nullable: [&dyn Array; 14] = [
+        minutes, host, account, resource, kind, sku, zone, state, gpus, out_external,
+        out_internal, inbound, size, labels,
+    ];
+    for row in 0..batch.num_rows() {
+        let row_error = |detail: String| ItemError {
+            unit: "row",
+            position: first_row + row,
+            rejection: Rejection::new(RejectReason::InvalidField, detail),
+            raw: Vec::new(),
+        };
+        if let Some(index) = nullable.iter().position(|array| array.is_null(row)) {
+            let name = sample_arrow_schema().field(index).name().clone();
+            decoded.push(Err(row_error(format!("{name} is null"))));
+            continue;
+        }
+        let seconds = minutes.value(row);
+        if seconds.rem_euclid(60) != 0 {
+            decoded.push(Err(row_error(format!(
+                "minute {seconds} (unix seconds) is not at the start of a minute"
+            ))));
+            continue;
+        }
+        let Some(kind_value) = ResourceKind::parse(kind.value(row)) else {
+            decoded.push(Err(row_error(format!(
+                "kind '{}' is not a known resource kind",
+                kind.value(row)
+            ))));
+            continue;
+        };
+        let Some(state_value) = ResourceState::parse(state.value(row)) else {
+            decoded.push(Err(row_error(format!(
+                "state '{}' is not a known state",
+                state.value(row)
+            ))));
+            continue;
+        };
+        let labels_value: BTreeMap<String, String> = match labels_from_text(labels.value(row)) {
+            Ok(labels_value) => labels_value,
+            Err(error) => {
+                decoded.push(Err(row_error(format!(
+                    "labels are not a JSON object of strings: {error}"
+                ))));
+                continue;
+            }
+        };
+        decoded.push(Ok(Sample {
+            minute: Minute::from_unix_minutes(seconds.div_euclid(60)),
+            host: host.value(row).to_owned(),
+            account_id: account.value(row).to_owned(),
+            resource_id: resource.value(row).to_owned(),
+            kind: kind_value,
+            sku: sku.value(row).to_owned(),
+            zone: zone.value(row).to_owned(),
+            state: state_value,
+            gpus: gpus.value(row),
+            out_external_bytes: out_external.value(row),
+            out_internal_bytes: out_internal.value(row),
+            in_bytes: inbound.value(row),
+            size_bytes: size.value(row),
+            labels: labels_value,
+        }));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arbitrary_sample() -> impl Strategy<Value = Sample> {
+        (
+            0i64..100_000_000,
+            "[a-z0-9-]{1,12}",
+            "[a-z0-9-]{1,12}",
+            0usize..ResourceKind::ALL.len(),
+            0usize..ResourceState::COUNT,
+            any::<u16>(),
+            any::<[u64; 4]>(),
+            proptest::collection::btree_map("[a-z]{1,5}", "[a-z0-9 ]{0,5}", 0..3),
+        )
+            .prop_map(|(minute, account, resource, kind, state, gpus, bytes, labels)| Sample {
+                minute: Minute::from_unix_minutes(minute),
+                host: "hv-1".into(),
+                account_id: account,
+                resource_id: resource,
+                kind: ResourceKind::ALL[kind],
+                sku: "sku".into(),
+                zone: "zone".into(),
+                state: ResourceState::ALL[state],
+                gpus,
+                out_external_bytes: bytes[0],
+                out_internal_bytes: bytes[1],
+                in_bytes: bytes[2],
+                size_bytes: bytes[3],
+                labels,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn both_encodings_round_trip(samples in proptest::collection::vec(arbitrary_sample(), 0..20)) {
+            for encoding in [Encoding::Json, Encoding::Arrow] {
+                let bytes = encoding.encode(&samples).expect("encode");
+                let decoded: Vec<Sample> = encoding
+                    .decode(&bytes)
+                    .expect("decode")
+                    .into_iter()
+                    .collect::<Result<_, _>>()
+                    .expect("every item decodes");
+                prop_assert_eq!(&decoded, &samples);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_json_line_is_reported_and_the_good_ones_kept() {
+        let good = r#"{"minute":"2026-10-01T00:00:00Z","host":"h","account_id":"a","resource_id":"r","kind":"ip","sku":"ipv4","zone":"z","state":"active"}"#;
+        let bad = r#"{"minute":"2026-10-01T00:00:00Z","host":"h"}"#;
+        let message = format!("{good}\n{bad}\n\n{good}\n");
+        let decoded = decode_json(message.as_bytes());
+        assert_eq!(decoded.len(), 3);
+        assert!(decoded[0].is_ok() && decoded[2].is_ok());
+        let error = decoded[1].as_ref().expect_err("second line is bad");
+        assert_eq!(error.position, 2);
+        assert!(error.rejection.detail.contains("account_id"), "{error}");
+        assert_eq!(error.raw, bad.as_bytes());
+    }
+
+    #[test]
+    fn unknown_kinds_and_states_are_rejected_by_name() {
+        let line = r#"{"minute":"2026-10-01T00:00:00Z","host":"h","account_id":"a","resource_id":"r","kind":"toaster","sku":"s","zone":"z","state":"active"}"#;
+        let decoded = decode_json(line.as_bytes());
+        let error = decoded[0].as_ref().expect_err("unknown kind");
+        assert!(error.rejection.detail.contains("toaster"), "{error}");
+    }
+
+    #[test]
+    fn garbage_is_not_an_arrow_stream() {
+        let rejection = decode_arrow(b"not arrow at all").expect_err("garbage");
+        assert_eq!(rejection.reason, RejectReason::Malformed);
+    }
+}
