@@ -459,7 +459,7 @@ mod tests {
     fn ground_truth_counts_one_sample_per_resource_minute() {
         let mut spec = october();
         spec.end = spec.start.plus(3 * 60);
-        let fleet = Fleet::generate(spec);
+        let fleet = Fleet::generate(spec.clone());
         let truth = fleet.ground_truth();
         let expected: u32 = fleet
             .resources

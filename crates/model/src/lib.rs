@@ -19,6 +19,7 @@
 pub mod clock;
 pub mod line_item;
 pub mod minute;
+pub mod money;
 pub mod rollup;
 pub mod sample;
 pub mod tariff;

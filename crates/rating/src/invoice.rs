@@ -1,0 +1,196 @@
+//! Invoices: an account's line items, totalled the way BILLING.md prescribes.
+//!
+//! Lines are summed at full precision and the total is rounded once, half-up (H9: many
+//! servers at 0.004 add up exactly). Each line is also shown rounded, and the difference
+//! between those shown amounts and the total is reported, never dropped. An account
+//! credit is then offset against the total (N6).
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::Serialize;
+use tally_model::LineItem;
+use tally_model::tariff::Tariff;
+
+use crate::month::BillingMonth;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Invoice {
+    pub account_id: String,
+    pub month: String,
+    pub tariff_id: String,
+    pub tariff_version: String,
+    pub provider: String,
+    pub currency: String,
+    pub billing_period_start: String,
+    pub billing_period_end: String,
+    pub lines: Vec<InvoiceLine>,
+    /// Sum of the lines at full precision.
+    pub subtotal: Decimal,
+    /// The subtotal rounded half-up: what is owed before credit.
+    pub total: Decimal,
+    /// Sum of the lines as displayed (each rounded half-up).
+    pub displayed_lines_sum: Decimal,
+    /// `displayed_lines_sum - total`: the rounding the display introduces.
+    pub rounding_difference: Decimal,
+    pub credit_applied: Decimal,
+    pub amount_due: Decimal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InvoiceLine {
+    pub description: String,
+    pub resource_id: Option<String>,
+    pub sku: String,
+    pub quantity: Decimal,
+    pub unit: String,
+    pub unit_price: Decimal,
+    /// Full precision.
+    pub amount: Decimal,
+    /// Rounded half-up for display.
+    pub amount_displayed: Decimal,
+    pub rule: String,
+}
+
+fn round(value: Decimal, places: u32) -> Decimal {
+    value.round_dp_with_strategy(places, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// Builds the invoice of one account from its line items.
+pub fn build_invoice(account_id: &str, tariff: &Tariff, month: &BillingMonth, items: &[LineItem], credit: Decimal) -> Invoice {
+    let places = tariff.invoice.decimal_places;
+    let lines: Vec<InvoiceLine> = items
+        .iter()
+        .map(|item| InvoiceLine {
+            description: item.charge_description.clone(),
+            resource_id: item.resource_id.clone(),
+            sku: item.sku_id.clone(),
+            quantity: item.pricing_quantity.normalize(),
+            unit: item.pricing_unit.clone(),
+            unit_price: item.list_unit_price.normalize(),
+            amount: item.billed_cost.normalize(),
+            amount_displayed: round(item.billed_cost, places),
+            rule: item.x_rule.clone(),
+        })
+        .collect();
+    let subtotal: Decimal = items.iter().map(|item| item.billed_cost).sum();
+    let total = round(subtotal, places);
+    let displayed_lines_sum: Decimal = lines.iter().map(|line| line.amount_displayed).sum();
+    let credit_applied = credit.min(total).max(Decimal::ZERO);
+    Invoice {
+        account_id: account_id.to_owned(),
+        month: month.label.clone(),
+        tariff_id: tariff.id.clone(),
+        tariff_version: tariff.version.clone(),
+        provider: tariff.provider.clone(),
+        currency: tariff.currency.clone(),
+        billing_period_start: month.start.to_rfc3339(),
+        billing_period_end: month.end.to_rfc3339(),
+        lines,
+        subtotal: subtotal.normalize(),
+        total,
+        displayed_lines_sum,
+        rounding_difference: displayed_lines_sum - total,
+        credit_applied,
+        amount_due: total - credit_applied,
+    }
+}
+
+/// The invoice as CSV: one row per line, then the totals.
+pub fn invoice_csv(invoice: &Invoice) -> String {
+    let field = |text: &str| {
+        if text.contains([',', '"', '\n']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text.to_owned()
+        }
+    };
+    let mut csv = String::from("description,resource_id,sku,quantity,unit,unit_price,amount,amount_displayed,rule\n");
+    for line in &invoice.lines {
+        let row = [
+            field(&line.description),
+            field(line.resource_id.as_deref().unwrap_or("")),
+            field(&line.sku),
+            line.quantity.to_string(),
+            field(&line.unit),
+            line.unit_price.to_string(),
+            line.amount.to_string(),
+            line.amount_displayed.to_string(),
+            field(&line.rule),
+        ];
+        csv.push_str(&row.join(","));
+        csv.push('\n');
+    }
+    for (label, value) in [
+        ("subtotal", invoice.subtotal),
+        ("total", invoice.total),
+        ("rounding_difference", invoice.rounding_difference),
+        ("credit_applied", invoice.credit_applied),
+        ("amount_due", invoice.amount_due),
+    ] {
+        csv.push_str(&format!("{label},,,,,,{value},,\n"));
+    }
+    csv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The total is the unrounded sum rounded once, whatever the lines.
+        #[test]
+        fn the_total_is_the_sum_rounded_once(cents in proptest::collection::vec(0i64..100_000_000, 0..40), scale in 0u32..6) {
+            let tariff = crate::tariff::parse_tariff(std::path::Path::new("t"), crate::reference_tariffs()[2].1).expect("tariff");
+            let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
+            let items: Vec<LineItem> = cents.iter().map(|c| line(Decimal::new(*c, scale))).collect();
+            let invoice = build_invoice("a", &tariff, &month, &items, Decimal::ZERO);
+            let sum: Decimal = items.iter().map(|i| i.billed_cost).sum();
+            prop_assert_eq!(invoice.total, round(sum, 2));
+            prop_assert_eq!(invoice.rounding_difference, invoice.displayed_lines_sum - invoice.total);
+        }
+    }
+
+    fn line(cost: Decimal) -> LineItem {
+        let now = chrono::DateTime::<chrono::Utc>::MIN_UTC;
+        LineItem {
+            billing_account_id: "a".into(),
+            billing_period_start: now,
+            billing_period_end: now,
+            charge_period_start: now,
+            charge_period_end: now,
+            charge_category: tally_model::line_item::ChargeCategory::Usage,
+            charge_class: None,
+            charge_frequency: tally_model::line_item::ChargeFrequency::UsageBased,
+            charge_description: "x".into(),
+            resource_id: None,
+            resource_type: None,
+            sku_id: "s".into(),
+            region_id: None,
+            consumed_quantity: Decimal::ONE,
+            consumed_unit: "Hours".into(),
+            pricing_quantity: Decimal::ONE,
+            pricing_unit: "Hours".into(),
+            list_unit_price: cost,
+            billed_cost: cost,
+            billing_currency: "EUR".into(),
+            provider_name: "p".into(),
+            x_rule: "r".into(),
+            x_tariff_id: "t".into(),
+            x_tariff_version: "v".into(),
+            x_lineage: "l".into(),
+        }
+    }
+
+    #[test]
+    fn h9_many_small_lines_are_summed_unrounded() {
+        let tariff = crate::tariff::parse_tariff(std::path::Path::new("t"), crate::reference_tariffs()[2].1).expect("tariff");
+        let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
+        let items: Vec<LineItem> = (0..1000).map(|_| line(Decimal::new(4, 3))).collect();
+        let invoice = build_invoice("a", &tariff, &month, &items, Decimal::new(150, 2));
+        assert_eq!(invoice.total, Decimal::new(400, 2)); // 1000 × 0.004 = 4.00, not 1000 × 0.00
+        assert_eq!(invoice.displayed_lines_sum, Decimal::ZERO);
+        assert_eq!(invoice.rounding_difference, Decimal::new(-400, 2));
+        assert_eq!(invoice.credit_applied, Decimal::new(150, 2));
+        assert_eq!(invoice.amount_due, Decimal::new(250, 2));
+    }
+}
