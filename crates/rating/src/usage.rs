@@ -149,11 +149,15 @@ pub async fn month_usage(context: &SessionContext, month: &BillingMonth) -> Resu
                 )))
             })
         }
-        let text = |name: &str| -> Result<&StringArray> { typed(column(name)?, name) };
+        // Parquet strings come back as Utf8View; the usage rows want plain strings.
+        let text = |name: &str| -> Result<StringArray> {
+            let utf8 = datafusion::arrow::compute::cast(column(name)?, &DataType::Utf8)?;
+            Ok(typed::<StringArray>(&utf8, name)?.clone())
+        };
         let int = |name: &str| -> Result<&Int64Array> { typed(column(name)?, name) };
         let decimal = |name: &str| -> Result<&Decimal128Array> { typed(column(name)?, name) };
         let time = |name: &str| -> Result<&TimestampMicrosecondArray> { typed(column(name)?, name) };
-        let (account, resource, kind, sku, zone, labels) =
+        let (account, resource, kind, sku, zone, labels): (StringArray, StringArray, StringArray, StringArray, StringArray, StringArray) =
             (text("account_id")?, text("resource_id")?, text("kind")?, text("sku")?, text("zone")?, text("labels")?);
         let minutes = [int("running_minutes")?, int("stopped_minutes")?, int("frozen_minutes")?, int("active_minutes")?];
         let hours = [int("running_hours")?, int("stopped_hours")?, int("frozen_hours")?, int("active_hours")?];
