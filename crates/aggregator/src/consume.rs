@@ -6,6 +6,8 @@
 //! hand-over through the lake is the next step; see the README.)
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -26,8 +28,14 @@ pub struct KafkaInput {
     pub group_id: String,
     pub dead_letter_topic: String,
     /// Stop once every partition is read to its end, and seal all open hours (backfills,
-    /// the demo, tests). Otherwise run until the process is stopped.
+    /// the demo, tests). Otherwise run until `stop` is raised.
     pub until_drained: bool,
+    /// Raised to stop: at once (sealing what the watermark allows), or with
+    /// `until_drained`, once everything produced so far is read. Without it, a drained run
+    /// stops at the first moment every partition is at its end.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Counts the messages processed, for a producer that waits for the aggregator.
+    pub processed: Arc<AtomicU64>,
     /// librdkafka settings applied last (TLS, SASL/SCRAM, fetch sizes).
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -40,6 +48,8 @@ impl KafkaInput {
             group_id: "tally-aggregator".to_owned(),
             dead_letter_topic: DEFAULT_TOPIC.to_owned(),
             until_drained: false,
+            stop: None,
+            processed: Arc::new(AtomicU64::new(0)),
             librdkafka: BTreeMap::new(),
         }
     }
@@ -101,13 +111,20 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut since_check: BTreeMap<i32, u64> = BTreeMap::new();
     loop {
-        match consumer.poll(Duration::from_millis(200)) {
+        let stop_raised = input.stop.as_ref().map(|stop| stop.load(Ordering::Acquire));
+        let drained = at_end.len() == partitions.len();
+        let finished = if input.until_drained {
+            drained && stop_raised.unwrap_or(true)
+        } else {
+            stop_raised.unwrap_or(false)
+        };
+        if finished {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(partition))) => {
                 at_end.insert(partition);
-                if input.until_drained && at_end.len() == partitions.len() {
-                    break;
-                }
             }
             Some(Err(error)) => {
                 // librdkafka retries broker errors itself; they are reported, not fatal.
@@ -126,6 +143,7 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
                 let payload = message.payload().unwrap_or_default();
                 ingest.process(&input.topic, partition, message.offset(), content_type, payload)?;
                 next_offsets.insert(partition, message.offset() + 1);
+                input.processed.fetch_add(1, Ordering::Release);
                 let count = since_check.entry(partition).or_default();
                 *count += 1;
                 if *count >= SEAL_CHECK_INTERVAL {
