@@ -64,7 +64,11 @@ async fn hourly_totals_through_tansu_equal_the_ground_truth() -> anyhow::Result<
 
     assert_eq!(aggregate.accepted as usize, shipped, "{aggregate:#?}");
     assert_eq!(aggregate.duplicates as usize, resent, "{aggregate:#?}");
-    assert_eq!(aggregate.dead_letters.get("malformed"), Some(&1), "{aggregate:#?}");
+    assert_eq!(
+        aggregate.dead_letters.get("malformed"),
+        Some(&1),
+        "{aggregate:#?}"
+    );
     assert_eq!(aggregate.dead_lettered(), 1, "{aggregate:#?}");
     assert_eq!(aggregate.hours_sealed, 26 * 3, "26 hours on 3 partitions");
     tally_demo::check_against_truth(lake.path(), &truth)?;
@@ -76,7 +80,8 @@ async fn hourly_totals_through_tansu_equal_the_ground_truth() -> anyhow::Result<
     assert_eq!(letters[0].payload, b"definitely not an arrow stream");
 
     // A second run resumes where the manifests say and changes nothing.
-    let again = tokio::task::spawn_blocking(move || tally_aggregator::run_kafka(&config, &input)).await??;
+    let again =
+        tokio::task::spawn_blocking(move || tally_aggregator::run_kafka(&config, &input)).await??;
     assert_eq!(again.accepted, 0, "{again:#?}");
     assert_eq!(again.hours_sealed, 0, "{again:#?}");
     tally_demo::check_against_truth(lake.path(), &truth)?;
@@ -84,7 +89,9 @@ async fn hourly_totals_through_tansu_equal_the_ground_truth() -> anyhow::Result<
 }
 
 async fn send_garbage(brokers: &str, topic: &str) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
     let headers = OwnedHeaders::new().insert(Header {
         key: CONTENT_TYPE_HEADER,
         value: Some(Encoding::Arrow.content_type()),

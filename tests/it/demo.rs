@@ -11,10 +11,24 @@ async fn the_demo_bills_every_reference_tariff_for_a_whole_month() -> anyhow::Re
     assert!(report.samples > 1_000_000, "{} samples", report.samples);
     assert_eq!(report.aggregate.accepted, report.samples);
     assert_eq!(report.aggregate.dead_lettered(), 0);
-    let tariffs: std::collections::BTreeSet<_> =
-        report.rating.invoices.iter().map(|invoice| invoice.tariff_id.clone()).collect();
-    assert_eq!(tariffs.len(), 4, "every reference tariff billed: {tariffs:?}");
-    assert!(report.rating.invoices.iter().all(|invoice| invoice.total > rust_decimal::Decimal::ZERO));
+    let tariffs: std::collections::BTreeSet<_> = report
+        .rating
+        .invoices
+        .iter()
+        .map(|invoice| invoice.tariff_id.clone())
+        .collect();
+    assert_eq!(
+        tariffs.len(),
+        4,
+        "every reference tariff billed: {tariffs:?}"
+    );
+    assert!(
+        report
+            .rating
+            .invoices
+            .iter()
+            .all(|invoice| invoice.total > rust_decimal::Decimal::ZERO)
+    );
     assert!(out.path().join("lake/line_items/month=2026-02").is_dir());
     Ok(())
 }

@@ -16,14 +16,19 @@ const LINES_PER_CHUNK: usize = 4096;
 
 /// Rolls up `path` into the lake and seals every hour. Returns the report and the dead
 /// letters (the caller decides where they go).
-pub fn run_file(config: &AggregateConfig, path: &Path) -> Result<(AggregateReport, Vec<DeadLetter>)> {
+pub fn run_file(
+    config: &AggregateConfig,
+    path: &Path,
+) -> Result<(AggregateReport, Vec<DeadLetter>)> {
     let input_error = |source| Error::Input {
         path: path.to_owned(),
         source,
     };
     let source = format!(
         "file-{}",
-        path.file_stem().map(|stem| stem.to_string_lossy()).unwrap_or_default()
+        path.file_stem()
+            .map(|stem| stem.to_string_lossy())
+            .unwrap_or_default()
     );
     let topic = path.display().to_string();
     let reader = BufReader::new(File::open(path).map_err(input_error)?);

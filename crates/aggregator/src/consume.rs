@@ -78,7 +78,10 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
         .map_err(kafka(format!("creating a consumer for {}", input.brokers)))?;
     let metadata = consumer
         .fetch_metadata(Some(&input.topic), Duration::from_secs(30))
-        .map_err(kafka(format!("reading the partitions of topic '{}'", input.topic)))?;
+        .map_err(kafka(format!(
+            "reading the partitions of topic '{}'",
+            input.topic
+        )))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -88,11 +91,14 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
     if partitions.is_empty() {
         return Err(Error::Kafka {
             context: format!("topic '{}' on {}", input.topic, input.brokers),
-            source: KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition),
+            source: KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            ),
         });
     }
 
-    let mut dead_letters = KafkaDeadLetters::connect(&input.brokers, &input.dead_letter_topic, &input.librdkafka)?;
+    let mut dead_letters =
+        KafkaDeadLetters::connect(&input.brokers, &input.dead_letter_topic, &input.librdkafka)?;
     let mut ingest = Ingest::new(config.clone(), &input.topic, &mut dead_letters);
     let mut assignment = TopicPartitionList::new();
     let mut next_offsets = BTreeMap::new();
@@ -104,9 +110,10 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
             .map_err(kafka(format!("assigning partition {partition}")))?;
         tracing::info!(topic = %input.topic, partition, resume, "assigned partition");
     }
-    consumer
-        .assign(&assignment)
-        .map_err(kafka(format!("assigning the partitions of '{}'", input.topic)))?;
+    consumer.assign(&assignment).map_err(kafka(format!(
+        "assigning the partitions of '{}'",
+        input.topic
+    )))?;
 
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut since_check: BTreeMap<i32, u64> = BTreeMap::new();
@@ -141,7 +148,13 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
                         .and_then(|value| std::str::from_utf8(value).ok())
                 });
                 let payload = message.payload().unwrap_or_default();
-                ingest.process(&input.topic, partition, message.offset(), content_type, payload)?;
+                ingest.process(
+                    &input.topic,
+                    partition,
+                    message.offset(),
+                    content_type,
+                    payload,
+                )?;
                 next_offsets.insert(partition, message.offset() + 1);
                 input.processed.fetch_add(1, Ordering::Release);
                 let count = since_check.entry(partition).or_default();

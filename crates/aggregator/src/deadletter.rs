@@ -65,7 +65,11 @@ pub struct KafkaDeadLetters {
 }
 
 impl KafkaDeadLetters {
-    pub fn connect(brokers: &str, topic: &str, overrides: &BTreeMap<String, String>) -> Result<Self> {
+    pub fn connect(
+        brokers: &str,
+        topic: &str,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", brokers)
@@ -93,12 +97,30 @@ impl DeadLetterSink for KafkaDeadLetters {
         let offset = letter.source_offset.to_string();
         let item = letter.item.map(|item| item.to_string()).unwrap_or_default();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "tally-reason", value: Some(letter.reason.code()) })
-            .insert(Header { key: "tally-detail", value: Some(letter.detail.as_str()) })
-            .insert(Header { key: "tally-source-topic", value: Some(letter.source_topic.as_str()) })
-            .insert(Header { key: "tally-source-partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "tally-source-offset", value: Some(offset.as_str()) })
-            .insert(Header { key: "tally-item", value: Some(item.as_str()) });
+            .insert(Header {
+                key: "tally-reason",
+                value: Some(letter.reason.code()),
+            })
+            .insert(Header {
+                key: "tally-detail",
+                value: Some(letter.detail.as_str()),
+            })
+            .insert(Header {
+                key: "tally-source-topic",
+                value: Some(letter.source_topic.as_str()),
+            })
+            .insert(Header {
+                key: "tally-source-partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "tally-source-offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "tally-item",
+                value: Some(item.as_str()),
+            });
         let key = format!("{}/{}", letter.source_partition, letter.source_offset);
         let mut record = BaseRecord::to(&self.topic)
             .key(key.as_str())
@@ -107,9 +129,12 @@ impl DeadLetterSink for KafkaDeadLetters {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ), back)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
                     record = back;
                     self.producer.poll(Duration::from_millis(10));
                 }

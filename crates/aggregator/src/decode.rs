@@ -8,7 +8,10 @@ use tally_model::wire::{Decoded, Encoding};
 ///
 /// A message without a `content-type` header is read as JSON when it starts with `{`
 /// (hand-written exporters often send no headers); anything else needs the header.
-pub fn decode_message(content_type: Option<&str>, payload: &[u8]) -> Result<Vec<Decoded>, Rejection> {
+pub fn decode_message(
+    content_type: Option<&str>,
+    payload: &[u8],
+) -> Result<Vec<Decoded>, Rejection> {
     let encoding = match content_type {
         Some(content_type) => Encoding::from_content_type(content_type).ok_or_else(|| {
             Rejection::new(
@@ -41,6 +44,12 @@ mod tests {
         assert_eq!(rejection.reason, RejectReason::UnknownEncoding);
         assert!(rejection.detail.contains("text/csv"));
         assert!(decode_message(None, b"\x00\x01").is_err());
-        assert_eq!(decode_message(None, b"  \n").map(|d| d.len()), Err(Rejection::new(RejectReason::UnknownEncoding, "the message has no content-type header and is not JSON")));
+        assert_eq!(
+            decode_message(None, b"  \n").map(|d| d.len()),
+            Err(Rejection::new(
+                RejectReason::UnknownEncoding,
+                "the message has no content-type header and is not JSON"
+            ))
+        );
     }
 }

@@ -21,7 +21,9 @@ pub enum Error {
         context: String,
         source: arrow::error::ArrowError,
     },
-    #[error("manifest {path} is unreadable: {detail}; it is written only by the aggregator, restore it from a backup or remove the partition's files and replay")]
+    #[error(
+        "manifest {path} is unreadable: {detail}; it is written only by the aggregator, restore it from a backup or remove the partition's files and replay"
+    )]
     Manifest { path: PathBuf, detail: String },
     #[error("kafka ({context}): {source}")]
     Kafka {

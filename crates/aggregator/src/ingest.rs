@@ -85,7 +85,11 @@ pub struct Ingest<'sink> {
 
 impl<'sink> Ingest<'sink> {
     /// `source` names the input in file names and manifests (the topic, or the file).
-    pub fn new(config: AggregateConfig, source: &str, dead_letters: &'sink mut dyn DeadLetterSink) -> Self {
+    pub fn new(
+        config: AggregateConfig,
+        source: &str,
+        dead_letters: &'sink mut dyn DeadLetterSink,
+    ) -> Self {
         Self {
             config,
             source: sanitize(source),
@@ -123,7 +127,10 @@ impl<'sink> Ingest<'sink> {
     ) -> Result<()> {
         self.open_partition(partition)?;
         self.report.messages += 1;
-        let letter = |reason: RejectReason, detail: String, item: Option<usize>, payload: Vec<u8>| DeadLetter {
+        let letter = |reason: RejectReason,
+                      detail: String,
+                      item: Option<usize>,
+                      payload: Vec<u8>| DeadLetter {
             reason,
             detail,
             source_topic: topic.to_owned(),
@@ -135,7 +142,12 @@ impl<'sink> Ingest<'sink> {
         let decoded = match decode_message(content_type, payload) {
             Ok(decoded) => decoded,
             Err(rejection) => {
-                return self.dead_letter(letter(rejection.reason, rejection.detail, None, payload.to_vec()));
+                return self.dead_letter(letter(
+                    rejection.reason,
+                    rejection.detail,
+                    None,
+                    payload.to_vec(),
+                ));
             }
         };
         let now = Minute::containing(self.config.clock.now());
@@ -143,20 +155,38 @@ impl<'sink> Ingest<'sink> {
             let sample = match item {
                 Ok(sample) => sample,
                 Err(error) => {
-                    let raw = if error.raw.is_empty() { payload.to_vec() } else { error.raw };
-                    let detail = format!("{} {}: {}", error.unit, error.position, error.rejection.detail);
-                    self.dead_letter(letter(error.rejection.reason, detail, Some(error.position), raw))?;
+                    let raw = if error.raw.is_empty() {
+                        payload.to_vec()
+                    } else {
+                        error.raw
+                    };
+                    let detail = format!(
+                        "{} {}: {}",
+                        error.unit, error.position, error.rejection.detail
+                    );
+                    self.dead_letter(letter(
+                        error.rejection.reason,
+                        detail,
+                        Some(error.position),
+                        raw,
+                    ))?;
                     continue;
                 }
             };
             self.report.samples += 1;
             if let Err(rejection) = validate(&sample, &self.config.limits, now) {
                 let json = tally_model::wire::encode_json(std::slice::from_ref(&sample));
-                let detail = format!("resource {} minute {}: {}", sample.resource_id, sample.minute, rejection.detail);
+                let detail = format!(
+                    "resource {} minute {}: {}",
+                    sample.resource_id, sample.minute, rejection.detail
+                );
                 self.dead_letter(letter(rejection.reason, detail, None, json))?;
                 continue;
             }
-            let state = self.partitions.get_mut(&partition).ok_or_else(|| missing(partition))?;
+            let state = self
+                .partitions
+                .get_mut(&partition)
+                .ok_or_else(|| missing(partition))?;
             match state.accept(&sample, offset)? {
                 Verdict::New => self.report.accepted += 1,
                 Verdict::Duplicate => self.report.duplicates += 1,
@@ -175,7 +205,11 @@ impl<'sink> Ingest<'sink> {
     }
 
     fn dead_letter(&mut self, letter: DeadLetter) -> Result<()> {
-        *self.report.dead_letters.entry(letter.reason.code()).or_default() += 1;
+        *self
+            .report
+            .dead_letters
+            .entry(letter.reason.code())
+            .or_default() += 1;
         tracing::debug!(reason = letter.reason.code(), partition = letter.source_partition, offset = letter.source_offset, detail = %letter.detail, "dead-lettered");
         self.unflushed_dead_letters = true;
         self.dead_letters.send(letter)
@@ -184,7 +218,10 @@ impl<'sink> Ingest<'sink> {
     /// Seals what the watermark has passed on `partition`.
     pub fn seal_ready(&mut self, partition: i32, next_offset: i64) -> Result<()> {
         self.flush_dead_letters()?;
-        let state = self.partitions.get_mut(&partition).ok_or_else(|| missing(partition))?;
+        let state = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or_else(|| missing(partition))?;
         let seal = state.seal_ready(next_offset)?;
         self.report.add_seal(seal);
         Ok(())
@@ -193,7 +230,10 @@ impl<'sink> Ingest<'sink> {
     /// Seals every open hour of `partition`.
     pub fn seal_all(&mut self, partition: i32, next_offset: i64) -> Result<()> {
         self.flush_dead_letters()?;
-        let state = self.partitions.get_mut(&partition).ok_or_else(|| missing(partition))?;
+        let state = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or_else(|| missing(partition))?;
         let seal = state.seal_all(next_offset)?;
         self.report.add_seal(seal);
         Ok(())
@@ -224,6 +264,12 @@ fn missing(partition: i32) -> crate::error::Error {
 fn sanitize(source: &str) -> String {
     source
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

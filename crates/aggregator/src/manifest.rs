@@ -113,8 +113,11 @@ impl Manifest {
         let Ok(hours) = fs::read_dir(&rollups) else {
             return Ok(0);
         };
-        let recorded: std::collections::HashSet<PathBuf> =
-            self.sealed.values().map(|sealed| lake.join(&sealed.file)).collect();
+        let recorded: std::collections::HashSet<PathBuf> = self
+            .sealed
+            .values()
+            .map(|sealed| lake.join(&sealed.file))
+            .collect();
         let mut removed = 0;
         for hour in hours.flatten() {
             let Ok(files) = fs::read_dir(hour.path()) else {

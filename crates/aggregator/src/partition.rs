@@ -73,8 +73,14 @@ impl PartitionState {
             };
             self.open.insert(hour, reopened);
         }
-        self.latest_minute = Some(self.latest_minute.map_or(sample.minute, |m| m.max(sample.minute)));
-        let open = self.open.get_mut(&hour).ok_or_else(|| unreachable_open(hour))?;
+        self.latest_minute = Some(
+            self.latest_minute
+                .map_or(sample.minute, |m| m.max(sample.minute)),
+        );
+        let open = self
+            .open
+            .get_mut(&hour)
+            .ok_or_else(|| unreachable_open(hour))?;
         Ok(open.add(sample, offset))
     }
 
@@ -115,7 +121,10 @@ impl PartitionState {
             let rows = open.into_sorted_rows();
             let file = self.manifest.file_for(hour, generation);
             let bytes = write_rows(&self.lake, &file, &rows)?;
-            let samples = rows.iter().map(|row| u64::from(row.meters.sample_count)).sum();
+            let samples = rows
+                .iter()
+                .map(|row| u64::from(row.meters.sample_count))
+                .sum();
             debug_assert!(samples >= samples_added);
             let previous = self.manifest.sealed.insert(
                 hour.partition_value(),

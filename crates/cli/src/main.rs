@@ -9,7 +9,11 @@ use tally_model::Minute;
 use tally_model::wire::Encoding;
 
 #[derive(Parser)]
-#[command(name = "tally", version, about = "Usage metering and rating for hosting providers")]
+#[command(
+    name = "tally",
+    version,
+    about = "Usage metering and rating for hosting providers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -122,16 +126,32 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cli.command {
-        Command::Demo { out, month, scale, seed } => {
+        Command::Demo {
+            out,
+            month,
+            scale,
+            seed,
+        } => {
             let mut config = tally_demo::DemoConfig::new(out);
             config.month = month;
             config.scale = scale;
             config.seed = seed;
             let started = Instant::now();
             let report = runtime.block_on(tally_demo::run(&config))?;
-            print!("{}", tally_demo::summary::render(&report, started.elapsed()));
+            print!(
+                "{}",
+                tally_demo::summary::render(&report, started.elapsed())
+            );
         }
-        Command::Simulate { brokers, topic, from, to, scale, seed, encoding } => {
+        Command::Simulate {
+            brokers,
+            topic,
+            from,
+            to,
+            scale,
+            seed,
+            encoding,
+        } => {
             if to <= from {
                 bail!("--to ({to}) must come after --from ({from})");
             }
@@ -154,7 +174,10 @@ fn main() -> Result<()> {
                 }
                 anyhow::Ok(())
             })?;
-            println!("shipped {samples} samples of {} resources", fleet.resources.len());
+            println!(
+                "shipped {samples} samples of {} resources",
+                fleet.resources.len()
+            );
         }
         Command::Aggregate {
             lake,
@@ -170,7 +193,13 @@ fn main() -> Result<()> {
             let report = if let Some(path) = from_file {
                 let (report, dead_letters) = tally_aggregator::run_file(&config, &path)?;
                 for letter in &dead_letters {
-                    eprintln!("{}: line {}: {} ({})", path.display(), letter.item.unwrap_or_default(), letter.detail, letter.reason);
+                    eprintln!(
+                        "{}: line {}: {} ({})",
+                        path.display(),
+                        letter.item.unwrap_or_default(),
+                        letter.detail,
+                        letter.reason
+                    );
                 }
                 report
             } else {
@@ -182,7 +211,13 @@ fn main() -> Result<()> {
             };
             println!("{report:#?}");
         }
-        Command::Rate { lake, month, tariffs, contracts, out } => {
+        Command::Rate {
+            lake,
+            month,
+            tariffs,
+            contracts,
+            out,
+        } => {
             let request = tally_rating::RateRequest {
                 out: out.unwrap_or_else(|| lake.clone()),
                 lake,
@@ -193,9 +228,16 @@ fn main() -> Result<()> {
             let report = runtime.block_on(tally_rating::rate(&request))?;
             println!("{report:#?}");
         }
-        Command::Tariff { command: TariffCommand::Check { file } } => {
+        Command::Tariff {
+            command: TariffCommand::Check { file },
+        } => {
             let tariff = tally_rating::check_tariff(&file)?;
-            println!("{}: tariff {} version {} is valid", file.display(), tariff.id, tariff.version);
+            println!(
+                "{}: tariff {} version {} is valid",
+                file.display(),
+                tariff.id,
+                tariff.version
+            );
         }
         Command::Sql { lake, query } => {
             let batches = runtime.block_on(tally_rating::sql(&lake, &query))?;

@@ -52,11 +52,22 @@ pub enum ShipError {
     #[error("cannot create a Kafka producer for {brokers}: {source}")]
     Connect { brokers: String, source: KafkaError },
     #[error("cannot read the partitions of topic '{topic}' from {brokers}: {detail}")]
-    Metadata { brokers: String, topic: String, detail: String },
+    Metadata {
+        brokers: String,
+        topic: String,
+        detail: String,
+    },
     #[error("cannot encode a batch of {samples} samples: {source}")]
-    Encode { samples: usize, source: arrow::error::ArrowError },
+    Encode {
+        samples: usize,
+        source: arrow::error::ArrowError,
+    },
     #[error("topic '{topic}' partition {partition}: delivery failed: {source}")]
-    Delivery { topic: String, partition: i32, source: KafkaError },
+    Delivery {
+        topic: String,
+        partition: i32,
+        source: KafkaError,
+    },
 }
 
 /// What one call to [`Shipper::ship`] sent; every message in it was acknowledged.
@@ -142,10 +153,13 @@ impl Shipper {
         let mut deliveries = Vec::new();
         for (partition, samples) in by_partition.iter().enumerate() {
             for batch in samples.chunks(self.max_batch_samples) {
-                let payload = self.encoding.encode(batch).map_err(|source| ShipError::Encode {
-                    samples: batch.len(),
-                    source,
-                })?;
+                let payload = self
+                    .encoding
+                    .encode(batch)
+                    .map_err(|source| ShipError::Encode {
+                        samples: batch.len(),
+                        source,
+                    })?;
                 report.samples += batch.len();
                 report.messages += 1;
                 report.bytes += payload.len();

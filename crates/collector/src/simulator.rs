@@ -87,17 +87,19 @@ impl GroundTruth {
 
     /// Everything summed: a one-line check before the per-hour comparison.
     pub fn totals(&self) -> TruthHour {
-        self.hours.values().fold(TruthHour::default(), |mut total, hour| {
-            for (sum, minutes) in total.minutes.iter_mut().zip(hour.minutes) {
-                *sum += minutes;
-            }
-            total.out_external_bytes += hour.out_external_bytes;
-            total.out_internal_bytes += hour.out_internal_bytes;
-            total.in_bytes += hour.in_bytes;
-            total.size_byte_minutes += hour.size_byte_minutes;
-            total.samples += hour.samples;
-            total
-        })
+        self.hours
+            .values()
+            .fold(TruthHour::default(), |mut total, hour| {
+                for (sum, minutes) in total.minutes.iter_mut().zip(hour.minutes) {
+                    *sum += minutes;
+                }
+                total.out_external_bytes += hour.out_external_bytes;
+                total.out_internal_bytes += hour.out_internal_bytes;
+                total.in_bytes += hour.in_bytes;
+                total.size_byte_minutes += hour.size_byte_minutes;
+                total.samples += hour.samples;
+                total
+            })
     }
 }
 
@@ -178,29 +180,239 @@ use ResourceKind::{Addon, GpuServer, Ip, Server, Snapshot};
 /// The base fleet. Egress rates are chosen so some resources stay inside their included
 /// traffic and some exceed it (560 MB/min is about 25 TB a month).
 const BASE_FLEET: &[Product] = &[
-    product("trooper-ai", GpuServer, "erkunder-a4000", 1, 1, None, "de-fra", 20 * MB, 0),
-    product("trooper-ai", GpuServer, "novadrive-v100", 1, 2, None, "de-fra", 50 * MB, 0),
-    product("trooper-ai", GpuServer, "eroberer-4070tis", 1, 1, None, "de-fra", 10 * MB, 0),
-    product("trooper-ai", GpuServer, "sparbox-3090", 1, 2, None, "de-fra", 5 * MB, 0),
-    product("trooper-ai", GpuServer, "novatesla-v100-32", 1, 1, None, "de-fra", 30 * MB, 0),
-    product("trooper-ai", GpuServer, "powerai-4090", 1, 4, None, "de-fra", 560 * MB, 0),
-    product("trooper-ai", GpuServer, "darkrock-5090", 1, 1, None, "de-fra", 150 * MB, 0),
-    product("trooper-ai", GpuServer, "stellarai-4090-48", 1, 2, None, "de-fra", 40 * MB, 0),
-    product("trooper-ai", GpuServer, "infinityai-a100", 1, 8, None, "de-fra", 300 * MB, 0),
-    product("trooper-ai", GpuServer, "infinityai-a100", 1, 1, None, "de-fra", 10 * MB, 0),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "erkunder-a4000",
+        1,
+        1,
+        None,
+        "de-fra",
+        20 * MB,
+        0,
+    ),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "novadrive-v100",
+        1,
+        2,
+        None,
+        "de-fra",
+        50 * MB,
+        0,
+    ),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "eroberer-4070tis",
+        1,
+        1,
+        None,
+        "de-fra",
+        10 * MB,
+        0,
+    ),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "sparbox-3090",
+        1,
+        2,
+        None,
+        "de-fra",
+        5 * MB,
+        0,
+    ),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "novatesla-v100-32",
+        1,
+        1,
+        None,
+        "de-fra",
+        30 * MB,
+        0,
+    ),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "powerai-4090",
+        1,
+        4,
+        None,
+        "de-fra",
+        560 * MB,
+        0,
+    ),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "darkrock-5090",
+        1,
+        1,
+        None,
+        "de-fra",
+        150 * MB,
+        0,
+    ),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "stellarai-4090-48",
+        1,
+        2,
+        None,
+        "de-fra",
+        40 * MB,
+        0,
+    ),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "infinityai-a100",
+        1,
+        8,
+        None,
+        "de-fra",
+        300 * MB,
+        0,
+    ),
+    product(
+        "trooper-ai",
+        GpuServer,
+        "infinityai-a100",
+        1,
+        1,
+        None,
+        "de-fra",
+        10 * MB,
+        0,
+    ),
     product("vps-672", Server, "vps-s", 4, 0, None, "nbg", 10 * MB, 0),
     product("vps-672", Server, "vps-m", 3, 0, None, "nbg", 60 * MB, 0),
-    product("vps-672", Snapshot, "snapshot", 3, 0, None, "nbg", 0, 40 * GIB),
-    product("hetzner-cloud", Server, "cx22", 4, 0, None, "fsn1", 100 * MB, 0),
-    product("hetzner-cloud", Server, "cx32", 3, 0, None, "nbg1", 520 * MB, 0),
-    product("hetzner-cloud", Ip, "primary-ipv4", 5, 0, None, "fsn1", 0, 0),
-    product("hetzner-cloud", Ip, "primary-ipv6", 5, 0, None, "fsn1", 0, 0),
-    product("hetzner-cloud", Ip, "floating-ipv4", 2, 0, None, "fsn1", 0, 0),
-    product("hetzner-cloud", Snapshot, "snapshot", 2, 0, None, "fsn1", 0, 25 * GIB),
-    product("centron", Server, "c2m4", 3, 0, Some("linux"), "de-ham", 5 * MB, 0),
-    product("centron", Server, "c2m4", 2, 0, Some("windows"), "de-ham", 5 * MB, 0),
-    product("centron", Server, "c4m8", 2, 0, Some("linux"), "de-ham", 15 * MB, 0),
-    product("centron", GpuServer, "gpu-a100", 2, 1, Some("linux"), "de-ham", 20 * MB, 0),
+    product(
+        "vps-672",
+        Snapshot,
+        "snapshot",
+        3,
+        0,
+        None,
+        "nbg",
+        0,
+        40 * GIB,
+    ),
+    product(
+        "hetzner-cloud",
+        Server,
+        "cx22",
+        4,
+        0,
+        None,
+        "fsn1",
+        100 * MB,
+        0,
+    ),
+    product(
+        "hetzner-cloud",
+        Server,
+        "cx32",
+        3,
+        0,
+        None,
+        "nbg1",
+        520 * MB,
+        0,
+    ),
+    product(
+        "hetzner-cloud",
+        Ip,
+        "primary-ipv4",
+        5,
+        0,
+        None,
+        "fsn1",
+        0,
+        0,
+    ),
+    product(
+        "hetzner-cloud",
+        Ip,
+        "primary-ipv6",
+        5,
+        0,
+        None,
+        "fsn1",
+        0,
+        0,
+    ),
+    product(
+        "hetzner-cloud",
+        Ip,
+        "floating-ipv4",
+        2,
+        0,
+        None,
+        "fsn1",
+        0,
+        0,
+    ),
+    product(
+        "hetzner-cloud",
+        Snapshot,
+        "snapshot",
+        2,
+        0,
+        None,
+        "fsn1",
+        0,
+        25 * GIB,
+    ),
+    product(
+        "centron",
+        Server,
+        "c2m4",
+        3,
+        0,
+        Some("linux"),
+        "de-ham",
+        5 * MB,
+        0,
+    ),
+    product(
+        "centron",
+        Server,
+        "c2m4",
+        2,
+        0,
+        Some("windows"),
+        "de-ham",
+        5 * MB,
+        0,
+    ),
+    product(
+        "centron",
+        Server,
+        "c4m8",
+        2,
+        0,
+        Some("linux"),
+        "de-ham",
+        15 * MB,
+        0,
+    ),
+    product(
+        "centron",
+        GpuServer,
+        "gpu-a100",
+        2,
+        1,
+        Some("linux"),
+        "de-ham",
+        20 * MB,
+        0,
+    ),
     product("centron", Addon, "ha-feature", 2, 0, None, "de-ham", 0, 0),
     product("centron", Addon, "cprotect", 2, 0, None, "de-ham", 0, 0),
     product("centron", Ip, "extra-ipv4", 2, 0, None, "de-ham", 0, 0),
@@ -243,8 +455,7 @@ impl Fleet {
                         deleted,
                         states,
                         traffic_per_minute: [egress, egress / 4, egress / 2],
-                        size_bytes: product.size_bytes
-                            + (rng.next() % 8) * product.size_bytes / 8,
+                        size_bytes: product.size_bytes + (rng.next() % 8) * product.size_bytes / 8,
                         seed: resource_seed,
                     });
                 }
@@ -294,13 +505,15 @@ impl Fleet {
     /// Every sample of the simulation, minute by minute, in `chunk_minutes` slices.
     pub fn chunks(&self, chunk_minutes: i64) -> impl Iterator<Item = Vec<Sample>> + '_ {
         let (start, end) = (self.spec.start.unix_minutes(), self.spec.end.unix_minutes());
-        (start..end).step_by(chunk_minutes.max(1) as usize).map(move |first| {
-            let mut samples = Vec::new();
-            for minute in first..(first + chunk_minutes).min(end) {
-                self.samples_at(Minute::from_unix_minutes(minute), &mut samples);
-            }
-            samples
-        })
+        (start..end)
+            .step_by(chunk_minutes.max(1) as usize)
+            .map(move |first| {
+                let mut samples = Vec::new();
+                for minute in first..(first + chunk_minutes).min(end) {
+                    self.samples_at(Minute::from_unix_minutes(minute), &mut samples);
+                }
+                samples
+            })
     }
 
     /// The ground truth of the whole simulation.
@@ -327,7 +540,9 @@ impl SimResource {
             return None;
         }
         let index = self.states.partition_point(|(from, _)| *from <= minute);
-        self.states.get(index.checked_sub(1)?).map(|(_, state)| *state)
+        self.states
+            .get(index.checked_sub(1)?)
+            .map(|(_, state)| *state)
     }
 
     /// This resource's sample for `minute`, if it existed then.
@@ -442,10 +657,16 @@ mod tests {
     fn the_fleet_covers_every_kind_on_every_tariff() {
         let fleet = Fleet::generate(october());
         for kind in [Server, GpuServer, Ip, Snapshot, Addon] {
-            assert!(fleet.resources.iter().any(|r| r.kind == kind), "{kind} missing");
+            assert!(
+                fleet.resources.iter().any(|r| r.kind == kind),
+                "{kind} missing"
+            );
         }
-        let tariffs: std::collections::BTreeSet<_> =
-            fleet.contracts().into_iter().map(|(_, tariff)| tariff).collect();
+        let tariffs: std::collections::BTreeSet<_> = fleet
+            .contracts()
+            .into_iter()
+            .map(|(_, tariff)| tariff)
+            .collect();
         assert_eq!(tariffs.len(), 4);
         let states: std::collections::BTreeSet<_> = fleet
             .resources

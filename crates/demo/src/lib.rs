@@ -53,7 +53,10 @@ pub enum Error {
     #[error("month '{0}' is not of the form YYYY-MM")]
     Month(String),
     #[error("cannot {action}: {source}")]
-    Io { action: String, source: std::io::Error },
+    Io {
+        action: String,
+        source: std::io::Error,
+    },
     #[error("mock Kafka cluster: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
@@ -143,11 +146,14 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
     input.dead_letter_topic = DEAD_LETTER_TOPIC.to_owned();
     input.until_drained = true;
     // In-process, a fetch need not wait for data to accumulate (librdkafka waits 500 ms).
-    input.librdkafka.insert("fetch.wait.max.ms".to_owned(), "5".to_owned());
+    input
+        .librdkafka
+        .insert("fetch.wait.max.ms".to_owned(), "5".to_owned());
     let stop = Arc::new(AtomicBool::new(false));
     input.stop = Some(stop.clone());
     let processed = input.processed.clone();
-    let aggregator = tokio::task::spawn_blocking(move || tally_aggregator::run_kafka(&aggregate_config, &input));
+    let aggregator =
+        tokio::task::spawn_blocking(move || tally_aggregator::run_kafka(&aggregate_config, &input));
 
     let shipper = Shipper::connect(&ShipConfig::new(&brokers, SAMPLES_TOPIC))?;
     let mut truth = GroundTruth::default();
@@ -203,7 +209,11 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
 
 /// Removes what an earlier demo wrote into `out`, and nothing else.
 fn prepare_out_dir(out: &Path, lake: &Path) -> Result<()> {
-    for stale in [lake.to_owned(), out.join("tariffs"), out.join("contracts.json")] {
+    for stale in [
+        lake.to_owned(),
+        out.join("tariffs"),
+        out.join("contracts.json"),
+    ] {
         let removed = if stale.is_dir() {
             fs::remove_dir_all(&stale)
         } else if stale.exists() {
@@ -285,7 +295,10 @@ pub fn lake_truth(lake: &Path) -> Result<GroundTruth> {
         for file in files.flatten() {
             for row in tally_aggregator::write::read_rows(&file.path())? {
                 let hour: Hour = row.key.hour;
-                let entry = truth.hours.entry((row.key.resource_id.clone(), hour)).or_default();
+                let entry = truth
+                    .hours
+                    .entry((row.key.resource_id.clone(), hour))
+                    .or_default();
                 for (minutes, mask) in entry.minutes.iter_mut().zip(row.meters.state_masks) {
                     *minutes += mask.count_ones();
                 }

@@ -23,8 +23,15 @@ pub fn render(report: &DemoReport, wall_time: Duration) -> String {
         aggregate.rows_written,
         aggregate.bytes_written
     );
-    let _ = writeln!(text, "check: the lake equals the simulator's ground truth, resource-hour by resource-hour\n");
-    let _ = writeln!(text, "{:<18} {:<15} {:>6} {:>12} {:>12}", "account", "tariff", "lines", "total", "amount due");
+    let _ = writeln!(
+        text,
+        "check: the lake equals the simulator's ground truth, resource-hour by resource-hour\n"
+    );
+    let _ = writeln!(
+        text,
+        "{:<18} {:<15} {:>6} {:>12} {:>12}",
+        "account", "tariff", "lines", "total", "amount due"
+    );
     for invoice in &report.rating.invoices {
         let _ = writeln!(
             text,
@@ -42,11 +49,27 @@ pub fn render(report: &DemoReport, wall_time: Duration) -> String {
     for (stage, duration) in &report.timings {
         let _ = writeln!(text, "{stage:<28} {:>8.2} s", duration.as_secs_f64());
     }
-    let _ = writeln!(text, "{:<28} {:>8.2} s\n", "wall time", wall_time.as_secs_f64());
+    let _ = writeln!(
+        text,
+        "{:<28} {:>8.2} s\n",
+        "wall time",
+        wall_time.as_secs_f64()
+    );
     let lake = report.lake.display();
-    let _ = writeln!(text, "lake:       {lake}/rollups/hour=YYYY-MM-DDTHH/*.parquet");
-    let _ = writeln!(text, "line items: {lake}/line_items/month={}/", report.month);
-    let _ = writeln!(text, "invoices:   {lake}/invoices/month={}/<account>.json and .csv\n", report.month);
+    let _ = writeln!(
+        text,
+        "lake:       {lake}/rollups/hour=YYYY-MM-DDTHH/*.parquet"
+    );
+    let _ = writeln!(
+        text,
+        "line items: {lake}/line_items/month={}/",
+        report.month
+    );
+    let _ = writeln!(
+        text,
+        "invoices:   {lake}/invoices/month={}/<account>.json and .csv\n",
+        report.month
+    );
     let _ = writeln!(text, "look at them:");
     let _ = writeln!(
         text,

@@ -8,7 +8,9 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use chrono::{DateTime, Utc};
@@ -148,11 +150,13 @@ pub fn line_item_arrow_schema() -> SchemaRef {
 /// are rounded half-up.
 pub fn decimal_to_i128(value: Decimal) -> Result<i128, ArrowError> {
     let scale = DECIMAL_SCALE as u32;
-    let rounded = value.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    let rounded =
+        value.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
     let widen = 10i128.pow(scale - rounded.scale());
-    let stored = rounded.mantissa().checked_mul(widen).filter(|stored| {
-        stored.unsigned_abs() < 10u128.pow(u32::from(DECIMAL_PRECISION))
-    });
+    let stored = rounded
+        .mantissa()
+        .checked_mul(widen)
+        .filter(|stored| stored.unsigned_abs() < 10u128.pow(u32::from(DECIMAL_PRECISION)));
     stored.ok_or_else(|| {
         ArrowError::ComputeError(format!(
             "{value} does not fit Decimal128({DECIMAL_PRECISION}, {DECIMAL_SCALE})"
@@ -182,7 +186,8 @@ pub fn line_items_to_batch(items: &[LineItem]) -> Result<RecordBatch, ArrowError
             .map(|item| decimal_to_i128(field(item)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(
-            Decimal128Array::from(values).with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE)?,
+            Decimal128Array::from(values)
+                .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE)?,
         ))
     };
     let columns: Vec<ArrayRef> = vec![
@@ -225,7 +230,10 @@ mod tests {
         let price = Decimal::from_str("0.03").expect("decimal") / Decimal::from(672);
         let stored = decimal_to_i128(price).expect("fits");
         assert_eq!(stored, 4_464_285_714_285_714i128); // 0.00004464285714285714
-        assert_eq!(decimal_to_i128(Decimal::from(3)).expect("fits"), 3 * 10i128.pow(20));
+        assert_eq!(
+            decimal_to_i128(Decimal::from(3)).expect("fits"),
+            3 * 10i128.pow(20)
+        );
         assert!(decimal_to_i128(Decimal::from_str("1e19").expect("decimal")).is_err());
     }
 }

@@ -181,7 +181,9 @@ mod tests {
 
     #[test]
     fn unaligned_minutes_are_refused() {
-        let error = "2026-10-01T00:00:30Z".parse::<Minute>().expect_err("seconds set");
+        let error = "2026-10-01T00:00:30Z"
+            .parse::<Minute>()
+            .expect_err("seconds set");
         assert!(matches!(error, MinuteError::NotAligned(_)));
         assert!("yesterday".parse::<Minute>().is_err());
     }

@@ -41,14 +41,19 @@ pub mod string {
 pub mod optional_string {
     use super::*;
 
-    pub fn serialize<S: Serializer>(value: &Option<Decimal>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        value: &Option<Decimal>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         match value {
             Some(value) => serializer.collect_str(&value.normalize()),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Decimal>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Decimal>, D::Error> {
         string::deserialize(deserializer).map(Some)
     }
 }
@@ -67,7 +72,10 @@ mod tests {
     fn strings_are_accepted_and_numbers_refused() {
         let price: Price = serde_json::from_str(r#"{"value":"0.0109"}"#).expect("string");
         assert_eq!(price.value, Decimal::new(109, 4));
-        assert_eq!(serde_json::to_string(&price).expect("json"), r#"{"value":"0.0109"}"#);
+        assert_eq!(
+            serde_json::to_string(&price).expect("json"),
+            r#"{"value":"0.0109"}"#
+        );
         let error = serde_json::from_str::<Price>(r#"{"value":0.0109}"#).expect_err("float");
         assert!(error.to_string().contains("as a string"), "{error}");
     }

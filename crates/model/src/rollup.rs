@@ -9,8 +9,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt16Array,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt16Array, UInt32Array,
+    UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -155,7 +155,9 @@ pub fn rows_to_batch(rows: &[RollupRow]) -> Result<RecordBatch, ArrowError> {
         text(|row| row.key.kind.as_str()),
         text(|row| &row.key.sku),
         text(|row| &row.key.zone),
-        Arc::new(UInt16Array::from_iter_values(rows.iter().map(|row| row.key.gpus))),
+        Arc::new(UInt16Array::from_iter_values(
+            rows.iter().map(|row| row.key.gpus),
+        )),
         text(|row| &row.key.labels),
     ];
     for state in ResourceState::ALL {

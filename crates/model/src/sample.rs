@@ -181,8 +181,11 @@ mod tests {
 
     #[test]
     fn labels_text_is_canonical() {
-        let labels: BTreeMap<String, String> =
-            [("project".into(), "x".into()), ("os".into(), "linux".into())].into();
+        let labels: BTreeMap<String, String> = [
+            ("project".into(), "x".into()),
+            ("os".into(), "linux".into()),
+        ]
+        .into();
         let text = labels_to_text(&labels);
         assert_eq!(text, r#"{"os":"linux","project":"x"}"#);
         assert_eq!(labels_from_text(&text).expect("round trip"), labels);

@@ -137,13 +137,21 @@ pub struct TimeCharge {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub when_labels: BTreeMap<String, String>,
     /// The charge is min(cap, amount) (H1, H7).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::money::optional_string")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::money::optional_string"
+    )]
     pub monthly_cap: Option<Decimal>,
     /// At most this many hours a month are charged (N2: 672).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_hours: Option<u32>,
     /// A month with any charge costs at least this much.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::money::optional_string")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::money::optional_string"
+    )]
     pub minimum_monthly: Option<Decimal>,
 }
 
@@ -219,7 +227,11 @@ pub struct StorageCharge {
     /// charged in a month (N5: 672).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hours_per_month: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::money::optional_string")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::money::optional_string"
+    )]
     pub minimum_monthly: Option<Decimal>,
 }
 
@@ -233,6 +245,8 @@ impl Tariff {
 
 impl TimeCharge {
     pub fn factor(&self, state: ResourceState) -> Decimal {
-        self.states.get(&state).map_or(Decimal::ZERO, |factor| factor.0)
+        self.states
+            .get(&state)
+            .map_or(Decimal::ZERO, |factor| factor.0)
     }
 }

@@ -251,7 +251,10 @@ mod tests {
 
     #[test]
     fn a_plain_sample_is_valid() {
-        assert_eq!(validate(&sample(), &ValidationLimits::default(), now()), Ok(()));
+        assert_eq!(
+            validate(&sample(), &ValidationLimits::default(), now()),
+            Ok(())
+        );
     }
 
     #[test]

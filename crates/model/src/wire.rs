@@ -142,7 +142,8 @@ pub fn sample_arrow_schema() -> SchemaRef {
 /// Samples as one Arrow IPC stream holding one record batch.
 pub fn encode_arrow(samples: &[Sample]) -> Result<Vec<u8>, ArrowError> {
     let batch = samples_to_batch(samples)?;
-    let mut writer = StreamWriter::try_new(Vec::with_capacity(samples.len() * 96), &batch.schema())?;
+    let mut writer =
+        StreamWriter::try_new(Vec::with_capacity(samples.len() * 96), &batch.schema())?;
     writer.write(&batch)?;
     writer.finish()?;
     writer.into_inner()
@@ -157,7 +158,9 @@ pub fn samples_to_batch(samples: &[Sample]) -> Result<RecordBatch, ArrowError> {
         Arc::new(UInt64Array::from_iter_values(samples.iter().map(field)))
     };
     let minutes = TimestampSecondArray::from_iter_values(
-        samples.iter().map(|sample| sample.minute.unix_minutes() * 60),
+        samples
+            .iter()
+            .map(|sample| sample.minute.unix_minutes() * 60),
     )
     .with_timezone("UTC");
     let columns: Vec<ArrayRef> = vec![
@@ -169,7 +172,9 @@ pub fn samples_to_batch(samples: &[Sample]) -> Result<RecordBatch, ArrowError> {
         strings(|s| &s.sku),
         strings(|s| &s.zone),
         strings(|s| s.state.as_str()),
-        Arc::new(UInt16Array::from_iter_values(samples.iter().map(|s| s.gpus))),
+        Arc::new(UInt16Array::from_iter_values(
+            samples.iter().map(|s| s.gpus),
+        )),
         counters(|s| s.out_external_bytes),
         counters(|s| s.out_internal_bytes),
         counters(|s| s.in_bytes),
@@ -263,8 +268,20 @@ fn decode_batch(
         counter("size_bytes")?,
     );
     let nullable: [&dyn Array; 14] = [
-        minutes, host, account, resource, kind, sku, zone, state, gpus, out_external,
-        out_internal, inbound, size, labels,
+        minutes,
+        host,
+        account,
+        resource,
+        kind,
+        sku,
+        zone,
+        state,
+        gpus,
+        out_external,
+        out_internal,
+        inbound,
+        size,
+        labels,
     ];
     for row in 0..batch.num_rows() {
         let row_error = |detail: String| ItemError {
@@ -344,22 +361,24 @@ mod tests {
             any::<[u64; 4]>(),
             proptest::collection::btree_map("[a-z]{1,5}", "[a-z0-9 ]{0,5}", 0..3),
         )
-            .prop_map(|(minute, account, resource, kind, state, gpus, bytes, labels)| Sample {
-                minute: Minute::from_unix_minutes(minute),
-                host: "hv-1".into(),
-                account_id: account,
-                resource_id: resource,
-                kind: ResourceKind::ALL[kind],
-                sku: "sku".into(),
-                zone: "zone".into(),
-                state: ResourceState::ALL[state],
-                gpus,
-                out_external_bytes: bytes[0],
-                out_internal_bytes: bytes[1],
-                in_bytes: bytes[2],
-                size_bytes: bytes[3],
-                labels,
-            })
+            .prop_map(
+                |(minute, account, resource, kind, state, gpus, bytes, labels)| Sample {
+                    minute: Minute::from_unix_minutes(minute),
+                    host: "hv-1".into(),
+                    account_id: account,
+                    resource_id: resource,
+                    kind: ResourceKind::ALL[kind],
+                    sku: "sku".into(),
+                    zone: "zone".into(),
+                    state: ResourceState::ALL[state],
+                    gpus,
+                    out_external_bytes: bytes[0],
+                    out_internal_bytes: bytes[1],
+                    in_bytes: bytes[2],
+                    size_bytes: bytes[3],
+                    labels,
+                },
+            )
     }
 
     proptest! {

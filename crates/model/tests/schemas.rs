@@ -11,7 +11,9 @@ use tally_model::rollup::rollup_arrow_schema;
 use tally_model::{ResourceKind, ResourceState, Sample};
 
 fn schema_file(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -45,8 +47,16 @@ fn sample_fields_match_the_json_schema() {
         .cloned()
         .collect();
     let serialised = serde_json::to_value(full_sample()).expect("serialise");
-    let fields: BTreeSet<String> = serialised.as_object().expect("object").keys().cloned().collect();
-    assert_eq!(fields, properties, "Sample's fields differ from the schema's properties");
+    let fields: BTreeSet<String> = serialised
+        .as_object()
+        .expect("object")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        fields, properties,
+        "Sample's fields differ from the schema's properties"
+    );
 
     // A field is required in the schema exactly when the type cannot do without it.
     let required = string_set(&schema["required"]);
@@ -54,12 +64,24 @@ fn sample_fields_match_the_json_schema() {
         let mut without = serialised.clone();
         without.as_object_mut().expect("object").remove(field);
         let accepted = serde_json::from_value::<Sample>(without).is_ok();
-        assert_eq!(accepted, !required.contains(field), "field '{field}': required by the schema = {}, by the type = {}", required.contains(field), !accepted);
+        assert_eq!(
+            accepted,
+            !required.contains(field),
+            "field '{field}': required by the schema = {}, by the type = {}",
+            required.contains(field),
+            !accepted
+        );
     }
 
-    let kinds: BTreeSet<String> = ResourceKind::ALL.iter().map(|k| k.as_str().to_owned()).collect();
+    let kinds: BTreeSet<String> = ResourceKind::ALL
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
     assert_eq!(string_set(&schema["properties"]["kind"]["enum"]), kinds);
-    let states: BTreeSet<String> = ResourceState::ALL.iter().map(|s| s.as_str().to_owned()).collect();
+    let states: BTreeSet<String> = ResourceState::ALL
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
     assert_eq!(string_set(&schema["properties"]["state"]["enum"]), states);
 }
 
@@ -86,7 +108,11 @@ fn the_json_schema_and_the_type_accept_and_refuse_the_same_documents() {
     cases.push((offset, true));
     for (document, valid) in cases {
         assert_eq!(validator.is_valid(&document), valid, "schema on {document}");
-        assert_eq!(serde_json::from_value::<Sample>(document.clone()).is_ok(), valid, "type on {document}");
+        assert_eq!(
+            serde_json::from_value::<Sample>(document.clone()).is_ok(),
+            valid,
+            "type on {document}"
+        );
     }
 }
 
@@ -109,7 +135,12 @@ fn assert_columns_match(file: &str, arrow: SchemaRef) {
         .expect("columns")
         .iter()
         .map(|column| {
-            assert!(column["description"].as_str().is_some_and(|d| !d.is_empty()), "{file}: {column} needs a description");
+            assert!(
+                column["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
+                "{file}: {column} needs a description"
+            );
             (
                 column["name"].as_str().expect("name").to_owned(),
                 column["type"].as_str().expect("type").to_owned(),
@@ -120,7 +151,13 @@ fn assert_columns_match(file: &str, arrow: SchemaRef) {
     let actual: Vec<(String, String, bool)> = arrow
         .fields()
         .iter()
-        .map(|field| (field.name().clone(), type_name(field.data_type()), field.is_nullable()))
+        .map(|field| {
+            (
+                field.name().clone(),
+                type_name(field.data_type()),
+                field.is_nullable(),
+            )
+        })
         .collect();
     assert_eq!(actual, documented, "{file} and the Arrow schema differ");
 }

@@ -14,7 +14,8 @@ fn repo() -> PathBuf {
 }
 
 fn schema() -> Value {
-    let text = std::fs::read_to_string(repo().join("schemas/tariff.v1.schema.json")).expect("schema file");
+    let text =
+        std::fs::read_to_string(repo().join("schemas/tariff.v1.schema.json")).expect("schema file");
     serde_json::from_str(&text).expect("schema is JSON")
 }
 
@@ -68,11 +69,18 @@ minimum_monthly = "0.01"
 fn tariff_documents() -> Vec<(String, String)> {
     let mut documents = vec![("every field".to_owned(), EVERY_FIELD.to_owned())];
     let directory = repo().join("crates/rating/tariffs");
-    let mut files: Vec<_> = std::fs::read_dir(&directory).expect("tariffs dir").flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&directory)
+        .expect("tariffs dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 4, "the four reference tariffs");
     for path in files {
-        documents.push((path.display().to_string(), std::fs::read_to_string(&path).expect("tariff")));
+        documents.push((
+            path.display().to_string(),
+            std::fs::read_to_string(&path).expect("tariff"),
+        ));
     }
     documents
 }
@@ -82,12 +90,19 @@ fn every_tariff_validates_and_deserialises() {
     let validator = jsonschema::validator_for(&schema()).expect("schema compiles");
     for (name, text) in tariff_documents() {
         let json: Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "{name} against the schema: {errors:?}");
-        let tariff: Tariff = toml::from_str(&text).unwrap_or_else(|e| panic!("{name} as the type: {e}"));
+        let tariff: Tariff =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{name} as the type: {e}"));
         // What the type writes back is valid too.
         let written = serde_json::to_value(&tariff).expect("serialise");
-        assert!(validator.is_valid(&written), "{name}: the type's own output fails the schema: {written}");
+        assert!(
+            validator.is_valid(&written),
+            "{name}: the type's own output fails the schema: {written}"
+        );
     }
 }
 
@@ -97,7 +112,10 @@ fn keys(value: &Value, path: &str, out: &mut BTreeSet<String>) {
         Value::Object(map) => {
             for (key, child) in map {
                 // Map-valued fields (states, prices by GPU count, labels) have data keys.
-                let data_map = matches!(key.as_str(), "states" | "configuration_prices" | "when_labels");
+                let data_map = matches!(
+                    key.as_str(),
+                    "states" | "configuration_prices" | "when_labels"
+                );
                 let here = format!("{path}/{key}");
                 out.insert(here.clone());
                 if !data_map {
@@ -135,21 +153,43 @@ fn the_schema_and_the_type_have_the_same_fields() {
     schema_keys(&schema, &schema, "", &mut declared);
     let tariff: Tariff = toml::from_str(EVERY_FIELD).expect("every field");
     let mut written = BTreeSet::new();
-    keys(&serde_json::to_value(&tariff).expect("serialise"), "", &mut written);
-    assert_eq!(written, declared, "fields of Tariff (left) and of tariff.v1.schema.json (right) differ");
+    keys(
+        &serde_json::to_value(&tariff).expect("serialise"),
+        "",
+        &mut written,
+    );
+    assert_eq!(
+        written, declared,
+        "fields of Tariff (left) and of tariff.v1.schema.json (right) differ"
+    );
 }
 
 #[test]
 fn what_the_schema_refuses_the_type_refuses() {
     let validator = jsonschema::validator_for(&schema()).expect("schema compiles");
     for (broken, why) in [
-        (EVERY_FIELD.replace("rounding = \"exact\"", "rounding = \"up\""), "unknown rounding"),
-        (EVERY_FIELD.replace("max_hours = 672", "max_hours = 672\ncolour = \"red\""), "unknown field"),
-        (EVERY_FIELD.replace("price = \"1.5\"", "price = 1.5"), "a float price"),
-        (EVERY_FIELD.replace("kind = \"gpu_server\"", "kind = \"toaster\""), "unknown kind"),
+        (
+            EVERY_FIELD.replace("rounding = \"exact\"", "rounding = \"up\""),
+            "unknown rounding",
+        ),
+        (
+            EVERY_FIELD.replace("max_hours = 672", "max_hours = 672\ncolour = \"red\""),
+            "unknown field",
+        ),
+        (
+            EVERY_FIELD.replace("price = \"1.5\"", "price = 1.5"),
+            "a float price",
+        ),
+        (
+            EVERY_FIELD.replace("kind = \"gpu_server\"", "kind = \"toaster\""),
+            "unknown kind",
+        ),
     ] {
         let json: Value = toml::from_str(&broken).expect("still TOML");
         assert!(!validator.is_valid(&json), "schema accepts {why}");
-        assert!(toml::from_str::<Tariff>(&broken).is_err(), "type accepts {why}");
+        assert!(
+            toml::from_str::<Tariff>(&broken).is_err(),
+            "type accepts {why}"
+        );
     }
 }

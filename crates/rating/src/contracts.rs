@@ -31,13 +31,22 @@ pub struct AccountContract {
 
 /// Contracts by account id.
 pub fn load_contracts(path: &Path) -> Result<BTreeMap<String, AccountContract>> {
-    let error = |detail: String| Error::Contracts { path: path.to_owned(), detail };
+    let error = |detail: String| Error::Contracts {
+        path: path.to_owned(),
+        detail,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
     let contracts: Contracts = serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
     let mut by_account = BTreeMap::new();
     for contract in contracts.accounts {
-        if contract.credit.is_some_and(|credit| credit.is_sign_negative()) {
-            return Err(error(format!("account '{}': credit must not be negative", contract.account_id)));
+        if contract
+            .credit
+            .is_some_and(|credit| credit.is_sign_negative())
+        {
+            return Err(error(format!(
+                "account '{}': credit must not be negative",
+                contract.account_id
+            )));
         }
         let account_id = contract.account_id.clone();
         if by_account.insert(account_id.clone(), contract).is_some() {

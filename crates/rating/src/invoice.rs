@@ -55,7 +55,13 @@ fn round(value: Decimal, places: u32) -> Decimal {
 }
 
 /// Builds the invoice of one account from its line items.
-pub fn build_invoice(account_id: &str, tariff: &Tariff, month: &BillingMonth, items: &[LineItem], credit: Decimal) -> Invoice {
+pub fn build_invoice(
+    account_id: &str,
+    tariff: &Tariff,
+    month: &BillingMonth,
+    items: &[LineItem],
+    credit: Decimal,
+) -> Invoice {
     let places = tariff.invoice.decimal_places;
     let lines: Vec<InvoiceLine> = items
         .iter()
@@ -103,7 +109,9 @@ pub fn invoice_csv(invoice: &Invoice) -> String {
             text.to_owned()
         }
     };
-    let mut csv = String::from("description,resource_id,sku,quantity,unit,unit_price,amount,amount_displayed,rule\n");
+    let mut csv = String::from(
+        "description,resource_id,sku,quantity,unit,unit_price,amount,amount_displayed,rule\n",
+    );
     for line in &invoice.lines {
         let row = [
             field(&line.description),
@@ -183,7 +191,9 @@ mod tests {
 
     #[test]
     fn h9_many_small_lines_are_summed_unrounded() {
-        let tariff = crate::tariff::parse_tariff(std::path::Path::new("t"), crate::reference_tariffs()[2].1).expect("tariff");
+        let tariff =
+            crate::tariff::parse_tariff(std::path::Path::new("t"), crate::reference_tariffs()[2].1)
+                .expect("tariff");
         let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
         let items: Vec<LineItem> = (0..1000).map(|_| line(Decimal::new(4, 3))).collect();
         let invoice = build_invoice("a", &tariff, &month, &items, Decimal::new(150, 2));

@@ -31,9 +31,15 @@ use crate::month::BillingMonth;
 /// The reference tariffs of BILLING.md, as shipped: `(file name, TOML text)`.
 pub fn reference_tariffs() -> [(&'static str, &'static str); 4] {
     [
-        ("trooper-ai.toml", include_str!("../tariffs/trooper-ai.toml")),
+        (
+            "trooper-ai.toml",
+            include_str!("../tariffs/trooper-ai.toml"),
+        ),
         ("vps-672.toml", include_str!("../tariffs/vps-672.toml")),
-        ("hetzner-cloud.toml", include_str!("../tariffs/hetzner-cloud.toml")),
+        (
+            "hetzner-cloud.toml",
+            include_str!("../tariffs/hetzner-cloud.toml"),
+        ),
         ("centron.toml", include_str!("../tariffs/centron.toml")),
     ]
 }
@@ -82,12 +88,16 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
     let context = usage::lake_session(&request.lake).await?;
 
     // Months are calendar months in each tariff's time zone: one usage query per zone.
-    let mut usage_by_zone: BTreeMap<String, (BillingMonth, Vec<usage::ResourceUsage>)> = BTreeMap::new();
+    let mut usage_by_zone: BTreeMap<String, (BillingMonth, Vec<usage::ResourceUsage>)> =
+        BTreeMap::new();
     for tariff in &tariffs {
         if usage_by_zone.contains_key(&tariff.time_zone) {
             continue;
         }
-        let zone = tariff::time_zone(tariff).map_err(|detail| Error::Tariff { path: PathBuf::from(&tariff.id), detail })?;
+        let zone = tariff::time_zone(tariff).map_err(|detail| Error::Tariff {
+            path: PathBuf::from(&tariff.id),
+            detail,
+        })?;
         let month = BillingMonth::new(&request.month, zone)?;
         let usages = usage::month_usage(&context, &month).await?;
         usage_by_zone.insert(tariff.time_zone.clone(), (month, usages));
@@ -98,7 +108,10 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
         .flat_map(|(_, usages)| usages)
         .find(|usage| !contracts.contains_key(&usage.account_id));
     if let Some(usage) = unbilled {
-        return Err(Error::NoContract { account_id: usage.account_id.clone(), month: request.month.clone() });
+        return Err(Error::NoContract {
+            account_id: usage.account_id.clone(),
+            month: request.month.clone(),
+        });
     }
 
     let mut line_items = Vec::new();
@@ -109,15 +122,29 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
             tariff_id: contract.tariff_id.clone(),
             month: request.month.clone(),
         };
-        let zone = &tariffs.iter().find(|tariff| tariff.id == contract.tariff_id).ok_or_else(no_tariff)?.time_zone;
+        let zone = &tariffs
+            .iter()
+            .find(|tariff| tariff.id == contract.tariff_id)
+            .ok_or_else(no_tariff)?
+            .time_zone;
         let (month, usages) = &usage_by_zone[zone];
-        let tariff = tariff::version_for(&tariffs, &contract.tariff_id, month.first_day).ok_or_else(no_tariff)?;
-        let account_usage: Vec<&usage::ResourceUsage> = usages.iter().filter(|usage| &usage.account_id == account_id).collect();
+        let tariff = tariff::version_for(&tariffs, &contract.tariff_id, month.first_day)
+            .ok_or_else(no_tariff)?;
+        let account_usage: Vec<&usage::ResourceUsage> = usages
+            .iter()
+            .filter(|usage| &usage.account_id == account_id)
+            .collect();
         let items = price::price_account(tariff, month, &account_usage)?;
         if items.is_empty() {
             continue;
         }
-        invoices.push(invoice::build_invoice(account_id, tariff, month, &items, contract.credit.unwrap_or_default()));
+        invoices.push(invoice::build_invoice(
+            account_id,
+            tariff,
+            month,
+            &items,
+            contract.credit.unwrap_or_default(),
+        ));
         line_items.extend(items);
     }
     let line_items_file = write::write_line_items(&request.out, &request.month, &line_items)?;

@@ -18,16 +18,23 @@ pub struct BillingMonth {
 impl BillingMonth {
     pub fn new(label: &str, time_zone: Tz) -> Result<Self> {
         let bad = || Error::Month(label.to_owned());
-        let first_day = NaiveDate::parse_from_str(&format!("{label}-01"), "%Y-%m-%d").map_err(|_| bad())?;
+        let first_day =
+            NaiveDate::parse_from_str(&format!("{label}-01"), "%Y-%m-%d").map_err(|_| bad())?;
         if first_day.format("%Y-%m").to_string() != label {
             return Err(bad());
         }
-        let next = first_day.checked_add_months(Months::new(1)).ok_or_else(bad)?;
+        let next = first_day
+            .checked_add_months(Months::new(1))
+            .ok_or_else(bad)?;
         let midnight = |day: NaiveDate| -> Result<DateTime<Utc>> {
             let local = day.and_hms_opt(0, 0, 0).ok_or_else(bad)?;
             // Midnight exists in every IANA zone used for billing; `earliest` covers the
             // few zones whose DST switch is at midnight.
-            Ok(time_zone.from_local_datetime(&local).earliest().ok_or_else(bad)?.with_timezone(&Utc))
+            Ok(time_zone
+                .from_local_datetime(&local)
+                .earliest()
+                .ok_or_else(bad)?
+                .with_timezone(&Utc))
         };
         Ok(Self {
             label: label.to_owned(),
@@ -62,10 +69,26 @@ mod tests {
     #[test]
     fn berlin_months_have_743_744_or_745_hours() {
         let berlin = chrono_tz::Europe::Berlin;
-        assert_eq!(BillingMonth::new("2026-03", berlin).expect("march").hours(), 743);
-        assert_eq!(BillingMonth::new("2026-10", berlin).expect("october").hours(), 745);
-        assert_eq!(BillingMonth::new("2026-07", berlin).expect("july").hours(), 744);
-        assert_eq!(BillingMonth::new("2026-02", berlin).expect("february").hours(), 672);
+        assert_eq!(
+            BillingMonth::new("2026-03", berlin).expect("march").hours(),
+            743
+        );
+        assert_eq!(
+            BillingMonth::new("2026-10", berlin)
+                .expect("october")
+                .hours(),
+            745
+        );
+        assert_eq!(
+            BillingMonth::new("2026-07", berlin).expect("july").hours(),
+            744
+        );
+        assert_eq!(
+            BillingMonth::new("2026-02", berlin)
+                .expect("february")
+                .hours(),
+            672
+        );
         let october = BillingMonth::new("2026-10", berlin).expect("october");
         assert_eq!(october.first_hour().partition_value(), "2026-09-30T22");
         assert!(BillingMonth::new("2026-13", berlin).is_err());

@@ -10,7 +10,10 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_model::line_item::{ChargeCategory, ChargeFrequency, LineItem};
 use tally_model::sample::labels_from_text;
-use tally_model::tariff::{AllowanceScope, PricePer, Product, Rounding, StorageAccounting, Tariff, TimeCharge, TimeQuantity};
+use tally_model::tariff::{
+    AllowanceScope, PricePer, Product, Rounding, StorageAccounting, Tariff, TimeCharge,
+    TimeQuantity,
+};
 use tally_model::{Hour, ResourceState};
 
 use crate::error::{Error, Result};
@@ -18,7 +21,11 @@ use crate::month::BillingMonth;
 use crate::usage::ResourceUsage;
 
 /// Prices `usages` (all of one account) under `tariff` for `month`.
-pub fn price_account(tariff: &Tariff, month: &BillingMonth, usages: &[&ResourceUsage]) -> Result<Vec<LineItem>> {
+pub fn price_account(
+    tariff: &Tariff,
+    month: &BillingMonth,
+    usages: &[&ResourceUsage],
+) -> Result<Vec<LineItem>> {
     let mut lines = Vec::new();
     // Grouped time charges (C3) are summed over resources before pricing.
     let mut groups: BTreeMap<(String, String, usize), Group> = BTreeMap::new();
@@ -28,18 +35,30 @@ pub fn price_account(tariff: &Tariff, month: &BillingMonth, usages: &[&ResourceU
             resource_id: usage.resource_id.clone(),
             detail,
         };
-        let kind = usage.kind.ok_or_else(|| fail("rollups carry an unknown resource kind".into()))?;
+        let kind = usage
+            .kind
+            .ok_or_else(|| fail("rollups carry an unknown resource kind".into()))?;
         let product = tariff.product(&usage.sku, kind).ok_or_else(|| {
             fail(format!(
                 "sku '{}' ({kind}) is not in tariff '{}' version {}: add it, so the usage is billed",
                 usage.sku, tariff.id, tariff.version
             ))
         })?;
-        let labels = labels_from_text(&usage.labels).map_err(|e| fail(format!("labels '{}': {e}", usage.labels)))?;
-        let context = Context { tariff, month, usage, product };
+        let labels = labels_from_text(&usage.labels)
+            .map_err(|e| fail(format!("labels '{}': {e}", usage.labels)))?;
+        let context = Context {
+            tariff,
+            month,
+            usage,
+            product,
+        };
         let mut billed_hours = None;
         for (index, charge) in product.time.iter().enumerate() {
-            if charge.when_labels.iter().any(|(key, value)| labels.get(key) != Some(value)) {
+            if charge
+                .when_labels
+                .iter()
+                .any(|(key, value)| labels.get(key) != Some(value))
+            {
                 continue;
             }
             let quantity = time_quantity(&context, charge).map_err(fail)?;
@@ -54,30 +73,36 @@ pub fn price_account(tariff: &Tariff, month: &BillingMonth, usages: &[&ResourceU
                     .iter()
                     .map(|key| format!("{key}={}", labels.get(key).map_or("", String::as_str)))
                     .collect();
-                let group = groups.entry((product.sku.clone(), values.join(","), index)).or_insert_with(|| Group {
-                    product: Some(product),
-                    charge: Some(charge),
-                    zone: usage.zone.clone(),
-                    ..Group::default()
-                });
+                let group = groups
+                    .entry((product.sku.clone(), values.join(","), index))
+                    .or_insert_with(|| Group {
+                        product: Some(product),
+                        charge: Some(charge),
+                        zone: usage.zone.clone(),
+                        ..Group::default()
+                    });
                 group.add(usage, &quantity).map_err(fail)?;
             }
         }
         if let Some(traffic) = &product.traffic {
-            let hours = billed_hours.unwrap_or_else(|| Decimal::from(usage.present_minutes) / Decimal::from(60));
+            let hours = billed_hours
+                .unwrap_or_else(|| Decimal::from(usage.present_minutes) / Decimal::from(60));
             if let Some(line) = context.traffic_line(traffic, hours).map_err(fail)? {
                 lines.push(line);
             }
         }
-        if let Some(storage) = &product.storage {
-            if let Some(line) = context.storage_line(storage).map_err(fail)? {
-                lines.push(line);
-            }
+        if let Some(storage) = &product.storage
+            && let Some(line) = context.storage_line(storage).map_err(fail)?
+        {
+            lines.push(line);
         }
     }
     for ((sku, values, _), group) in groups {
         let fail = |detail: String| Error::Pricing {
-            account_id: usages.first().map(|u| u.account_id.clone()).unwrap_or_default(),
+            account_id: usages
+                .first()
+                .map(|u| u.account_id.clone())
+                .unwrap_or_default(),
             resource_id: format!("group {sku} {values}"),
             detail,
         };
@@ -86,7 +111,12 @@ pub fn price_account(tariff: &Tariff, month: &BillingMonth, usages: &[&ResourceU
         }
     }
     lines.sort_by(|a, b| {
-        (&a.resource_id, &a.sku_id, &a.x_rule, &a.charge_description).cmp(&(&b.resource_id, &b.sku_id, &b.x_rule, &b.charge_description))
+        (&a.resource_id, &a.sku_id, &a.x_rule, &a.charge_description).cmp(&(
+            &b.resource_id,
+            &b.sku_id,
+            &b.x_rule,
+            &b.charge_description,
+        ))
     });
     Ok(lines)
 }
@@ -131,12 +161,18 @@ fn unit_price(charge: &TimeCharge, gpus: u16) -> Result<(Decimal, String), Strin
         return Ok((charge.price, String::new()));
     }
     if gpus == 0 {
-        return Err(format!("'{}' is priced per GPU but the resource reports 0 GPUs", charge.name));
+        return Err(format!(
+            "'{}' is priced per GPU but the resource reports 0 GPUs",
+            charge.name
+        ));
     }
     if let Some(explicit) = charge.configuration_prices.get(&gpus.to_string()) {
         return Ok((explicit.0, format!(", configuration price for {gpus} GPUs")));
     }
-    Ok((mul(charge.price, Decimal::from(gpus), "the per-GPU price")?, format!(", {gpus} GPUs × {}", charge.price)))
+    Ok((
+        mul(charge.price, Decimal::from(gpus), "the per-GPU price")?,
+        format!(", {gpus} GPUs × {}", charge.price),
+    ))
 }
 
 fn time_quantity(context: &Context<'_>, charge: &TimeCharge) -> Result<TimeAmount, String> {
@@ -147,8 +183,24 @@ fn time_quantity(context: &Context<'_>, charge: &TimeCharge) -> Result<TimeAmoun
     let mut billable_hours = 0i64;
     for state in ResourceState::ALL {
         let factor = charge.factor(state);
-        weighted_minutes = add(weighted_minutes, mul(Decimal::from(usage.minutes[state.index()]), factor, "minutes")?, "minutes")?;
-        weighted_hours = add(weighted_hours, mul(Decimal::from(usage.top_state_hours[state.index()]), factor, "hours")?, "hours")?;
+        weighted_minutes = add(
+            weighted_minutes,
+            mul(
+                Decimal::from(usage.minutes[state.index()]),
+                factor,
+                "minutes",
+            )?,
+            "minutes",
+        )?;
+        weighted_hours = add(
+            weighted_hours,
+            mul(
+                Decimal::from(usage.top_state_hours[state.index()]),
+                factor,
+                "hours",
+            )?,
+            "hours",
+        )?;
         if factor > Decimal::ZERO {
             billable_hours += usage.top_state_hours[state.index()];
         }
@@ -185,27 +237,46 @@ fn time_quantity(context: &Context<'_>, charge: &TimeCharge) -> Result<TimeAmoun
             let hours = Decimal::from(billable_hours);
             let months = div(hours, month_hours, "month fraction")?;
             note = format!("{hours} of {month_hours} hours of the month");
-            (months, hours, div(mul(price, hours, "amount")?, month_hours, "amount")?)
+            (
+                months,
+                hours,
+                div(mul(price, hours, "amount")?, month_hours, "amount")?,
+            )
         }
         TimeQuantity::StartedMonths => {
-            let months = if weighted_minutes > Decimal::ZERO { Decimal::ONE } else { Decimal::ZERO };
+            let months = if weighted_minutes > Decimal::ZERO {
+                Decimal::ONE
+            } else {
+                Decimal::ZERO
+            };
             note = "started month".to_owned();
-            (months, Decimal::from(billable_hours), mul(price, months, "amount")?)
+            (
+                months,
+                Decimal::from(billable_hours),
+                mul(price, months, "amount")?,
+            )
         }
     };
-    if let Some(cap) = charge.monthly_cap {
-        if amount > cap {
-            amount = cap;
-            note = format!("{note}, monthly cap {cap} applied");
-        }
+    if let Some(cap) = charge.monthly_cap
+        && amount > cap
+    {
+        amount = cap;
+        note = format!("{note}, monthly cap {cap} applied");
     }
-    if let Some(minimum) = charge.minimum_monthly {
-        if amount > Decimal::ZERO && amount < minimum {
-            amount = minimum;
-            note = format!("{note}, monthly minimum {minimum} applied");
-        }
+    if let Some(minimum) = charge.minimum_monthly
+        && amount > Decimal::ZERO
+        && amount < minimum
+    {
+        amount = minimum;
+        note = format!("{note}, monthly minimum {minimum} applied");
     }
-    Ok(TimeAmount { quantity, hours, amount, unit_price: price, note: format!("{note}{price_note}") })
+    Ok(TimeAmount {
+        quantity,
+        hours,
+        amount,
+        unit_price: price,
+        note: format!("{note}{price_note}"),
+    })
 }
 
 fn pricing_unit(per: PricePer) -> &'static str {
@@ -248,7 +319,11 @@ impl Context<'_> {
         }
     }
 
-    fn time_line(&self, charge: &TimeCharge, quantity: &TimeAmount) -> Result<Option<LineItem>, String> {
+    fn time_line(
+        &self,
+        charge: &TimeCharge,
+        quantity: &TimeAmount,
+    ) -> Result<Option<LineItem>, String> {
         if quantity.amount.is_zero() {
             return Ok(None); // free products (H7 IPv6) and unused time never reach the invoice
         }
@@ -265,11 +340,19 @@ impl Context<'_> {
         Ok(Some(line))
     }
 
-    fn traffic_line(&self, traffic: &tally_model::tariff::TrafficCharge, billed_hours: Decimal) -> Result<Option<LineItem>, String> {
+    fn traffic_line(
+        &self,
+        traffic: &tally_model::tariff::TrafficCharge,
+        billed_hours: Decimal,
+    ) -> Result<Option<LineItem>, String> {
         let usage = self.usage;
         let used = Decimal::from_i128_with_scale(usage.out_external_bytes, 0);
         let unit_bytes = Decimal::from(traffic.unit.bytes());
-        let mut included = mul(traffic.included, Decimal::from(traffic.included_unit.bytes()), "included traffic")?;
+        let mut included = mul(
+            traffic.included,
+            Decimal::from(traffic.included_unit.bytes()),
+            "included traffic",
+        )?;
         let mut note = format!("{} {} included", traffic.included, traffic.included_unit);
         if traffic.included_per == AllowanceScope::Gpu {
             included = mul(included, Decimal::from(usage.gpus), "included traffic")?;
@@ -278,7 +361,11 @@ impl Context<'_> {
         if let Some(over) = traffic.prorate_over_hours {
             let over = Decimal::from(over);
             let hours = billed_hours.min(over);
-            included = div(mul(included, hours, "included traffic")?, over, "included traffic")?;
+            included = div(
+                mul(included, hours, "included traffic")?,
+                over,
+                "included traffic",
+            )?;
             note = format!("{note}, prorated {hours}/{over} h");
         }
         if used <= included {
@@ -291,8 +378,16 @@ impl Context<'_> {
             note = format!("{note}, every started {} charged", traffic.unit);
         }
         let mut line = self.base_line(
-            format!("{}: outbound traffic beyond the allowance", self.product.description),
-            format!("{}: {} {} used, {note}", traffic.rule, div(used, unit_bytes, "traffic")?.normalize(), traffic.unit),
+            format!(
+                "{}: outbound traffic beyond the allowance",
+                self.product.description
+            ),
+            format!(
+                "{}: {} {} used, {note}",
+                traffic.rule,
+                div(used, unit_bytes, "traffic")?.normalize(),
+                traffic.unit
+            ),
         );
         line.consumed_quantity = div(used, unit_bytes, "traffic")?;
         line.consumed_unit = traffic.unit.symbol().to_owned();
@@ -302,12 +397,19 @@ impl Context<'_> {
         line.billed_cost = if traffic.rounding == Rounding::Ceil {
             mul(quantity, traffic.price, "traffic amount")?
         } else {
-            div(mul(overage_bytes, traffic.price, "traffic amount")?, unit_bytes, "traffic amount")?
+            div(
+                mul(overage_bytes, traffic.price, "traffic amount")?,
+                unit_bytes,
+                "traffic amount",
+            )?
         };
         Ok(Some(line))
     }
 
-    fn storage_line(&self, storage: &tally_model::tariff::StorageCharge) -> Result<Option<LineItem>, String> {
+    fn storage_line(
+        &self,
+        storage: &tally_model::tariff::StorageCharge,
+    ) -> Result<Option<LineItem>, String> {
         let usage = self.usage;
         if usage.size_byte_minutes == 0 {
             return Ok(None);
@@ -328,23 +430,57 @@ impl Context<'_> {
                     note = format!(", {per_month} h cap applied");
                 }
                 let unit_hours = div(size_minutes, mul(sixty, unit_bytes, "unit")?, "unit-hours")?;
-                let amount = div(mul(storage.price, size_minutes, "amount")?, mul(mul(sixty, unit_bytes, "unit")?, per_month, "unit")?, "amount")?;
-                (unit_hours, format!("{}-Hours", storage.unit), amount, format!("{} {}-hours at {}/{per_month} per hour{note}", unit_hours.round_dp(6), storage.unit, storage.price))
+                let amount = div(
+                    mul(storage.price, size_minutes, "amount")?,
+                    mul(mul(sixty, unit_bytes, "unit")?, per_month, "unit")?,
+                    "amount",
+                )?;
+                (
+                    unit_hours,
+                    format!("{}-Hours", storage.unit),
+                    amount,
+                    format!(
+                        "{} {}-hours at {}/{per_month} per hour{note}",
+                        unit_hours.round_dp(6),
+                        storage.unit,
+                        storage.price
+                    ),
+                )
             }
             StorageAccounting::MonthFraction => {
                 let month_minutes = Decimal::from(self.month.minutes());
-                let unit_months = div(size_minutes, mul(unit_bytes, month_minutes, "unit")?, "unit-months")?;
-                let amount = div(mul(storage.price, size_minutes, "amount")?, mul(unit_bytes, month_minutes, "unit")?, "amount")?;
-                (unit_months, format!("{}-Months", storage.unit), amount, format!("{} {}-months (average size over the month)", unit_months.round_dp(6), storage.unit))
+                let unit_months = div(
+                    size_minutes,
+                    mul(unit_bytes, month_minutes, "unit")?,
+                    "unit-months",
+                )?;
+                let amount = div(
+                    mul(storage.price, size_minutes, "amount")?,
+                    mul(unit_bytes, month_minutes, "unit")?,
+                    "amount",
+                )?;
+                (
+                    unit_months,
+                    format!("{}-Months", storage.unit),
+                    amount,
+                    format!(
+                        "{} {}-months (average size over the month)",
+                        unit_months.round_dp(6),
+                        storage.unit
+                    ),
+                )
             }
         };
-        if let Some(minimum) = storage.minimum_monthly {
-            if amount < minimum {
-                amount = minimum;
-                note = format!("{note}, monthly minimum {minimum} applied");
-            }
+        if let Some(minimum) = storage.minimum_monthly
+            && amount < minimum
+        {
+            amount = minimum;
+            note = format!("{note}, monthly minimum {minimum} applied");
         }
-        let mut line = self.base_line(format!("{}: storage", self.product.description), format!("{}: {note}", storage.rule));
+        let mut line = self.base_line(
+            format!("{}: storage", self.product.description),
+            format!("{}: {note}", storage.rule),
+        );
         line.consumed_quantity = quantity;
         line.consumed_unit = unit.clone();
         line.pricing_quantity = quantity;
@@ -379,12 +515,23 @@ impl<'a> Group<'a> {
         self.unit_price = quantity.unit_price;
         self.resources += 1;
         self.rows += usage.rollup_rows;
-        self.first_hour = [self.first_hour, usage.first_hour].into_iter().flatten().min();
-        self.last_hour = [self.last_hour, usage.last_hour].into_iter().flatten().max();
+        self.first_hour = [self.first_hour, usage.first_hour]
+            .into_iter()
+            .flatten()
+            .min();
+        self.last_hour = [self.last_hour, usage.last_hour]
+            .into_iter()
+            .flatten()
+            .max();
         Ok(())
     }
 
-    fn line(&self, tariff: &Tariff, month: &BillingMonth, values: &str) -> Result<Option<LineItem>, String> {
+    fn line(
+        &self,
+        tariff: &Tariff,
+        month: &BillingMonth,
+        values: &str,
+    ) -> Result<Option<LineItem>, String> {
         let (Some(product), Some(charge)) = (self.product, self.charge) else {
             return Ok(None);
         };
@@ -414,7 +561,10 @@ impl<'a> Group<'a> {
             billed_cost: self.amount,
             billing_currency: tariff.currency.clone(),
             provider_name: tariff.provider.clone(),
-            x_rule: format!("{}: {} h summed over {} resources of {} {values}", charge.rule, self.quantity, self.resources, product.sku),
+            x_rule: format!(
+                "{}: {} h summed over {} resources of {} {values}",
+                charge.rule, self.quantity, self.resources, product.sku
+            ),
             x_tariff_id: tariff.id.clone(),
             x_tariff_version: tariff.version.clone(),
             x_lineage: lineage(self.first_hour, self.last_hour, self.rows),
@@ -422,7 +572,11 @@ impl<'a> Group<'a> {
     }
 }
 
-fn charge_period(month: &BillingMonth, first: Option<Hour>, last: Option<Hour>) -> (DateTime<Utc>, DateTime<Utc>) {
+fn charge_period(
+    month: &BillingMonth,
+    first: Option<Hour>,
+    last: Option<Hour>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
     let start = first.map_or(month.start, |hour| hour.to_datetime().max(month.start));
     let end = last.map_or(month.end, |hour| hour.next().to_datetime().min(month.end));
     (start, end)

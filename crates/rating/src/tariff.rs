@@ -22,33 +22,47 @@ pub fn check_tariff(path: &Path) -> Result<Tariff> {
 
 /// Parses and checks tariff text; `path` only names it in errors.
 pub fn parse_tariff(path: &Path, text: &str) -> Result<Tariff> {
-    let error = |detail: String| Error::Tariff { path: path.to_owned(), detail };
+    let error = |detail: String| Error::Tariff {
+        path: path.to_owned(),
+        detail,
+    };
     // toml's message names the line, the column and the field it could not accept.
-    let tariff: Tariff = toml::from_str(text).map_err(|e| error(e.to_string().trim_end().to_owned()))?;
+    let tariff: Tariff =
+        toml::from_str(text).map_err(|e| error(e.to_string().trim_end().to_owned()))?;
     check(&tariff, text).map_err(error)?;
     Ok(tariff)
 }
 
 /// The time zone a tariff bills its months in.
 pub fn time_zone(tariff: &Tariff) -> Result<Tz, String> {
-    tariff
-        .time_zone
-        .parse::<Tz>()
-        .map_err(|_| format!("time_zone '{}' is not an IANA time zone such as Europe/Berlin", tariff.time_zone))
+    tariff.time_zone.parse::<Tz>().map_err(|_| {
+        format!(
+            "time_zone '{}' is not an IANA time zone such as Europe/Berlin",
+            tariff.time_zone
+        )
+    })
 }
 
 /// 1-based line of the first occurrence of `needle`, for pointing at a product.
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|line| line.contains(needle)).map_or(0, |index| index + 1)
+    text.lines()
+        .position(|line| line.contains(needle))
+        .map_or(0, |index| index + 1)
 }
 
 fn check(tariff: &Tariff, text: &str) -> Result<(), String> {
     if tariff.schema != SCHEMA_V1 {
-        return Err(format!("schema is '{}', this Tally reads '{SCHEMA_V1}'", tariff.schema));
+        return Err(format!(
+            "schema is '{}', this Tally reads '{SCHEMA_V1}'",
+            tariff.schema
+        ));
     }
     time_zone(tariff)?;
     if tariff.currency.len() != 3 || !tariff.currency.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(format!("currency '{}' is not an ISO 4217 code such as EUR", tariff.currency));
+        return Err(format!(
+            "currency '{}' is not an ISO 4217 code such as EUR",
+            tariff.currency
+        ));
     }
     if tariff.products.is_empty() {
         return Err("the tariff has no [[products]]".into());
@@ -56,7 +70,12 @@ fn check(tariff: &Tariff, text: &str) -> Result<(), String> {
     let mut seen = BTreeSet::new();
     for product in &tariff.products {
         let line = line_of(text, &format!("sku = \"{}\"", product.sku));
-        let at = |detail: String| format!("line {line}: product '{}' ({}): {detail}", product.sku, product.kind);
+        let at = |detail: String| {
+            format!(
+                "line {line}: product '{}' ({}): {detail}",
+                product.sku, product.kind
+            )
+        };
         if !seen.insert((product.sku.clone(), product.kind)) {
             return Err(at("is listed twice".into()));
         }
@@ -66,7 +85,10 @@ fn check(tariff: &Tariff, text: &str) -> Result<(), String> {
         for charge in &product.time {
             let at = |detail: String| at(format!("time charge '{}': {detail}", charge.name));
             non_negative("price", charge.price).map_err(at)?;
-            let monthly = matches!(charge.quantity, TimeQuantity::MonthFraction | TimeQuantity::StartedMonths);
+            let monthly = matches!(
+                charge.quantity,
+                TimeQuantity::MonthFraction | TimeQuantity::StartedMonths
+            );
             if monthly != (charge.per == PricePer::Month) {
                 return Err(at(format!(
                     "quantity {:?} needs per = \"{}\"",
@@ -82,20 +104,38 @@ fn check(tariff: &Tariff, text: &str) -> Result<(), String> {
             }
             // A started hour is charged at its most expensive state, found by the order
             // running > stopped > frozen: factors must follow that order.
-            let ordered = [ResourceState::Running, ResourceState::Stopped, ResourceState::Frozen];
-            if ordered.windows(2).any(|pair| charge.factor(pair[0]) < charge.factor(pair[1]) && charge.states.contains_key(&pair[0])) {
-                return Err(at("state factors must not increase from running to stopped to frozen".into()));
+            let ordered = [
+                ResourceState::Running,
+                ResourceState::Stopped,
+                ResourceState::Frozen,
+            ];
+            if ordered.windows(2).any(|pair| {
+                charge.factor(pair[0]) < charge.factor(pair[1])
+                    && charge.states.contains_key(&pair[0])
+            }) {
+                return Err(at(
+                    "state factors must not increase from running to stopped to frozen".into(),
+                ));
             }
             for (gpus, price) in &charge.configuration_prices {
                 if !charge.per_gpu || gpus.parse::<u16>().is_err() {
-                    return Err(at(format!("configuration_prices key '{gpus}' needs per_gpu = true and a GPU count")));
+                    return Err(at(format!(
+                        "configuration_prices key '{gpus}' needs per_gpu = true and a GPU count"
+                    )));
                 }
                 non_negative("configuration price", price.0).map_err(at)?;
             }
-            if !product.group_by.is_empty() && (charge.monthly_cap.is_some() || charge.max_hours.is_some() || charge.minimum_monthly.is_some()) {
+            if !product.group_by.is_empty()
+                && (charge.monthly_cap.is_some()
+                    || charge.max_hours.is_some()
+                    || charge.minimum_monthly.is_some())
+            {
                 return Err(at("monthly_cap, max_hours and minimum_monthly apply per resource and cannot be combined with group_by".into()));
             }
-            for (name, value) in [("monthly_cap", charge.monthly_cap), ("minimum_monthly", charge.minimum_monthly)] {
+            for (name, value) in [
+                ("monthly_cap", charge.monthly_cap),
+                ("minimum_monthly", charge.minimum_monthly),
+            ] {
                 if let Some(value) = value {
                     non_negative(name, value).map_err(at)?;
                 }
@@ -130,7 +170,11 @@ fn non_negative(field: &str, value: Decimal) -> Result<(), String> {
 
 /// The version of tariff `id` in force for a month starting on `first_day`: the one with
 /// the latest `effective_from` on or before it.
-pub fn version_for<'t>(tariffs: &'t [Tariff], id: &str, first_day: NaiveDate) -> Option<&'t Tariff> {
+pub fn version_for<'t>(
+    tariffs: &'t [Tariff],
+    id: &str,
+    first_day: NaiveDate,
+) -> Option<&'t Tariff> {
     tariffs
         .iter()
         .filter(|tariff| tariff.id == id && tariff.effective_from <= first_day)
@@ -155,20 +199,45 @@ mod tests {
 
     #[test]
     fn a_misspelt_field_is_named_with_its_line() {
-        let text = crate::reference_tariffs()[2].1.replace("monthly_cap = \"3.79\"", "monthly_kap = \"3.79\"");
-        let message = parse_tariff(&path(), &text).expect_err("unknown field").to_string();
-        assert!(message.contains("monthly_kap") && message.contains("line"), "{message}");
+        let text = crate::reference_tariffs()[2]
+            .1
+            .replace("monthly_cap = \"3.79\"", "monthly_kap = \"3.79\"");
+        let message = parse_tariff(&path(), &text)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(
+            message.contains("monthly_kap") && message.contains("line"),
+            "{message}"
+        );
     }
 
     #[test]
     fn semantic_errors_name_the_product_and_line() {
-        let text = crate::reference_tariffs()[2].1.replace("price = \"0.0109\"", "price = \"-0.0109\"");
-        let message = parse_tariff(&path(), &text).expect_err("negative").to_string();
-        assert!(message.contains("cx32") && message.contains("negative") && message.contains("line "), "{message}");
-        let text = crate::reference_tariffs()[0].1.replace("stopped = \"0.35\"", "stopped = \"1.35\"");
-        let message = parse_tariff(&path(), &text).expect_err("increasing").to_string();
+        let text = crate::reference_tariffs()[2]
+            .1
+            .replace("price = \"0.0109\"", "price = \"-0.0109\"");
+        let message = parse_tariff(&path(), &text)
+            .expect_err("negative")
+            .to_string();
+        assert!(
+            message.contains("cx32") && message.contains("negative") && message.contains("line "),
+            "{message}"
+        );
+        let text = crate::reference_tariffs()[0]
+            .1
+            .replace("stopped = \"0.35\"", "stopped = \"1.35\"");
+        let message = parse_tariff(&path(), &text)
+            .expect_err("increasing")
+            .to_string();
         assert!(message.contains("must not increase"), "{message}");
-        let text = crate::reference_tariffs()[2].1.replace("Europe/Berlin", "Mars/Olympus");
-        assert!(parse_tariff(&path(), &text).expect_err("zone").to_string().contains("Mars/Olympus"));
+        let text = crate::reference_tariffs()[2]
+            .1
+            .replace("Europe/Berlin", "Mars/Olympus");
+        assert!(
+            parse_tariff(&path(), &text)
+                .expect_err("zone")
+                .to_string()
+                .contains("Mars/Olympus")
+        );
     }
 }

@@ -10,7 +10,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Decimal128Array, Int64Array, StringArray, TimestampMicrosecondArray, UInt64Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, Decimal128Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    UInt64Array,
+};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
@@ -52,12 +55,18 @@ pub async fn lake_session(lake: &Path) -> Result<SessionContext> {
     if !rollups.is_dir() {
         return Err(Error::NoLake(lake.to_owned()));
     }
-    let options = ParquetReadOptions::default().table_partition_cols(vec![("hour".into(), DataType::Utf8)]);
-    context.register_parquet("rollups", table_url(&rollups), options).await?;
+    let options =
+        ParquetReadOptions::default().table_partition_cols(vec![("hour".into(), DataType::Utf8)]);
+    context
+        .register_parquet("rollups", table_url(&rollups), options)
+        .await?;
     let line_items = lake.join("line_items");
     if line_items.is_dir() {
-        let options = ParquetReadOptions::default().table_partition_cols(vec![("month".into(), DataType::Utf8)]);
-        context.register_parquet("line_items", table_url(&line_items), options).await?;
+        let options = ParquetReadOptions::default()
+            .table_partition_cols(vec![("month".into(), DataType::Utf8)]);
+        context
+            .register_parquet("line_items", table_url(&line_items), options)
+            .await?;
     }
     Ok(context)
 }
@@ -75,19 +84,26 @@ fn popcount_udf() -> datafusion::logical_expr::ScalarUDF {
         Volatility::Immutable,
         Arc::new(|arguments: &[ColumnarValue]| match &arguments[0] {
             ColumnarValue::Array(array) => {
-                let masks = array.as_any().downcast_ref::<UInt64Array>().ok_or_else(|| {
-                    datafusion::error::DataFusionError::Execution("popcount takes a UInt64 column".into())
-                })?;
-                let counts: Int64Array = masks.iter().map(|mask| mask.map(|m| i64::from(m.count_ones()))).collect();
+                let masks = array
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .ok_or_else(|| {
+                        datafusion::error::DataFusionError::Execution(
+                            "popcount takes a UInt64 column".into(),
+                        )
+                    })?;
+                let counts: Int64Array = masks
+                    .iter()
+                    .map(|mask| mask.map(|m| i64::from(m.count_ones())))
+                    .collect();
                 Ok(ColumnarValue::Array(Arc::new(counts) as ArrayRef))
             }
-            ColumnarValue::Scalar(ScalarValue::UInt64(mask)) => Ok(ColumnarValue::Scalar(ScalarValue::Int64(
-                mask.map(|m| i64::from(m.count_ones())),
-            ))),
-            ColumnarValue::Scalar(other) => Err(datafusion::error::DataFusionError::Execution(format!(
-                "popcount takes a UInt64, not {}",
-                other.data_type()
-            ))),
+            ColumnarValue::Scalar(ScalarValue::UInt64(mask)) => Ok(ColumnarValue::Scalar(
+                ScalarValue::Int64(mask.map(|m| i64::from(m.count_ones()))),
+            )),
+            ColumnarValue::Scalar(other) => Err(datafusion::error::DataFusionError::Execution(
+                format!("popcount takes a UInt64, not {}", other.data_type()),
+            )),
         }),
     )
 }
@@ -132,13 +148,18 @@ pub fn usage_sql(month: &BillingMonth) -> String {
 }
 
 /// Every resource's usage in `month`, sorted by account and resource.
-pub async fn month_usage(context: &SessionContext, month: &BillingMonth) -> Result<Vec<ResourceUsage>> {
+pub async fn month_usage(
+    context: &SessionContext,
+    month: &BillingMonth,
+) -> Result<Vec<ResourceUsage>> {
     let batches = context.sql(&usage_sql(month)).await?.collect().await?;
     let mut usages = Vec::new();
     for batch in &batches {
         let column = |name: &str| -> Result<&ArrayRef> {
             batch.column_by_name(name).ok_or_else(|| {
-                Error::DataFusion(datafusion::error::DataFusionError::Internal(format!("usage column {name} missing")))
+                Error::DataFusion(datafusion::error::DataFusionError::Internal(format!(
+                    "usage column {name} missing"
+                )))
             })
         };
         fn typed<'a, T: 'static>(array: &'a ArrayRef, name: &str) -> Result<&'a T> {
@@ -156,11 +177,35 @@ pub async fn month_usage(context: &SessionContext, month: &BillingMonth) -> Resu
         };
         let int = |name: &str| -> Result<&Int64Array> { typed(column(name)?, name) };
         let decimal = |name: &str| -> Result<&Decimal128Array> { typed(column(name)?, name) };
-        let time = |name: &str| -> Result<&TimestampMicrosecondArray> { typed(column(name)?, name) };
-        let (account, resource, kind, sku, zone, labels): (StringArray, StringArray, StringArray, StringArray, StringArray, StringArray) =
-            (text("account_id")?, text("resource_id")?, text("kind")?, text("sku")?, text("zone")?, text("labels")?);
-        let minutes = [int("running_minutes")?, int("stopped_minutes")?, int("frozen_minutes")?, int("active_minutes")?];
-        let hours = [int("running_hours")?, int("stopped_hours")?, int("frozen_hours")?, int("active_hours")?];
+        let time =
+            |name: &str| -> Result<&TimestampMicrosecondArray> { typed(column(name)?, name) };
+        let (account, resource, kind, sku, zone, labels): (
+            StringArray,
+            StringArray,
+            StringArray,
+            StringArray,
+            StringArray,
+            StringArray,
+        ) = (
+            text("account_id")?,
+            text("resource_id")?,
+            text("kind")?,
+            text("sku")?,
+            text("zone")?,
+            text("labels")?,
+        );
+        let minutes = [
+            int("running_minutes")?,
+            int("stopped_minutes")?,
+            int("frozen_minutes")?,
+            int("active_minutes")?,
+        ];
+        let hours = [
+            int("running_hours")?,
+            int("stopped_hours")?,
+            int("frozen_hours")?,
+            int("active_hours")?,
+        ];
         let (gpus, present, rows) = (int("gpus")?, int("present_minutes")?, int("rollup_rows")?);
         let (ext, internal, inbound, size) = (
             decimal("out_external_bytes")?,
@@ -170,8 +215,20 @@ pub async fn month_usage(context: &SessionContext, month: &BillingMonth) -> Resu
         );
         let (first, last) = (time("first_hour")?, time("last_hour")?);
         for row in 0..batch.num_rows() {
-            let value = |array: &Int64Array| if array.is_null(row) { 0 } else { array.value(row) };
-            let big = |array: &Decimal128Array| if array.is_null(row) { 0 } else { array.value(row) };
+            let value = |array: &Int64Array| {
+                if array.is_null(row) {
+                    0
+                } else {
+                    array.value(row)
+                }
+            };
+            let big = |array: &Decimal128Array| {
+                if array.is_null(row) {
+                    0
+                } else {
+                    array.value(row)
+                }
+            };
             let hour = |array: &TimestampMicrosecondArray| {
                 (!array.is_null(row)).then(|| Hour::from_timestamp_micros(array.value(row)))
             };
