@@ -1,6 +1,8 @@
 //! The `tally` command. Each subcommand parses its arguments and calls one library.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -207,6 +209,23 @@ fn main() -> Result<()> {
                 let mut input = tally_aggregator::KafkaInput::new(brokers, topic);
                 input.dead_letter_topic = dead_letter_topic;
                 input.until_drained = until_drained;
+                // As a service, SIGINT/SIGTERM stop it gracefully: it seals what the
+                // watermark allows and writes its manifests; a later start resumes there.
+                // (A drained run that is killed resumes from its manifests just the same.)
+                let stop = Arc::new(AtomicBool::new(false));
+                if !until_drained {
+                    input.stop = Some(stop.clone());
+                }
+                runtime.spawn(async move {
+                    let mut terminate =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = terminate.recv() => {}
+                    }
+                    stop.store(true, Ordering::Release);
+                    std::io::Result::Ok(())
+                });
                 tally_aggregator::run_kafka(&config, &input)?
             };
             println!("{report:#?}");
