@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -55,6 +56,20 @@ impl KafkaInput {
     }
 }
 
+/// Reports client errors, except the end of a partition: with `enable.partition.eof`
+/// that is how a drained run knows it is done, not an error.
+struct ConsumerEvents;
+
+impl ClientContext for ConsumerEvents {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "kafka consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerEvents {}
+
 /// Messages between two checks of the watermark.
 const SEAL_CHECK_INTERVAL: u64 = 64;
 
@@ -73,8 +88,8 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
     for (key, value) in &input.librdkafka {
         client.set(key, value);
     }
-    let consumer: BaseConsumer = client
-        .create()
+    let consumer: BaseConsumer<ConsumerEvents> = client
+        .create_with_context(ConsumerEvents)
         .map_err(kafka(format!("creating a consumer for {}", input.brokers)))?;
     let metadata = consumer
         .fetch_metadata(Some(&input.topic), Duration::from_secs(30))

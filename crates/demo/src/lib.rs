@@ -193,6 +193,7 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
     })
     .await?;
     timings.push(("rate", started.elapsed()));
+    drop(shipper); // before the cluster it talks to
     drop(cluster);
 
     Ok(DemoReport {
