@@ -1,13 +1,28 @@
 //! Tariff v1 (`schemas/tariff.v1.schema.json`): the typed form of a tariff file (TOML).
 //!
-//! A tariff prices products by SKU. Each product has any of three kinds of charge:
+//! A tariff prices products, each matched by SKU id and resource kind. A product has any
+//! of three kinds of charge:
 //! - **time** charges (`[[products.time]]`): a price per hour or per month times a time
-//!   quantity with a chosen granularity, state factors, caps and minimums;
-//! - a **traffic** charge: an included allowance and a price for the overage;
-//! - a **storage** charge: a price per unit and month on the occupied size.
+//!   quantity of a chosen granularity, with state factors, caps and minimums;
+//! - a **traffic** charge (`[products.traffic]`): an included allowance of chosen meters
+//!   and a price for the overage;
+//! - a **storage** charge (`[products.storage]`): a price per unit and month on the
+//!   occupied size.
 //!
-//! Nothing in it names a provider: the four reference tariffs differ only in values.
-//! Money is written as strings (`"0.006"`) so no float ever touches it.
+//! Nothing in it names a provider: the four reference tariffs of BILLING.md differ only in
+//! values. Money and factors are written as strings (`"0.006"`) so that no float ever
+//! touches them.
+//!
+//! # Growing the language
+//! Every struct refuses unknown fields, so a typo is an error and never a silently free
+//! product. New capabilities arrive as new *optional* fields or new enum values whose
+//! absence means today's behaviour, so every v1 file keeps its meaning: for example a
+//! billing `interval` on time charges (T2 daily/weekly/monthly), a charge priced as a
+//! percentage of another (H6 backups), monthly products independent of usage (C4),
+//! reservations and commitments (C5, C6) as new top-level tables. Contract data that
+//! differs per account (chosen intervals, enabled backups, reservations bought) belongs in
+//! the contracts file, which refers to the tariff by `id`. A change that alters the
+//! meaning of an existing field is a new schema, `tally.tariff.v2`.
 
 use std::collections::BTreeMap;
 
@@ -21,67 +36,119 @@ use crate::units::ByteUnit;
 /// The `schema` value of every v1 tariff file.
 pub const SCHEMA_V1: &str = "tally.tariff.v1";
 
+/// One version of one provider's price list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tariff {
-    /// Always `tally.tariff.v1`.
+    /// Always `tally.tariff.v1`: the file format, so an older Tally refuses a newer file.
     pub schema: String,
-    /// Stable id that contracts refer to, e.g. `hetzner-cloud`.
+    /// Stable id that contracts refer to, e.g. `hetzner-cloud`. Several files may share an
+    /// id with different `effective_from` dates: they are versions of one tariff.
     pub id: String,
-    /// This version's name; line items carry it (`x_tariff_version`).
+    /// This version's name; every line item carries it (`x_tariff_version`).
     pub version: String,
-    /// The first day (in `time_zone`) this version applies to; for a month, the version
-    /// with the latest `effective_from` on or before the month's first day is used.
+    /// The first day (in `time_zone`) this version applies to. A month is rated with the
+    /// version of the latest `effective_from` on or before the month's first day.
     pub effective_from: NaiveDate,
     /// The provider's name, as FOCUS `ProviderName`.
     pub provider: String,
-    /// ISO 4217 currency of every price.
+    /// ISO 4217 code of the currency of every price, e.g. `EUR`.
     pub currency: String,
-    /// IANA time zone of the billing months (`Europe/Berlin` months have 743–745 hours).
+    /// IANA time zone whose calendar months are the billing months (`Europe/Berlin`
+    /// months have 743, 744 or 745 hours across DST changes).
     pub time_zone: String,
+    /// How the invoice is totalled; absent: BILLING.md's default rule.
     #[serde(default)]
     pub invoice: InvoicePolicy,
+    /// The price list. A resource whose (SKU, kind) is not listed is an error when rated,
+    /// never a free resource.
     pub products: Vec<Product>,
 }
 
-/// How an invoice is totalled (BILLING.md: sum unrounded, round the total once).
+/// How an invoice is totalled. The default is BILLING.md's rule: lines keep full
+/// precision, their sum is rounded once, half-up, to 2 decimals; each line is shown
+/// rounded and the difference between the shown lines and the total is reported.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvoicePolicy {
-    /// Decimal places of the total (rounded half-up) and of the displayed lines.
+    /// Decimal places of the total and of the displayed line amounts.
     #[serde(default = "default_decimal_places")]
     pub decimal_places: u32,
+    /// How amounts are rounded to `decimal_places`.
+    #[serde(default = "default_money_rounding")]
+    pub rounding: MoneyRounding,
+    /// Whether the total sums the lines at full precision or as rounded.
+    #[serde(default = "default_line_amounts")]
+    pub line_amounts: LineAmounts,
 }
 
 impl Default for InvoicePolicy {
     fn default() -> Self {
         Self {
             decimal_places: default_decimal_places(),
+            rounding: default_money_rounding(),
+            line_amounts: default_line_amounts(),
         }
     }
 }
 
-/// Cents.
+/// Cents: every reference provider invoices in whole cents.
 const fn default_decimal_places() -> u32 {
     2
+}
+
+/// Commercial rounding, as BILLING.md prescribes for all four reference providers.
+const fn default_money_rounding() -> MoneyRounding {
+    MoneyRounding::HalfUp
+}
+
+/// BILLING.md: "each line item keeps full precision and only the invoice total is rounded".
+const fn default_line_amounts() -> LineAmounts {
+    LineAmounts::FullPrecision
+}
+
+/// A rounding rule for money.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoneyRounding {
+    /// Commercial rounding: a half rounds away from zero (0.125 → 0.13).
+    HalfUp,
+    /// Banker's rounding: a half rounds to the even digit (0.125 → 0.12).
+    HalfEven,
+}
+
+/// What the invoice total adds up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineAmounts {
+    /// Lines at full precision; only the total is rounded (H9: 1000 × 0.004 = 4.00).
+    FullPrecision,
+    /// Each line rounded first; the total is the sum of the rounded lines.
+    Rounded,
 }
 
 /// One product (SKU) of the tariff and its charges.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Product {
+    /// The SKU id the meters report (`sku` column of the rollups).
     pub sku: String,
+    /// The resource kind the meters report; a SKU id may be reused across kinds.
     pub kind: ResourceKind,
-    /// Words for `ChargeDescription`.
+    /// Human words for FOCUS `ChargeDescription`.
     pub description: String,
     /// Labels whose values, with the SKU, make one line for all resources sharing them
-    /// (C3: one line per flavor and operating system). Empty: one line per resource.
+    /// (C3: one line per flavor and operating system, hours summed over the VMs).
+    /// Empty (the default): one line per resource.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group_by: Vec<String>,
+    /// Charges for time; each gives its own line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub time: Vec<TimeCharge>,
+    /// Charge for traffic beyond an allowance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficCharge>,
+    /// Charge for stored size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageCharge>,
 }
@@ -90,7 +157,9 @@ pub struct Product {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PricePer {
+    /// The price is per hour; the quantity is in hours.
     Hour,
+    /// The price is per calendar month; the quantity is in months.
     Month,
 }
 
@@ -99,16 +168,18 @@ pub enum PricePer {
 #[serde(rename_all = "snake_case")]
 pub enum TimeQuantity {
     /// Hours with fractions from the billable minutes, each weighted by its state's factor
-    /// (C1: 2:30 + 1:30 + 2 × 0:45 + 12:15 = 17.75 h).
+    /// (C1: 2:30 + 1:30 + 2 × 0:45 + 12:15 = 17.75 h). Needs `per = "hour"`.
     Minutes,
-    /// Every started clock hour with a billable minute, at the factor of the most
-    /// expensive state seen in that hour (T2 hourly, T3, N2).
+    /// Every started clock hour with a billable minute counts in full, at the factor of
+    /// the most expensive state seen in that hour (T2 hourly, T3, N2). Needs `per = "hour"`.
     StartedHours,
-    /// Billable minutes of the month / 60, rounded up (H1).
+    /// The billable minutes of the month / 60, rounded up once (H1). Needs `per = "hour"`.
     CeilTotalHours,
-    /// Started billable hours / hours of the calendar month, in months (H3).
+    /// Started billable hours / hours of the calendar month, in months (H3: a floating IP
+    /// for half of a 672-hour month costs half the monthly price). Needs `per = "month"`.
     MonthFraction,
-    /// One per month with any billable minute (monthly flat items, C7).
+    /// One for a month with any billable minute (monthly flat add-ons, C7: charged in full
+    /// for every started month). Needs `per = "month"`.
     StartedMonths,
 }
 
@@ -116,37 +187,44 @@ pub enum TimeQuantity {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeCharge {
-    /// Names the line (e.g. `server`, `windows licence`).
+    /// Names the line (e.g. `server`, `windows licence`); unique within the product.
     pub name: String,
-    /// The BILLING.md rule this implements, carried in `x_rule`.
+    /// The BILLING.md rule(s) this implements, carried in `x_rule` (e.g. `H1/H2`).
     pub rule: String,
+    /// Price per `per` (per GPU if `per_gpu`).
     #[serde(with = "crate::money::string")]
     pub price: Decimal,
+    /// What `price` is per.
     pub per: PricePer,
+    /// How time becomes the billed quantity.
     pub quantity: TimeQuantity,
-    /// Factor per state; a state not listed is not billed.
-    pub states: BTreeMap<ResourceState, FactorText>,
-    /// The price is per GPU (T1).
+    /// Factor per state, e.g. `{ running = "1", stopped = "0.35" }`. A state not listed
+    /// is not billed (C2: only `running` for standard flavors). With `started_hours`, an
+    /// hour is charged at the largest factor among the states seen in it (T3).
+    pub states: BTreeMap<ResourceState, DecimalText>,
+    /// The price is per GPU: a server with n GPUs pays n × `price` (T1).
     #[serde(default)]
     pub per_gpu: bool,
-    /// Explicit prices of whole configurations by GPU count, replacing `price` × GPUs
-    /// (T1: infinityai-a100 with 8 GPUs = 7.67/h).
+    /// Explicit prices of whole configurations by GPU count, replacing n × `price`
+    /// (T1: infinityai-a100 with 8 GPUs = 7.67/h). Keys are GPU counts; needs `per_gpu`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub configuration_prices: BTreeMap<String, FactorText>,
-    /// Only resources with these label values pay this charge (e.g. `{ os = "windows" }`).
+    pub configuration_prices: BTreeMap<String, DecimalText>,
+    /// Only usage with these label values pays this charge (e.g. `{ os = "windows" }` for
+    /// an OS surcharge). Empty (the default): all usage of the product.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub when_labels: BTreeMap<String, String>,
-    /// The charge is min(cap, amount) (H1, H7).
+    /// The month's charge of one resource is min(cap, amount) (H1, H7).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "crate::money::optional_string"
     )]
     pub monthly_cap: Option<Decimal>,
-    /// At most this many hours a month are charged (N2: 672).
+    /// At most this many hours a month are charged per resource (N2: 672); needs an
+    /// hourly quantity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_hours: Option<u32>,
-    /// A month with any charge costs at least this much.
+    /// A resource-month with any charge costs at least this much.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -156,50 +234,69 @@ pub struct TimeCharge {
 }
 
 /// A decimal written as a string in the tariff file (factors, configuration prices).
-pub type FactorText = DecimalText;
-
-/// A decimal that (de)serialises as a string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DecimalText(#[serde(with = "crate::money::string")] pub Decimal);
 
-/// How an allowance is rounded into billed units.
+/// How an overage is turned into billed units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rounding {
     /// The exact fraction (T4, N4).
     Exact,
-    /// Every started unit in full (H4).
+    /// Every started unit in full (H4: 0.8 TB beyond the allowance → 1 TB).
     Ceil,
 }
 
-/// Which allowance scope.
+/// What an allowance is counted per.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AllowanceScope {
+    /// Per resource and month (H4: 20 TB per server).
     Resource,
+    /// Per GPU of the resource and month, by its largest GPU count in the month (T4).
     Gpu,
 }
 
-/// Outbound external traffic: an allowance and a price for what is beyond it. Inbound
-/// and internal traffic are never charged by v1 tariffs.
+/// A traffic meter of the rollups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficCounter {
+    /// Outbound bytes to destinations outside the network zone (`out_external_bytes`).
+    OutExternal,
+    /// Outbound bytes within the zone or to the provider's services (`out_internal_bytes`).
+    OutInternal,
+    /// Inbound bytes (`in_bytes`).
+    In,
+}
+
+/// Traffic: an allowance and a price for what is beyond it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficCharge {
+    /// The BILLING.md rule(s) this implements, carried in `x_rule`.
     pub rule: String,
-    /// Included per month, in `included_unit`.
+    /// The meters that are charged, summed (all four reference tariffs: `["out_external"]`,
+    /// since inbound and internal traffic are free).
+    pub counters: Vec<TrafficCounter>,
+    /// Included per month, in `included_unit`, per `included_per`.
     #[serde(with = "crate::money::string")]
     pub included: Decimal,
+    /// Unit of `included`.
     pub included_unit: ByteUnit,
+    /// Whether `included` is per resource or per GPU.
     pub included_per: AllowanceScope,
-    /// Prorate the allowance by the product's billed hours over this many hours
-    /// (N4: included × billed_hours / 672). Absent: not prorated.
+    /// Prorate the allowance over this many hours: included × billed_hours / N, where
+    /// billed_hours are the hours the product's first time charge billed, at most N
+    /// (N4: 1 TiB at 336 of 672 h → 512 GiB). Absent: not prorated (T4, H4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prorate_over_hours: Option<u32>,
     /// Price per `unit` beyond the allowance.
     #[serde(with = "crate::money::string")]
     pub price: Decimal,
+    /// Unit of `price`.
     pub unit: ByteUnit,
+    /// How the overage becomes billed units.
     pub rounding: Rounding,
 }
 
@@ -207,26 +304,35 @@ pub struct TrafficCharge {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageAccounting {
-    /// Unit-hours priced at `price / hours_per_month` each (N5: GiB-hours at 0.03 / 672).
+    /// Unit-hours from the size of every minute (size-minutes / 60), each hour priced at
+    /// `price / hours_per_month`, at most `hours_per_month` hours a month (N5: GiB-hours at
+    /// 0.03 / 672, at most 672 h).
     UnitHours,
-    /// The average size over the calendar month in units: size-minutes / minutes of the
-    /// month (H5: per GB and month, prorated by the fraction of the month it existed).
+    /// Unit-months: size-minutes / minutes of the calendar month, i.e. the size averaged
+    /// over the whole month, so a snapshot kept for half the month at a constant size pays
+    /// half the monthly price of that size (H5: per GB and month, prorated by the fraction
+    /// of the month it existed).
     MonthFraction,
 }
 
+/// A price for stored size (snapshots, volumes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageCharge {
+    /// The BILLING.md rule(s) this implements, carried in `x_rule`.
     pub rule: String,
     /// Price per `unit` and month.
     #[serde(with = "crate::money::string")]
     pub price: Decimal,
+    /// Unit of the occupied size that `price` is per.
     pub unit: ByteUnit,
+    /// How size over time becomes the quantity.
     pub accounting: StorageAccounting,
-    /// For `unit_hours`: the hours a month's price is divided by, and the most hours
-    /// charged in a month (N5: 672).
+    /// For `unit_hours` (and only there): the hours a month's price is divided by, which
+    /// are also the most hours charged in a month (N5: 672).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hours_per_month: Option<u32>,
+    /// A resource-month with stored data costs at least this much (N5: 0.01 per snapshot).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -236,6 +342,7 @@ pub struct StorageCharge {
 }
 
 impl Tariff {
+    /// The product of a SKU and kind, if the tariff sells it.
     pub fn product(&self, sku: &str, kind: ResourceKind) -> Option<&Product> {
         self.products
             .iter()
@@ -244,9 +351,17 @@ impl Tariff {
 }
 
 impl TimeCharge {
+    /// The factor of `state`; zero for a state that is not billed.
     pub fn factor(&self, state: ResourceState) -> Decimal {
         self.states
             .get(&state)
             .map_or(Decimal::ZERO, |factor| factor.0)
+    }
+
+    /// Whether the charge applies to usage with these labels.
+    pub fn applies_to(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.when_labels
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
     }
 }

@@ -30,6 +30,8 @@ currency = "EUR"
 time_zone = "Europe/Berlin"
 [invoice]
 decimal_places = 2
+rounding = "half_up"
+line_amounts = "full_precision"
 [[products]]
 sku = "big"
 kind = "gpu_server"
@@ -50,6 +52,7 @@ max_hours = 672
 minimum_monthly = "0.01"
 [products.traffic]
 rule = "X2"
+counters = ["out_external", "in"]
 included = "5"
 included_unit = "TB"
 included_per = "gpu"

@@ -8,8 +8,9 @@
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
 use tally_model::LineItem;
-use tally_model::tariff::Tariff;
+use tally_model::tariff::{LineAmounts, MoneyRounding, Tariff};
 
+use crate::error::{Error, Result};
 use crate::month::BillingMonth;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -50,8 +51,13 @@ pub struct InvoiceLine {
     pub rule: String,
 }
 
-fn round(value: Decimal, places: u32) -> Decimal {
-    value.round_dp_with_strategy(places, RoundingStrategy::MidpointAwayFromZero)
+/// `value` rounded to `places` by the tariff's rule.
+fn round(value: Decimal, places: u32, rounding: MoneyRounding) -> Decimal {
+    let strategy = match rounding {
+        MoneyRounding::HalfUp => RoundingStrategy::MidpointAwayFromZero,
+        MoneyRounding::HalfEven => RoundingStrategy::MidpointNearestEven,
+    };
+    value.round_dp_with_strategy(places, strategy)
 }
 
 /// Builds the invoice of one account from its line items.
@@ -61,8 +67,13 @@ pub fn build_invoice(
     month: &BillingMonth,
     items: &[LineItem],
     credit: Decimal,
-) -> Invoice {
-    let places = tariff.invoice.decimal_places;
+) -> Result<Invoice> {
+    let policy = &tariff.invoice;
+    let round = |value| round(value, policy.decimal_places, policy.rounding);
+    let overflow = |what: &str| Error::Invoice {
+        account_id: account_id.to_owned(),
+        detail: format!("the {what} overflows"),
+    };
     let lines: Vec<InvoiceLine> = items
         .iter()
         .map(|item| InvoiceLine {
@@ -73,15 +84,29 @@ pub fn build_invoice(
             unit: item.pricing_unit.clone(),
             unit_price: item.list_unit_price.normalize(),
             amount: item.billed_cost.normalize(),
-            amount_displayed: round(item.billed_cost, places),
+            amount_displayed: round(item.billed_cost),
             rule: item.x_rule.clone(),
         })
         .collect();
-    let subtotal: Decimal = items.iter().map(|item| item.billed_cost).sum();
-    let total = round(subtotal, places);
-    let displayed_lines_sum: Decimal = lines.iter().map(|line| line.amount_displayed).sum();
+    let mut full_precision = Decimal::ZERO;
+    let mut displayed_lines_sum = Decimal::ZERO;
+    for line in &lines {
+        full_precision = full_precision
+            .checked_add(line.amount)
+            .ok_or_else(|| overflow("subtotal"))?;
+        displayed_lines_sum = displayed_lines_sum
+            .checked_add(line.amount_displayed)
+            .ok_or_else(|| overflow("sum of displayed lines"))?;
+    }
+    // BILLING.md: sum at full precision, round once. A tariff may instead sum the lines
+    // as displayed; then there is nothing left to round.
+    let subtotal = match policy.line_amounts {
+        LineAmounts::FullPrecision => full_precision,
+        LineAmounts::Rounded => displayed_lines_sum,
+    };
+    let total = round(subtotal);
     let credit_applied = credit.min(total).max(Decimal::ZERO);
-    Invoice {
+    Ok(Invoice {
         account_id: account_id.to_owned(),
         month: month.label.clone(),
         tariff_id: tariff.id.clone(),
@@ -97,7 +122,7 @@ pub fn build_invoice(
         rounding_difference: displayed_lines_sum - total,
         credit_applied,
         amount_due: total - credit_applied,
-    }
+    })
 }
 
 /// The invoice as CSV: one row per line, then the totals.
@@ -151,9 +176,9 @@ mod tests {
             let tariff = crate::tariff::parse_tariff(std::path::Path::new("t"), crate::reference_tariffs()[2].1).expect("tariff");
             let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
             let items: Vec<LineItem> = cents.iter().map(|c| line(Decimal::new(*c, scale))).collect();
-            let invoice = build_invoice("a", &tariff, &month, &items, Decimal::ZERO);
+            let invoice = build_invoice("a", &tariff, &month, &items, Decimal::ZERO).expect("invoice");
             let sum: Decimal = items.iter().map(|i| i.billed_cost).sum();
-            prop_assert_eq!(invoice.total, round(sum, 2));
+            prop_assert_eq!(invoice.total, round(sum, 2, MoneyRounding::HalfUp));
             prop_assert_eq!(invoice.rounding_difference, invoice.displayed_lines_sum - invoice.total);
         }
     }
@@ -196,7 +221,8 @@ mod tests {
                 .expect("tariff");
         let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
         let items: Vec<LineItem> = (0..1000).map(|_| line(Decimal::new(4, 3))).collect();
-        let invoice = build_invoice("a", &tariff, &month, &items, Decimal::new(150, 2));
+        let invoice =
+            build_invoice("a", &tariff, &month, &items, Decimal::new(150, 2)).expect("invoice");
         assert_eq!(invoice.total, Decimal::new(400, 2)); // 1000 × 0.004 = 4.00, not 1000 × 0.00
         assert_eq!(invoice.displayed_lines_sum, Decimal::ZERO);
         assert_eq!(invoice.rounding_difference, Decimal::new(-400, 2));

@@ -1,11 +1,30 @@
 //! `tally rate`: a month of hourly rollups, the accounts' contracts and the tariffs in;
 //! FOCUS line items and per-account invoices out.
 //!
-//! The steps, each in the file of its name: [`tariff`] (load and check) → [`contracts`]
-//! → [`usage`] (DataFusion SQL over the lake, pruned to the month's `hour` partitions) →
-//! [`price`] (Decimal only, every rule named on its line) → [`invoice`] (sum unrounded,
-//! round the total once) → [`write`] (Parquet and JSON/CSV, byte-identical on re-runs).
-//! Rating is a pure function of the rollups, contracts and tariff versions.
+//! # The flow
+//! Each step lives in the file of its name:
+//! 1. [`tariff`]: read and check the tariff files (TOML, `tally.tariff.v1`); errors name
+//!    the file, line and field. Several files of one tariff id are its versions; a month
+//!    is rated with the version in force on its first day.
+//! 2. [`contracts`]: which account is on which tariff, with what credit.
+//! 3. [`usage`]: DataFusion SQL over the lake's `rollups/hour=…/` files, pruned to the
+//!    month (a calendar month in the tariff's time zone, see [`month`]): per resource the
+//!    hours by states seen and GPU count, the minutes by label set, traffic and size.
+//! 4. [`price`]: the tariff applied to that usage in `Decimal` only (no float touches
+//!    money; an overflow is an error), giving FOCUS line items that each name the
+//!    BILLING.md rule, the tariff version and the rollup rows they come from.
+//! 5. [`invoice`]: per account, lines summed unrounded and the total rounded once;
+//!    displayed lines, the rounding difference and the credit are reported.
+//! 6. [`write`]: `line_items/month=YYYY-MM/line_items.parquet` and
+//!    `invoices/month=YYYY-MM/<account>.{json,csv}`, temp file → fsync → rename.
+//!
+//! Rating is a pure function of the rollups, contracts and tariff versions: re-running it
+//! gives byte-identical files, however the rollups are split over files.
+//!
+//! Usage that no contract covers, and SKUs that the tariff does not sell, are errors:
+//! nothing is ever silently unbilled.
+//!
+//! [`sql`] gives analysts the same tables (`tally sql`).
 
 pub mod contracts;
 pub mod error;
@@ -68,30 +87,49 @@ pub struct InvoiceSummary {
     pub amount_due: Decimal,
 }
 
+/// What one `rate` run did.
 #[derive(Clone, Debug)]
 pub struct RateReport {
     pub month: String,
+    /// One per account with a non-empty invoice, by account id.
     pub invoices: Vec<InvoiceSummary>,
+    /// Line items written, over all accounts.
     pub line_items: usize,
     pub line_items_file: PathBuf,
+    /// `invoices/month=YYYY-MM/` under the output directory.
     pub invoices_dir: PathBuf,
+    /// Every file written, in the order written.
+    pub written: Vec<PathBuf>,
 }
 
 /// Rates one month and writes its line items and invoices.
 pub async fn rate(request: &RateRequest) -> Result<RateReport> {
-    let tariffs = request
-        .tariffs
-        .iter()
-        .map(|path| check_tariff(path))
-        .collect::<Result<Vec<Tariff>>>()?;
+    let tariffs = tariff::load_tariffs(&request.tariffs)?;
     let contracts = contracts::load_contracts(&request.contracts)?;
-    let context = usage::lake_session(&request.lake).await?;
+    let first_day = month::first_day(&request.month)?;
+
+    // Each account's tariff version: the one in force on the month's first day.
+    let mut plans: Vec<(&String, &contracts::AccountContract, &Tariff)> = Vec::new();
+    for (account_id, contract) in &contracts {
+        let tariff =
+            tariff::version_for(&tariffs, &contract.tariff_id, first_day).ok_or_else(|| {
+                Error::NoTariff {
+                    account_id: account_id.clone(),
+                    tariff_id: contract.tariff_id.clone(),
+                    month: request.month.clone(),
+                }
+            })?;
+        plans.push((account_id, contract, tariff));
+    }
 
     // Months are calendar months in each tariff's time zone: one usage query per zone.
-    let mut usage_by_zone: BTreeMap<String, (BillingMonth, Vec<usage::ResourceUsage>)> =
+    // Every loaded tariff's zone is queried, so usage of accounts without a contract is
+    // found even when no contract uses that zone.
+    let context = usage::lake_session(&request.lake).await?;
+    let mut usage_by_zone: BTreeMap<&str, (BillingMonth, Vec<usage::ResourceUsage>)> =
         BTreeMap::new();
     for tariff in &tariffs {
-        if usage_by_zone.contains_key(&tariff.time_zone) {
+        if usage_by_zone.contains_key(tariff.time_zone.as_str()) {
             continue;
         }
         let zone = tariff::time_zone(tariff).map_err(|detail| Error::Tariff {
@@ -100,7 +138,14 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
         })?;
         let month = BillingMonth::new(&request.month, zone)?;
         let usages = usage::month_usage(&context, &month).await?;
-        usage_by_zone.insert(tariff.time_zone.clone(), (month, usages));
+        tracing::info!(
+            time_zone = %tariff.time_zone,
+            month = %month.label,
+            hours = month.hours(),
+            resources = usages.len(),
+            "usage summed"
+        );
+        usage_by_zone.insert(&tariff.time_zone, (month, usages));
     }
     // Usage nobody is billed for is an error, not a silent gap in revenue.
     let unbilled = usage_by_zone
@@ -116,20 +161,15 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
 
     let mut line_items = Vec::new();
     let mut invoices = Vec::new();
-    for (account_id, contract) in &contracts {
-        let no_tariff = || Error::NoTariff {
-            account_id: account_id.clone(),
-            tariff_id: contract.tariff_id.clone(),
-            month: request.month.clone(),
-        };
-        let zone = &tariffs
-            .iter()
-            .find(|tariff| tariff.id == contract.tariff_id)
-            .ok_or_else(no_tariff)?
-            .time_zone;
-        let (month, usages) = &usage_by_zone[zone];
-        let tariff = tariff::version_for(&tariffs, &contract.tariff_id, month.first_day)
-            .ok_or_else(no_tariff)?;
+    for (account_id, contract, tariff) in plans {
+        // Every loaded tariff's zone was queried above; a miss would be a bug, and
+        // skipping the account would leave it unbilled.
+        let (month, usages) = usage_by_zone
+            .get(tariff.time_zone.as_str())
+            .ok_or_else(|| Error::Tariff {
+                path: PathBuf::from(&tariff.id),
+                detail: format!("time zone {} was not queried", tariff.time_zone),
+            })?;
         let account_usage: Vec<&usage::ResourceUsage> = usages
             .iter()
             .filter(|usage| &usage.account_id == account_id)
@@ -144,11 +184,15 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
             month,
             &items,
             contract.credit.unwrap_or_default(),
-        ));
+        )?);
         line_items.extend(items);
     }
+    let mut written = Vec::new();
     let line_items_file = write::write_line_items(&request.out, &request.month, &line_items)?;
-    let invoices_dir = write::write_invoices(&request.out, &request.month, &invoices)?;
+    written.push(line_items_file.clone());
+    let (invoices_dir, invoice_files) =
+        write::write_invoices(&request.out, &request.month, &invoices)?;
+    written.extend(invoice_files);
     Ok(RateReport {
         month: request.month.clone(),
         invoices: invoices
@@ -165,17 +209,19 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
         line_items: line_items.len(),
         line_items_file,
         invoices_dir,
+        written,
     })
 }
 
-/// Runs SQL over the lake (`tally sql`): tables `rollups` (partition `hour`) and, once a
-/// month was rated, `line_items` (partition `month`).
+/// Runs SQL over the lake (`tally sql`): tables `rollups` (partition column `hour`) and,
+/// once a month was rated into the lake, `line_items` (partition column `month`); the
+/// function `popcount(mask)` counts a minute mask's minutes.
 pub async fn sql(lake: &Path, query: &str) -> Result<Vec<RecordBatch>> {
     let context = usage::lake_session(lake).await?;
     Ok(context.sql(query).await?.collect().await?)
 }
 
-/// Batches as a text table.
+/// Batches as a text table, for printing query results.
 pub fn format_batches(batches: &[RecordBatch]) -> Result<String> {
     Ok(datafusion::arrow::util::pretty::pretty_format_batches(batches)?.to_string())
 }

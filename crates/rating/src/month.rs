@@ -6,6 +6,22 @@ use tally_model::Hour;
 
 use crate::error::{Error, Result};
 
+/// The first day of the month `label` (`YYYY-MM`): the same date in every time zone.
+pub fn first_day(label: &str) -> Result<NaiveDate> {
+    let not_a_month = || Error::Month {
+        month: label.to_owned(),
+        detail: "is not of the form YYYY-MM, e.g. 2026-10".to_owned(),
+    };
+    let day =
+        NaiveDate::parse_from_str(&format!("{label}-01"), "%Y-%m-%d").map_err(|_| not_a_month())?;
+    // `2026-1` parses as January: only the canonical form names a month.
+    if day.format("%Y-%m").to_string() != label {
+        return Err(not_a_month());
+    }
+    Ok(day)
+}
+
+/// A billing month: its label, first day, and bounds as UTC instants.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BillingMonth {
     /// `YYYY-MM`.
@@ -16,25 +32,33 @@ pub struct BillingMonth {
 }
 
 impl BillingMonth {
+    /// The month `label` (`YYYY-MM`) in `time_zone`.
     pub fn new(label: &str, time_zone: Tz) -> Result<Self> {
-        let bad = || Error::Month(label.to_owned());
-        let first_day =
-            NaiveDate::parse_from_str(&format!("{label}-01"), "%Y-%m-%d").map_err(|_| bad())?;
-        if first_day.format("%Y-%m").to_string() != label {
-            return Err(bad());
-        }
+        let bad = |detail: String| Error::Month {
+            month: label.to_owned(),
+            detail,
+        };
+        let not_a_month = || bad("is not of the form YYYY-MM, e.g. 2026-10".to_owned());
+        let first_day = first_day(label)?;
         let next = first_day
             .checked_add_months(Months::new(1))
-            .ok_or_else(bad)?;
+            .ok_or_else(not_a_month)?;
         let midnight = |day: NaiveDate| -> Result<DateTime<Utc>> {
-            let local = day.and_hms_opt(0, 0, 0).ok_or_else(bad)?;
-            // Midnight exists in every IANA zone used for billing; `earliest` covers the
-            // few zones whose DST switch is at midnight.
-            Ok(time_zone
-                .from_local_datetime(&local)
-                .earliest()
-                .ok_or_else(bad)?
-                .with_timezone(&Utc))
+            // A day starts at its first local instant: midnight, or, in the few zones
+            // whose DST switch skips midnight, the first hour after the gap. `earliest`
+            // picks the first of two midnights when the clock goes back over it.
+            let start = (0..3)
+                .filter_map(|hour| day.and_hms_opt(hour, 0, 0))
+                .find_map(|local| time_zone.from_local_datetime(&local).earliest())
+                .ok_or_else(|| bad(format!("{day} has no start in {time_zone}")))?
+                .with_timezone(&Utc);
+            // The lake is partitioned by UTC hour: a month must start on a whole one.
+            if start.timestamp() % 3600 != 0 {
+                return Err(bad(format!(
+                    "{day} 00:00 in {time_zone} is {start} UTC, not a whole UTC hour; Tally rates whole UTC hours, so use a time zone with a whole-hour offset"
+                )));
+            }
+            Ok(start)
         };
         Ok(Self {
             label: label.to_owned(),
@@ -93,5 +117,9 @@ mod tests {
         assert_eq!(october.first_hour().partition_value(), "2026-09-30T22");
         assert!(BillingMonth::new("2026-13", berlin).is_err());
         assert!(BillingMonth::new("2026-1", berlin).is_err());
+        let kolkata = BillingMonth::new("2026-10", chrono_tz::Asia::Kolkata)
+            .expect_err("half-hour offset")
+            .to_string();
+        assert!(kolkata.contains("whole UTC hour"), "{kolkata}");
     }
 }

@@ -2,17 +2,25 @@
 //!
 //! Only `Decimal` arithmetic, every operation checked: an overflow is an error, never a
 //! wrapped or saturated amount. Divisions come last (price × minutes / 60, not
-//! price × (minutes / 60)) so that the only inexact step is the final one.
+//! price × (minutes / 60)), so the only inexact step is the final one.
+//!
+//! A time charge of one resource is computed in *portions*, one per line it produces:
+//! per GPU configuration for per-GPU prices (a resize within the month gives a line per
+//! configuration, each at its own price) and, for per-minute charges, per label group
+//! (a VM whose `os` label changed pays each minute under the label it had). Products with
+//! `group_by` add their portions into one line per (SKU, label values) over all of the
+//! account's resources (C3). Caps, hour limits and minimums apply per resource and month;
+//! the tariff check only allows them where a charge has one portion per resource.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use tally_model::line_item::{ChargeCategory, ChargeFrequency, LineItem};
 use tally_model::sample::labels_from_text;
 use tally_model::tariff::{
-    AllowanceScope, PricePer, Product, Rounding, StorageAccounting, Tariff, TimeCharge,
-    TimeQuantity,
+    AllowanceScope, PricePer, Product, Rounding, StorageAccounting, StorageCharge, Tariff,
+    TimeCharge, TimeQuantity, TrafficCharge, TrafficCounter,
 };
 use tally_model::{Hour, ResourceState};
 
@@ -20,74 +28,75 @@ use crate::error::{Error, Result};
 use crate::month::BillingMonth;
 use crate::usage::ResourceUsage;
 
-/// Prices `usages` (all of one account) under `tariff` for `month`.
+type Labels = BTreeMap<String, String>;
+
+/// Prices `usages` (all of one account) under `tariff` for `month`; lines are sorted.
 pub fn price_account(
     tariff: &Tariff,
     month: &BillingMonth,
     usages: &[&ResourceUsage],
 ) -> Result<Vec<LineItem>> {
     let mut lines = Vec::new();
-    // Grouped time charges (C3) are summed over resources before pricing.
-    let mut groups: BTreeMap<(String, String, usize), Group> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Group<'_>> = BTreeMap::new();
     for usage in usages {
         let fail = |detail: String| Error::Pricing {
             account_id: usage.account_id.clone(),
             resource_id: usage.resource_id.clone(),
             detail,
         };
-        let kind = usage
-            .kind
-            .ok_or_else(|| fail("rollups carry an unknown resource kind".into()))?;
-        let product = tariff.product(&usage.sku, kind).ok_or_else(|| {
-            fail(format!(
-                "sku '{}' ({kind}) is not in tariff '{}' version {}: add it, so the usage is billed",
-                usage.sku, tariff.id, tariff.version
-            ))
-        })?;
-        let labels = labels_from_text(&usage.labels)
-            .map_err(|e| fail(format!("labels '{}': {e}", usage.labels)))?;
+        let (product_index, product) = tariff
+            .products
+            .iter()
+            .enumerate()
+            .find(|(_, product)| product.sku == usage.sku && product.kind == usage.kind)
+            .ok_or_else(|| {
+                fail(format!(
+                    "sku '{}' ({}) is not in tariff '{}' version {}: add it to the tariff, so the usage is billed",
+                    usage.sku, usage.kind, tariff.id, tariff.version
+                ))
+            })?;
         let context = Context {
             tariff,
             month,
             usage,
             product,
         };
-        let mut billed_hours = None;
-        for (index, charge) in product.time.iter().enumerate() {
-            if charge
-                .when_labels
-                .iter()
-                .any(|(key, value)| labels.get(key) != Some(value))
-            {
-                continue;
+        let mut first_charge_hours = None;
+        for (charge_index, charge) in product.time.iter().enumerate() {
+            let portions = context.time_portions(charge).map_err(fail)?;
+            if first_charge_hours.is_none() {
+                let hours = portions.values().try_fold(Decimal::ZERO, |sum, portion| {
+                    add(sum, portion.hours, "billed hours")
+                });
+                first_charge_hours = Some(hours.map_err(fail)?);
             }
-            let quantity = time_quantity(&context, charge).map_err(fail)?;
-            billed_hours.get_or_insert(quantity.hours);
-            if product.group_by.is_empty() {
-                if let Some(line) = context.time_line(charge, &quantity).map_err(fail)? {
-                    lines.push(line);
+            for ((group, gpus), portion) in portions {
+                if product.group_by.is_empty() {
+                    if let Some(line) = context.time_line(charge, gpus, &portion) {
+                        lines.push(line);
+                    }
+                    continue;
                 }
-            } else {
-                let values: Vec<String> = product
-                    .group_by
-                    .iter()
-                    .map(|key| format!("{key}={}", labels.get(key).map_or("", String::as_str)))
-                    .collect();
-                let group = groups
-                    .entry((product.sku.clone(), values.join(","), index))
-                    .or_insert_with(|| Group {
-                        product: Some(product),
-                        charge: Some(charge),
-                        zone: usage.zone.clone(),
-                        ..Group::default()
-                    });
-                group.add(usage, &quantity).map_err(fail)?;
+                groups
+                    .entry((product_index, group.clone(), charge_index, gpus))
+                    .or_insert_with(|| Group::new(product, charge, group, gpus))
+                    .add(usage, &portion)
+                    .map_err(fail)?;
             }
         }
         if let Some(traffic) = &product.traffic {
-            let hours = billed_hours
-                .unwrap_or_else(|| Decimal::from(usage.present_minutes) / Decimal::from(60));
-            if let Some(line) = context.traffic_line(traffic, hours).map_err(fail)? {
+            // The allowance is prorated by the hours the product's time was billed (N4);
+            // a product sold without a time charge uses the hours the resource existed.
+            let billed_hours = match first_charge_hours {
+                Some(hours) => hours,
+                None => div(
+                    Decimal::from(usage.present_minutes),
+                    Decimal::from(60),
+                    "hours",
+                )
+                .map_err(fail)?,
+            };
+            if let Some(line) = context.traffic_line(traffic, billed_hours).map_err(fail)? {
                 lines.push(line);
             }
         }
@@ -97,30 +106,28 @@ pub fn price_account(
             lines.push(line);
         }
     }
-    for ((sku, values, _), group) in groups {
-        let fail = |detail: String| Error::Pricing {
-            account_id: usages
-                .first()
-                .map(|u| u.account_id.clone())
-                .unwrap_or_default(),
-            resource_id: format!("group {sku} {values}"),
-            detail,
-        };
-        if let Some(line) = group.line(tariff, month, &values).map_err(fail)? {
+    for ((_, group_text, _, _), group) in groups {
+        if let Some(line) = group.line(tariff, month) {
             lines.push(line);
+        } else {
+            tracing::debug!(group = %group_text, "group priced at zero: no line");
         }
     }
     lines.sort_by(|a, b| {
-        (&a.resource_id, &a.sku_id, &a.x_rule, &a.charge_description).cmp(&(
+        (&a.resource_id, &a.sku_id, &a.charge_description, &a.x_rule).cmp(&(
             &b.resource_id,
             &b.sku_id,
-            &b.x_rule,
             &b.charge_description,
+            &b.x_rule,
         ))
     });
     Ok(lines)
 }
 
+/// (product index, label group text, charge index, GPU configuration).
+type GroupKey = (usize, String, usize, u16);
+
+/// One resource, its product and the month: what every line of it needs.
 struct Context<'a> {
     tariff: &'a Tariff,
     month: &'a BillingMonth,
@@ -128,16 +135,26 @@ struct Context<'a> {
     product: &'a Product,
 }
 
-/// A time charge's quantity for one resource.
+/// One line's worth of a time charge for one resource.
 #[derive(Clone, Debug, Default)]
-struct TimeAmount {
-    /// In hours (or months for monthly prices).
+struct Portion {
+    /// In the unit of the price: hours, or months for monthly prices.
     quantity: Decimal,
-    /// Hours billed, for prorating allowances.
+    /// Hours billed (for monthly prices: hours of usage), for prorating allowances.
     hours: Decimal,
     amount: Decimal,
     unit_price: Decimal,
+    /// How the amount came about, for `x_rule`.
     note: String,
+}
+
+/// What a portion is computed from.
+#[derive(Clone, Copy, Debug, Default)]
+struct TimeInputs {
+    /// Σ minutes × factor of their state.
+    weighted_minutes: Decimal,
+    /// Σ started hours × the largest factor among the states seen in the hour.
+    weighted_hours: Decimal,
 }
 
 fn checked(value: Option<Decimal>, what: &str) -> Result<Decimal, String> {
@@ -156,13 +173,41 @@ fn add(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, String> {
     checked(a.checked_add(b), what)
 }
 
+/// `key=value` pairs of the `group_by` labels, e.g. `os=linux`; "" if not grouped.
+fn group_text(product: &Product, labels: &Labels) -> String {
+    product
+        .group_by
+        .iter()
+        .map(|key| format!("{key}={}", labels.get(key).map_or("", String::as_str)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The weighted minutes of one state breakdown under a charge.
+fn weighted_minutes(
+    charge: &TimeCharge,
+    minutes: &[i64; ResourceState::COUNT],
+) -> Result<Decimal, String> {
+    let mut sum = Decimal::ZERO;
+    for state in ResourceState::ALL {
+        let weighted = mul(
+            Decimal::from(minutes[state.index()]),
+            charge.factor(state),
+            "minutes",
+        )?;
+        sum = add(sum, weighted, "minutes")?;
+    }
+    Ok(sum)
+}
+
+/// The price of one unit of the charge for a GPU configuration, and words about it.
 fn unit_price(charge: &TimeCharge, gpus: u16) -> Result<(Decimal, String), String> {
     if !charge.per_gpu {
         return Ok((charge.price, String::new()));
     }
     if gpus == 0 {
         return Err(format!(
-            "'{}' is priced per GPU but the resource reports 0 GPUs",
+            "time charge '{}' is priced per GPU but the rollups report 0 GPUs",
             charge.name
         ));
     }
@@ -171,122 +216,167 @@ fn unit_price(charge: &TimeCharge, gpus: u16) -> Result<(Decimal, String), Strin
     }
     Ok((
         mul(charge.price, Decimal::from(gpus), "the per-GPU price")?,
-        format!(", {gpus} GPUs × {}", charge.price),
+        format!(", {gpus} GPUs × {}", charge.price.normalize()),
     ))
 }
 
-fn time_quantity(context: &Context<'_>, charge: &TimeCharge) -> Result<TimeAmount, String> {
-    let usage = context.usage;
-    let (price, price_note) = unit_price(charge, usage.gpus)?;
-    let mut weighted_minutes = Decimal::ZERO;
-    let mut weighted_hours = Decimal::ZERO;
-    let mut billable_hours = 0i64;
-    for state in ResourceState::ALL {
-        let factor = charge.factor(state);
-        weighted_minutes = add(
-            weighted_minutes,
-            mul(
-                Decimal::from(usage.minutes[state.index()]),
-                factor,
-                "minutes",
-            )?,
-            "minutes",
-        )?;
-        weighted_hours = add(
-            weighted_hours,
-            mul(
-                Decimal::from(usage.top_state_hours[state.index()]),
-                factor,
-                "hours",
-            )?,
-            "hours",
-        )?;
-        if factor > Decimal::ZERO {
-            billable_hours += usage.top_state_hours[state.index()];
-        }
-    }
-    let sixty = Decimal::from(60);
-    let month_hours = Decimal::from(context.month.hours());
-    let mut note;
-    let (quantity, hours, mut amount) = match charge.quantity {
-        TimeQuantity::Minutes => {
-            let hours = div(weighted_minutes, sixty, "hours")?;
-            let amount = div(mul(price, weighted_minutes, "amount")?, sixty, "amount")?;
-            note = format!("{hours} h from {weighted_minutes} billable minutes");
-            (hours, hours, amount)
-        }
-        TimeQuantity::StartedHours | TimeQuantity::CeilTotalHours => {
-            let mut hours = if charge.quantity == TimeQuantity::StartedHours {
-                note = format!("{weighted_hours} started hours at state factors");
-                weighted_hours
-            } else {
-                let ceiled = div(weighted_minutes, sixty, "hours")?.ceil();
-                note = format!("{weighted_minutes} minutes rounded up to {ceiled} h");
-                ceiled
-            };
-            if let Some(max) = charge.max_hours {
-                let max = Decimal::from(max);
-                if hours > max {
-                    note = format!("{note}, {max} h cap applied");
-                    hours = max;
-                }
-            }
-            (hours, hours, mul(price, hours, "amount")?)
-        }
-        TimeQuantity::MonthFraction => {
-            let hours = Decimal::from(billable_hours);
-            let months = div(hours, month_hours, "month fraction")?;
-            note = format!("{hours} of {month_hours} hours of the month");
-            (
-                months,
-                hours,
-                div(mul(price, hours, "amount")?, month_hours, "amount")?,
-            )
-        }
-        TimeQuantity::StartedMonths => {
-            let months = if weighted_minutes > Decimal::ZERO {
-                Decimal::ONE
-            } else {
-                Decimal::ZERO
-            };
-            note = "started month".to_owned();
-            (
-                months,
-                Decimal::from(billable_hours),
-                mul(price, months, "amount")?,
-            )
-        }
-    };
-    if let Some(cap) = charge.monthly_cap
-        && amount > cap
-    {
-        amount = cap;
-        note = format!("{note}, monthly cap {cap} applied");
-    }
-    if let Some(minimum) = charge.minimum_monthly
-        && amount > Decimal::ZERO
-        && amount < minimum
-    {
-        amount = minimum;
-        note = format!("{note}, monthly minimum {minimum} applied");
-    }
-    Ok(TimeAmount {
-        quantity,
-        hours,
-        amount,
-        unit_price: price,
-        note: format!("{note}{price_note}"),
-    })
-}
-
-fn pricing_unit(per: PricePer) -> &'static str {
-    match per {
-        PricePer::Hour => "Hours",
-        PricePer::Month => "Months",
-    }
-}
-
 impl Context<'_> {
+    fn labels(&self, text: &str) -> Result<Labels, String> {
+        labels_from_text(text).map_err(|e| format!("labels '{text}' in the rollups: {e}"))
+    }
+
+    /// The portions of one time charge, by (label group, GPU configuration).
+    fn time_portions(
+        &self,
+        charge: &TimeCharge,
+    ) -> Result<BTreeMap<(String, u16), Portion>, String> {
+        let usage = self.usage;
+        let mut inputs: BTreeMap<(String, u16), TimeInputs> = BTreeMap::new();
+        if charge.quantity == TimeQuantity::Minutes {
+            // Minutes are additive: each follows the labels it was metered under.
+            for bucket in &usage.minute_buckets {
+                let labels = self.labels(&bucket.labels)?;
+                if !charge.applies_to(&labels) {
+                    continue;
+                }
+                let gpus = if charge.per_gpu { bucket.gpus } else { 0 };
+                let entry = inputs
+                    .entry((group_text(self.product, &labels), gpus))
+                    .or_default();
+                entry.weighted_minutes = add(
+                    entry.weighted_minutes,
+                    weighted_minutes(charge, &bucket.minutes)?,
+                    "minutes",
+                )?;
+            }
+        } else {
+            // Started hours, rounding and month fractions are not additive: the resource
+            // is one unit, selected and grouped by the labels of its last hour.
+            let labels = self.labels(&usage.labels)?;
+            if !charge.applies_to(&labels) {
+                return Ok(BTreeMap::new());
+            }
+            let group = group_text(self.product, &labels);
+            for bucket in &usage.hour_buckets {
+                let gpus = if charge.per_gpu { bucket.gpus } else { 0 };
+                let factor = bucket
+                    .states_seen
+                    .states()
+                    .map(|state| charge.factor(state))
+                    .max()
+                    .unwrap_or(Decimal::ZERO);
+                let entry = inputs.entry((group.clone(), gpus)).or_default();
+                entry.weighted_hours = add(
+                    entry.weighted_hours,
+                    mul(Decimal::from(bucket.hours), factor, "hours")?,
+                    "hours",
+                )?;
+                entry.weighted_minutes = add(
+                    entry.weighted_minutes,
+                    weighted_minutes(charge, &bucket.minutes)?,
+                    "minutes",
+                )?;
+            }
+        }
+        let mut portions = BTreeMap::new();
+        for (key, input) in inputs {
+            let portion = self.portion(charge, key.1, input)?;
+            if !portion.amount.is_zero() {
+                portions.insert(key, portion);
+            }
+        }
+        Ok(portions)
+    }
+
+    /// Quantity and amount of one portion: granularity, then hour limit, cap, minimum.
+    fn portion(
+        &self,
+        charge: &TimeCharge,
+        gpus: u16,
+        input: TimeInputs,
+    ) -> Result<Portion, String> {
+        let (price, price_note) = unit_price(charge, gpus)?;
+        let sixty = Decimal::from(60);
+        let month_hours = Decimal::from(self.month.hours());
+        let TimeInputs {
+            weighted_minutes,
+            weighted_hours,
+        } = input;
+        let mut note;
+        let (quantity, hours, mut amount) = match charge.quantity {
+            TimeQuantity::Minutes => {
+                let hours = div(weighted_minutes, sixty, "hours")?;
+                let amount = div(mul(price, weighted_minutes, "amount")?, sixty, "amount")?;
+                note = format!(
+                    "{} h from {weighted_minutes} billable minutes",
+                    hours.normalize()
+                );
+                (hours, hours, amount)
+            }
+            TimeQuantity::StartedHours | TimeQuantity::CeilTotalHours => {
+                let mut hours = if charge.quantity == TimeQuantity::StartedHours {
+                    note = format!(
+                        "{} started hours at state factors",
+                        weighted_hours.normalize()
+                    );
+                    weighted_hours
+                } else {
+                    let ceiled = div(weighted_minutes, sixty, "hours")?.ceil();
+                    note = format!("{weighted_minutes} minutes rounded up to {ceiled} h");
+                    ceiled
+                };
+                if let Some(max) = charge.max_hours {
+                    let max = Decimal::from(max);
+                    if hours > max {
+                        note = format!("{note}, {max} h cap applied");
+                        hours = max;
+                    }
+                }
+                (hours, hours, mul(price, hours, "amount")?)
+            }
+            TimeQuantity::MonthFraction => {
+                let months = div(weighted_hours, month_hours, "month fraction")?;
+                note = format!(
+                    "{} of {month_hours} hours of the month",
+                    weighted_hours.normalize()
+                );
+                let amount = div(mul(price, weighted_hours, "amount")?, month_hours, "amount")?;
+                (months, weighted_hours, amount)
+            }
+            TimeQuantity::StartedMonths => {
+                let months = if weighted_minutes > Decimal::ZERO {
+                    Decimal::ONE
+                } else {
+                    Decimal::ZERO
+                };
+                note = "every started month in full".to_owned();
+                let hours = div(weighted_minutes, sixty, "hours")?;
+                (months, hours, mul(price, months, "amount")?)
+            }
+        };
+        if let Some(cap) = charge.monthly_cap
+            && amount > cap
+        {
+            amount = cap;
+            note = format!("{note}, monthly cap {} applied", cap.normalize());
+        }
+        if let Some(minimum) = charge.minimum_monthly
+            && amount > Decimal::ZERO
+            && amount < minimum
+        {
+            amount = minimum;
+            note = format!("{note}, monthly minimum {} applied", minimum.normalize());
+        }
+        Ok(Portion {
+            quantity,
+            hours,
+            amount,
+            unit_price: price,
+            note: format!("{note}{price_note}"),
+        })
+    }
+
+    /// A line for one resource, with the FOCUS fields every line shares.
     fn base_line(&self, description: String, rule: String) -> LineItem {
         let usage = self.usage;
         let (start, end) = charge_period(self.month, usage.first_hour, usage.last_hour);
@@ -301,7 +391,7 @@ impl Context<'_> {
             charge_frequency: ChargeFrequency::UsageBased,
             charge_description: description,
             resource_id: Some(usage.resource_id.clone()),
-            resource_type: usage.kind.map(|kind| kind.as_str().to_owned()),
+            resource_type: Some(usage.kind.as_str().to_owned()),
             sku_id: usage.sku.clone(),
             region_id: Some(usage.zone.clone()),
             consumed_quantity: Decimal::ZERO,
@@ -319,44 +409,55 @@ impl Context<'_> {
         }
     }
 
-    fn time_line(
-        &self,
-        charge: &TimeCharge,
-        quantity: &TimeAmount,
-    ) -> Result<Option<LineItem>, String> {
-        if quantity.amount.is_zero() {
-            return Ok(None); // free products (H7 IPv6) and unused time never reach the invoice
+    /// The line of one portion; none for a zero amount (H7: a free product never
+    /// appears on the invoice).
+    fn time_line(&self, charge: &TimeCharge, gpus: u16, portion: &Portion) -> Option<LineItem> {
+        if portion.amount.is_zero() {
+            return None;
         }
         let mut line = self.base_line(
-            format!("{}: {}", self.product.description, charge.name),
-            format!("{}: {}", charge.rule, quantity.note),
+            time_description(self.product, charge, "", gpus),
+            format!("{}: {}", charge.rule, portion.note),
         );
-        line.consumed_quantity = quantity.hours;
+        line.charge_frequency = charge_frequency(charge);
+        line.consumed_quantity = portion.hours;
         line.consumed_unit = "Hours".to_owned();
-        line.pricing_quantity = quantity.quantity;
+        line.pricing_quantity = portion.quantity;
         line.pricing_unit = pricing_unit(charge.per).to_owned();
-        line.list_unit_price = quantity.unit_price;
-        line.billed_cost = quantity.amount;
-        Ok(Some(line))
+        line.list_unit_price = portion.unit_price;
+        line.billed_cost = portion.amount;
+        Some(line)
     }
 
     fn traffic_line(
         &self,
-        traffic: &tally_model::tariff::TrafficCharge,
+        traffic: &TrafficCharge,
         billed_hours: Decimal,
     ) -> Result<Option<LineItem>, String> {
         let usage = self.usage;
-        let used = Decimal::from_i128_with_scale(usage.out_external_bytes, 0);
+        let mut used_bytes = 0i128;
+        for counter in BTreeSet::from_iter(traffic.counters.iter().copied()) {
+            let bytes = match counter {
+                TrafficCounter::OutExternal => usage.out_external_bytes,
+                TrafficCounter::OutInternal => usage.out_internal_bytes,
+                TrafficCounter::In => usage.in_bytes,
+            };
+            used_bytes = used_bytes
+                .checked_add(bytes)
+                .ok_or_else(|| "traffic overflows".to_owned())?;
+        }
+        let used = Decimal::try_from_i128_with_scale(used_bytes, 0)
+            .map_err(|_| format!("{used_bytes} bytes of traffic do not fit a decimal"))?;
         let unit_bytes = Decimal::from(traffic.unit.bytes());
         let mut included = mul(
             traffic.included,
             Decimal::from(traffic.included_unit.bytes()),
             "included traffic",
         )?;
-        let mut note = format!("{} {} included", traffic.included, traffic.included_unit);
+        let mut allowance = format!("{} {}", traffic.included.normalize(), traffic.included_unit);
         if traffic.included_per == AllowanceScope::Gpu {
-            included = mul(included, Decimal::from(usage.gpus), "included traffic")?;
-            note = format!("{note} per GPU × {}", usage.gpus);
+            included = mul(included, Decimal::from(usage.max_gpus), "included traffic")?;
+            allowance = format!("{allowance} per GPU × {}", usage.max_gpus);
         }
         if let Some(over) = traffic.prorate_over_hours {
             let over = Decimal::from(over);
@@ -366,27 +467,47 @@ impl Context<'_> {
                 over,
                 "included traffic",
             )?;
-            note = format!("{note}, prorated {hours}/{over} h");
+            allowance = format!("{allowance} × {}/{over} h", hours.normalize());
         }
         if used <= included {
             return Ok(None);
         }
         let overage_bytes = used - included;
-        let mut quantity = div(overage_bytes, unit_bytes, "traffic overage")?;
-        if traffic.rounding == Rounding::Ceil {
-            quantity = quantity.ceil();
-            note = format!("{note}, every started {} charged", traffic.unit);
-        }
+        let exact = div(overage_bytes, unit_bytes, "traffic overage")?;
+        let (quantity, amount, rounding_note) = match traffic.rounding {
+            Rounding::Exact => (
+                exact,
+                div(
+                    mul(overage_bytes, traffic.price, "traffic amount")?,
+                    unit_bytes,
+                    "traffic amount",
+                )?,
+                String::new(),
+            ),
+            Rounding::Ceil => {
+                let started = exact.ceil();
+                (
+                    started,
+                    mul(started, traffic.price, "traffic amount")?,
+                    format!(", every started {} charged: {started}", traffic.unit),
+                )
+            }
+        };
+        let shown = |bytes: Decimal| -> Result<Decimal, String> {
+            Ok(div(bytes, unit_bytes, "traffic")?.round_dp(6).normalize())
+        };
         let mut line = self.base_line(
             format!(
-                "{}: outbound traffic beyond the allowance",
+                "{}: traffic beyond the allowance",
                 self.product.description
             ),
             format!(
-                "{}: {} {} used, {note}",
+                "{}: overage {} {unit} beyond {} {unit} included ({allowance}), {} {unit} used{rounding_note}",
                 traffic.rule,
-                div(used, unit_bytes, "traffic")?.normalize(),
-                traffic.unit
+                shown(overage_bytes)?,
+                shown(included)?,
+                shown(used)?,
+                unit = traffic.unit,
             ),
         );
         line.consumed_quantity = div(used, unit_bytes, "traffic")?;
@@ -394,45 +515,38 @@ impl Context<'_> {
         line.pricing_quantity = quantity;
         line.pricing_unit = traffic.unit.symbol().to_owned();
         line.list_unit_price = traffic.price;
-        line.billed_cost = if traffic.rounding == Rounding::Ceil {
-            mul(quantity, traffic.price, "traffic amount")?
-        } else {
-            div(
-                mul(overage_bytes, traffic.price, "traffic amount")?,
-                unit_bytes,
-                "traffic amount",
-            )?
-        };
+        line.billed_cost = amount;
         Ok(Some(line))
     }
 
-    fn storage_line(
-        &self,
-        storage: &tally_model::tariff::StorageCharge,
-    ) -> Result<Option<LineItem>, String> {
+    fn storage_line(&self, storage: &StorageCharge) -> Result<Option<LineItem>, String> {
         let usage = self.usage;
         if usage.size_byte_minutes == 0 {
             return Ok(None);
         }
-        let size_minutes = Decimal::from_i128_with_scale(usage.size_byte_minutes, 0);
+        let mut size_minutes = Decimal::try_from_i128_with_scale(usage.size_byte_minutes, 0)
+            .map_err(|_| "the size-minutes do not fit a decimal".to_owned())?;
         let unit_bytes = Decimal::from(storage.unit.bytes());
         let sixty = Decimal::from(60);
         let (quantity, unit, mut amount, mut note) = match storage.accounting {
             StorageAccounting::UnitHours => {
-                let per_month = Decimal::from(storage.hours_per_month.unwrap_or(1));
-                let mut size_minutes = size_minutes;
-                let mut note = String::new();
-                // At most hours_per_month hours a month (N5): scale down a longer month.
+                let per_month = Decimal::from(storage.hours_per_month.ok_or_else(|| {
+                    "storage accounting unit_hours needs hours_per_month".to_owned()
+                })?);
+                let mut cap_note = String::new();
+                // At most hours_per_month hours a month (N5): a longer month is scaled down,
+                // so the size of every hour weighs the same.
                 let present = Decimal::from(usage.present_minutes);
                 let limit = mul(per_month, sixty, "hour cap")?;
                 if present > limit {
                     size_minutes = div(mul(size_minutes, limit, "size")?, present, "size")?;
-                    note = format!(", {per_month} h cap applied");
+                    cap_note = format!(", {per_month} h cap applied");
                 }
-                let unit_hours = div(size_minutes, mul(sixty, unit_bytes, "unit")?, "unit-hours")?;
+                let unit_minutes = mul(sixty, unit_bytes, "unit")?;
+                let unit_hours = div(size_minutes, unit_minutes, "unit-hours")?;
                 let amount = div(
                     mul(storage.price, size_minutes, "amount")?,
-                    mul(mul(sixty, unit_bytes, "unit")?, per_month, "unit")?,
+                    mul(unit_minutes, per_month, "unit")?,
                     "amount",
                 )?;
                 (
@@ -440,23 +554,23 @@ impl Context<'_> {
                     format!("{}-Hours", storage.unit),
                     amount,
                     format!(
-                        "{} {}-hours at {}/{per_month} per hour{note}",
-                        unit_hours.round_dp(6),
+                        "{} {}-hours at {}/{per_month} per hour{cap_note}",
+                        unit_hours.round_dp(6).normalize(),
                         storage.unit,
-                        storage.price
+                        storage.price.normalize()
                     ),
                 )
             }
             StorageAccounting::MonthFraction => {
-                let month_minutes = Decimal::from(self.month.minutes());
-                let unit_months = div(
-                    size_minutes,
-                    mul(unit_bytes, month_minutes, "unit")?,
+                let unit_month = mul(
+                    unit_bytes,
+                    Decimal::from(self.month.minutes()),
                     "unit-months",
                 )?;
+                let unit_months = div(size_minutes, unit_month, "unit-months")?;
                 let amount = div(
                     mul(storage.price, size_minutes, "amount")?,
-                    mul(unit_bytes, month_minutes, "unit")?,
+                    unit_month,
                     "amount",
                 )?;
                 (
@@ -464,9 +578,10 @@ impl Context<'_> {
                     format!("{}-Months", storage.unit),
                     amount,
                     format!(
-                        "{} {}-months (average size over the month)",
-                        unit_months.round_dp(6),
-                        storage.unit
+                        "{} {}-months (size averaged over the {} h month)",
+                        unit_months.round_dp(6).normalize(),
+                        storage.unit,
+                        self.month.hours()
                     ),
                 )
             }
@@ -475,7 +590,7 @@ impl Context<'_> {
             && amount < minimum
         {
             amount = minimum;
-            note = format!("{note}, monthly minimum {minimum} applied");
+            note = format!("{note}, monthly minimum {} applied", minimum.normalize());
         }
         let mut line = self.base_line(
             format!("{}: storage", self.product.description),
@@ -491,14 +606,43 @@ impl Context<'_> {
     }
 }
 
+/// `"<product>: <charge>"`, with the label group and GPU configuration when they matter.
+fn time_description(product: &Product, charge: &TimeCharge, group: &str, gpus: u16) -> String {
+    let mut description = product.description.clone();
+    if !group.is_empty() {
+        description = format!("{description} ({group})");
+    }
+    description = format!("{description}: {}", charge.name);
+    if charge.per_gpu {
+        description = format!("{description}, {gpus} GPUs");
+    }
+    description
+}
+
+fn pricing_unit(per: PricePer) -> &'static str {
+    match per {
+        PricePer::Hour => "Hours",
+        PricePer::Month => "Months",
+    }
+}
+
+fn charge_frequency(charge: &TimeCharge) -> ChargeFrequency {
+    match charge.quantity {
+        TimeQuantity::StartedMonths => ChargeFrequency::Recurring,
+        _ => ChargeFrequency::UsageBased,
+    }
+}
+
 /// Several resources' time on one line (C3).
-#[derive(Default)]
 struct Group<'a> {
-    product: Option<&'a Product>,
-    charge: Option<&'a TimeCharge>,
-    zone: String,
+    product: &'a Product,
+    charge: &'a TimeCharge,
+    group: String,
+    gpus: u16,
     account_id: String,
+    zones: BTreeSet<String>,
     quantity: Decimal,
+    hours: Decimal,
     amount: Decimal,
     unit_price: Decimal,
     resources: usize,
@@ -508,38 +652,60 @@ struct Group<'a> {
 }
 
 impl<'a> Group<'a> {
-    fn add(&mut self, usage: &ResourceUsage, quantity: &TimeAmount) -> Result<(), String> {
-        self.account_id = usage.account_id.clone();
-        self.quantity = add(self.quantity, quantity.quantity, "group quantity")?;
-        self.amount = add(self.amount, quantity.amount, "group amount")?;
-        self.unit_price = quantity.unit_price;
+    fn new(product: &'a Product, charge: &'a TimeCharge, group: String, gpus: u16) -> Self {
+        Self {
+            product,
+            charge,
+            group,
+            gpus,
+            account_id: String::new(),
+            zones: BTreeSet::new(),
+            quantity: Decimal::ZERO,
+            hours: Decimal::ZERO,
+            amount: Decimal::ZERO,
+            unit_price: Decimal::ZERO,
+            resources: 0,
+            first_hour: None,
+            last_hour: None,
+            rows: 0,
+        }
+    }
+
+    fn add(&mut self, usage: &ResourceUsage, portion: &Portion) -> Result<(), String> {
+        self.account_id.clone_from(&usage.account_id);
+        self.zones.insert(usage.zone.clone());
+        self.quantity = add(self.quantity, portion.quantity, "group quantity")?;
+        self.hours = add(self.hours, portion.hours, "group hours")?;
+        self.amount = add(self.amount, portion.amount, "group amount")?;
+        self.unit_price = portion.unit_price;
         self.resources += 1;
-        self.rows += usage.rollup_rows;
-        self.first_hour = [self.first_hour, usage.first_hour]
-            .into_iter()
-            .flatten()
-            .min();
-        self.last_hour = [self.last_hour, usage.last_hour]
-            .into_iter()
-            .flatten()
-            .max();
+        self.rows = self
+            .rows
+            .checked_add(usage.rollup_rows)
+            .ok_or_else(|| "group rollup rows overflow".to_owned())?;
+        self.first_hour = Some(
+            self.first_hour
+                .map_or(usage.first_hour, |hour| hour.min(usage.first_hour)),
+        );
+        self.last_hour = Some(
+            self.last_hour
+                .map_or(usage.last_hour, |hour| hour.max(usage.last_hour)),
+        );
         Ok(())
     }
 
-    fn line(
-        &self,
-        tariff: &Tariff,
-        month: &BillingMonth,
-        values: &str,
-    ) -> Result<Option<LineItem>, String> {
-        let (Some(product), Some(charge)) = (self.product, self.charge) else {
-            return Ok(None);
-        };
+    fn line(&self, tariff: &Tariff, month: &BillingMonth) -> Option<LineItem> {
         if self.amount.is_zero() {
-            return Ok(None);
+            return None;
         }
-        let (start, end) = charge_period(month, self.first_hour, self.last_hour);
-        Ok(Some(LineItem {
+        let (first, last) = (self.first_hour?, self.last_hour?);
+        let (start, end) = charge_period(month, first, last);
+        // One zone for the whole group, or none if its resources are spread over several.
+        let region_id = match self.zones.len() {
+            1 => self.zones.first().cloned(),
+            _ => None,
+        };
+        Some(LineItem {
             billing_account_id: self.account_id.clone(),
             billing_period_start: month.start,
             billing_period_end: month.end,
@@ -547,48 +713,48 @@ impl<'a> Group<'a> {
             charge_period_end: end,
             charge_category: ChargeCategory::Usage,
             charge_class: None,
-            charge_frequency: ChargeFrequency::UsageBased,
-            charge_description: format!("{} ({values}): {}", product.description, charge.name),
+            charge_frequency: charge_frequency(self.charge),
+            charge_description: time_description(self.product, self.charge, &self.group, self.gpus),
             resource_id: None,
-            resource_type: Some(product.kind.as_str().to_owned()),
-            sku_id: product.sku.clone(),
-            region_id: Some(self.zone.clone()),
-            consumed_quantity: self.quantity,
+            resource_type: Some(self.product.kind.as_str().to_owned()),
+            sku_id: self.product.sku.clone(),
+            region_id,
+            consumed_quantity: self.hours,
             consumed_unit: "Hours".to_owned(),
             pricing_quantity: self.quantity,
-            pricing_unit: pricing_unit(charge.per).to_owned(),
+            pricing_unit: pricing_unit(self.charge.per).to_owned(),
             list_unit_price: self.unit_price,
             billed_cost: self.amount,
             billing_currency: tariff.currency.clone(),
             provider_name: tariff.provider.clone(),
             x_rule: format!(
-                "{}: {} h summed over {} resources of {} {values}",
-                charge.rule, self.quantity, self.resources, product.sku
+                "{}: {} {} summed over {} resources of {} {}",
+                self.charge.rule,
+                self.quantity.normalize(),
+                pricing_unit(self.charge.per),
+                self.resources,
+                self.product.sku,
+                self.group
             ),
             x_tariff_id: tariff.id.clone(),
             x_tariff_version: tariff.version.clone(),
-            x_lineage: lineage(self.first_hour, self.last_hour, self.rows),
-        }))
+            x_lineage: lineage(first, last, self.rows),
+        })
     }
 }
 
-fn charge_period(
-    month: &BillingMonth,
-    first: Option<Hour>,
-    last: Option<Hour>,
-) -> (DateTime<Utc>, DateTime<Utc>) {
-    let start = first.map_or(month.start, |hour| hour.to_datetime().max(month.start));
-    let end = last.map_or(month.end, |hour| hour.next().to_datetime().min(month.end));
+/// The hours a line covers, within the billing month.
+fn charge_period(month: &BillingMonth, first: Hour, last: Hour) -> (DateTime<Utc>, DateTime<Utc>) {
+    let start = first.to_datetime().max(month.start);
+    let end = last.next().to_datetime().min(month.end);
     (start, end)
 }
 
-fn lineage(first: Option<Hour>, last: Option<Hour>, rows: i64) -> String {
-    match (first, last) {
-        (Some(first), Some(last)) => format!(
-            "rollups hour={}..{} ({rows} rows)",
-            first.partition_value(),
-            last.partition_value()
-        ),
-        _ => format!("rollups ({rows} rows)"),
-    }
+/// `rollups hour=<first>..<last>, <n> rows`: the partitions (inclusive) and rows read.
+fn lineage(first: Hour, last: Hour, rows: i64) -> String {
+    format!(
+        "rollups hour={}..{}, {rows} rows",
+        first.partition_value(),
+        last.partition_value()
+    )
 }

@@ -1,17 +1,27 @@
-//! Loading and checking tariff files. Errors name the file, the line and the field.
+//! Loading and checking tariff files (`tally tariff check FILE`).
+//!
+//! Two passes: serde reads the TOML into [`Tariff`] (unknown fields, wrong types and
+//! missing fields are refused there, and toml's message names the line, column and
+//! field), then [`check`] looks at what the types cannot say: a real time zone, no
+//! negative price, no product listed twice, units that fit the quantity... Every problem
+//! found is reported, each with the line of the offending field, found through the
+//! document's spans rather than by searching the text.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
-use tally_model::ResourceState;
-use tally_model::tariff::{PricePer, SCHEMA_V1, StorageAccounting, Tariff, TimeQuantity};
+use tally_model::tariff::{
+    PricePer, Product, SCHEMA_V1, StorageAccounting, Tariff, TimeCharge, TimeQuantity,
+};
+use tally_model::{ResourceKind, ResourceState};
+use toml::de::{DeTable, DeValue};
 
 use crate::error::{Error, Result};
 
-/// Reads, parses and checks a tariff file (`tally tariff check FILE`).
+/// Reads, parses and checks a tariff file.
 pub fn check_tariff(path: &Path) -> Result<Tariff> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         action: format!("read tariff {}", path.display()),
@@ -29,143 +39,28 @@ pub fn parse_tariff(path: &Path, text: &str) -> Result<Tariff> {
     // toml's message names the line, the column and the field it could not accept.
     let tariff: Tariff =
         toml::from_str(text).map_err(|e| error(e.to_string().trim_end().to_owned()))?;
-    check(&tariff, text).map_err(error)?;
-    Ok(tariff)
+    let problems = check(&tariff);
+    if problems.is_empty() {
+        return Ok(tariff);
+    }
+    let located: Vec<String> = problems
+        .iter()
+        .map(|problem| match line_of(text, &problem.field) {
+            Some(line) => format!("line {line}: {}: {}", problem.field, problem.message),
+            None => format!("{}: {}", problem.field, problem.message),
+        })
+        .collect();
+    Err(error(located.join("\n")))
 }
 
 /// The time zone a tariff bills its months in.
 pub fn time_zone(tariff: &Tariff) -> Result<Tz, String> {
     tariff.time_zone.parse::<Tz>().map_err(|_| {
         format!(
-            "time_zone '{}' is not an IANA time zone such as Europe/Berlin",
+            "'{}' is not an IANA time zone such as Europe/Berlin",
             tariff.time_zone
         )
     })
-}
-
-/// 1-based line of the first occurrence of `needle`, for pointing at a product.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|line| line.contains(needle))
-        .map_or(0, |index| index + 1)
-}
-
-fn check(tariff: &Tariff, text: &str) -> Result<(), String> {
-    if tariff.schema != SCHEMA_V1 {
-        return Err(format!(
-            "schema is '{}', this Tally reads '{SCHEMA_V1}'",
-            tariff.schema
-        ));
-    }
-    time_zone(tariff)?;
-    if tariff.currency.len() != 3 || !tariff.currency.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "currency '{}' is not an ISO 4217 code such as EUR",
-            tariff.currency
-        ));
-    }
-    if tariff.products.is_empty() {
-        return Err("the tariff has no [[products]]".into());
-    }
-    let mut seen = BTreeSet::new();
-    for product in &tariff.products {
-        let line = line_of(text, &format!("sku = \"{}\"", product.sku));
-        let at = |detail: String| {
-            format!(
-                "line {line}: product '{}' ({}): {detail}",
-                product.sku, product.kind
-            )
-        };
-        if !seen.insert((product.sku.clone(), product.kind)) {
-            return Err(at("is listed twice".into()));
-        }
-        if product.time.is_empty() && product.traffic.is_none() && product.storage.is_none() {
-            return Err(at("has no time, traffic or storage charge".into()));
-        }
-        for charge in &product.time {
-            let at = |detail: String| at(format!("time charge '{}': {detail}", charge.name));
-            non_negative("price", charge.price).map_err(at)?;
-            let monthly = matches!(
-                charge.quantity,
-                TimeQuantity::MonthFraction | TimeQuantity::StartedMonths
-            );
-            if monthly != (charge.per == PricePer::Month) {
-                return Err(at(format!(
-                    "quantity {:?} needs per = \"{}\"",
-                    charge.quantity,
-                    if monthly { "month" } else { "hour" }
-                )));
-            }
-            if charge.states.is_empty() {
-                return Err(at("states is empty: nothing would ever be billed".into()));
-            }
-            for (state, factor) in &charge.states {
-                non_negative(&format!("states.{state}"), factor.0).map_err(at)?;
-            }
-            // A started hour is charged at its most expensive state, found by the order
-            // running > stopped > frozen: factors must follow that order.
-            let ordered = [
-                ResourceState::Running,
-                ResourceState::Stopped,
-                ResourceState::Frozen,
-            ];
-            if ordered.windows(2).any(|pair| {
-                charge.factor(pair[0]) < charge.factor(pair[1])
-                    && charge.states.contains_key(&pair[0])
-            }) {
-                return Err(at(
-                    "state factors must not increase from running to stopped to frozen".into(),
-                ));
-            }
-            for (gpus, price) in &charge.configuration_prices {
-                if !charge.per_gpu || gpus.parse::<u16>().is_err() {
-                    return Err(at(format!(
-                        "configuration_prices key '{gpus}' needs per_gpu = true and a GPU count"
-                    )));
-                }
-                non_negative("configuration price", price.0).map_err(at)?;
-            }
-            if !product.group_by.is_empty()
-                && (charge.monthly_cap.is_some()
-                    || charge.max_hours.is_some()
-                    || charge.minimum_monthly.is_some())
-            {
-                return Err(at("monthly_cap, max_hours and minimum_monthly apply per resource and cannot be combined with group_by".into()));
-            }
-            for (name, value) in [
-                ("monthly_cap", charge.monthly_cap),
-                ("minimum_monthly", charge.minimum_monthly),
-            ] {
-                if let Some(value) = value {
-                    non_negative(name, value).map_err(at)?;
-                }
-            }
-        }
-        if let Some(traffic) = &product.traffic {
-            let at = |detail: String| at(format!("traffic: {detail}"));
-            non_negative("included", traffic.included).map_err(at)?;
-            non_negative("price", traffic.price).map_err(at)?;
-            if traffic.prorate_over_hours == Some(0) {
-                return Err(at("prorate_over_hours must be positive".into()));
-            }
-        }
-        if let Some(storage) = &product.storage {
-            let at = |detail: String| at(format!("storage: {detail}"));
-            non_negative("price", storage.price).map_err(at)?;
-            let needs_hours = storage.accounting == StorageAccounting::UnitHours;
-            if needs_hours != storage.hours_per_month.is_some_and(|hours| hours > 0) {
-                return Err(at("hours_per_month (positive) is required with accounting = \"unit_hours\" and only there".into()));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn non_negative(field: &str, value: Decimal) -> Result<(), String> {
-    if value.is_sign_negative() && !value.is_zero() {
-        return Err(format!("{field} = {value} is negative"));
-    }
-    Ok(())
 }
 
 /// The version of tariff `id` in force for a month starting on `first_day`: the one with
@@ -181,13 +76,372 @@ pub fn version_for<'t>(
         .max_by_key(|tariff| tariff.effective_from)
 }
 
+/// Loads every tariff file and refuses two files for the same (id, effective_from).
+pub fn load_tariffs(paths: &[PathBuf]) -> Result<Vec<Tariff>> {
+    let mut tariffs: Vec<Tariff> = Vec::new();
+    for (index, path) in paths.iter().enumerate() {
+        let tariff = check_tariff(path)?;
+        if let Some(earlier) = tariffs.iter().position(|other| {
+            other.id == tariff.id && other.effective_from == tariff.effective_from
+        }) {
+            return Err(Error::DuplicateTariffVersion {
+                id: tariff.id,
+                effective_from: tariff.effective_from,
+                first: paths[earlier].clone(),
+                second: paths[index].clone(),
+            });
+        }
+        tariffs.push(tariff);
+    }
+    Ok(tariffs)
+}
+
+/// A step of a field's path in the document: a key or an array index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Key(&'static str),
+    Index(usize),
+}
+
+/// A field of the document, e.g. `products[3].time[0].price`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldPath(pub Vec<Step>);
+
+impl FieldPath {
+    fn key(&self, key: &'static str) -> Self {
+        let mut steps = self.0.clone();
+        steps.push(Step::Key(key));
+        Self(steps)
+    }
+
+    fn index(&self, index: usize) -> Self {
+        let mut steps = self.0.clone();
+        steps.push(Step::Index(index));
+        Self(steps)
+    }
+}
+
+impl std::fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (position, step) in self.0.iter().enumerate() {
+            match step {
+                Step::Key(key) if position == 0 => write!(f, "{key}")?,
+                Step::Key(key) => write!(f, ".{key}")?,
+                Step::Index(index) => write!(f, "[{index}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One thing wrong with a tariff.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub field: FieldPath,
+    pub message: String,
+}
+
+/// 1-based line of the deepest part of `field` present in the TOML `text`.
+pub fn line_of(text: &str, field: &FieldPath) -> Option<usize> {
+    let document = DeTable::parse(text).ok()?;
+    let mut offset = document.span().start;
+    let mut table = Some(document.get_ref());
+    let mut value: Option<&DeValue<'_>> = None;
+    for step in &field.0 {
+        let next = match (step, table, value) {
+            (Step::Key(key), Some(table), _) => table.get(*key),
+            (Step::Index(index), _, Some(DeValue::Array(items))) => items.get(*index),
+            _ => None,
+        };
+        let Some(next) = next else {
+            break;
+        };
+        offset = next.span().start;
+        value = Some(next.get_ref());
+        table = match next.get_ref() {
+            DeValue::Table(table) => Some(table),
+            _ => None,
+        };
+    }
+    Some(text.get(..offset)?.matches('\n').count() + 1)
+}
+
+/// The states a resource of `kind` reports (see `tally_model::sample::ResourceState`).
+fn reported_states(kind: ResourceKind) -> &'static [ResourceState] {
+    match kind {
+        ResourceKind::Server | ResourceKind::GpuServer => &[
+            ResourceState::Running,
+            ResourceState::Stopped,
+            ResourceState::Frozen,
+        ],
+        ResourceKind::Ip | ResourceKind::Snapshot | ResourceKind::Volume | ResourceKind::Addon => {
+            &[ResourceState::Active]
+        }
+    }
+}
+
+/// Everything wrong with `tariff` that its types cannot express.
+pub fn check(tariff: &Tariff) -> Vec<Problem> {
+    let root = FieldPath::default();
+    let mut problems = Vec::new();
+    if tariff.schema != SCHEMA_V1 {
+        problems.push(Problem::new(
+            root.key("schema"),
+            format!("is '{}', but this Tally reads '{SCHEMA_V1}'", tariff.schema),
+        ));
+    }
+    for (field, value) in [("id", &tariff.id), ("version", &tariff.version)] {
+        if value.trim().is_empty() {
+            problems.push(Problem::new(
+                root.key(field),
+                "must not be empty".to_owned(),
+            ));
+        }
+    }
+    if let Err(message) = time_zone(tariff) {
+        problems.push(Problem::new(root.key("time_zone"), message));
+    }
+    if tariff.currency.len() != 3 || !tariff.currency.chars().all(|c| c.is_ascii_uppercase()) {
+        problems.push(Problem::new(
+            root.key("currency"),
+            format!("'{}' is not an ISO 4217 code such as EUR", tariff.currency),
+        ));
+    }
+    if tariff.invoice.decimal_places > 10 {
+        problems.push(Problem::new(
+            root.key("invoice").key("decimal_places"),
+            format!("{} is more than 10", tariff.invoice.decimal_places),
+        ));
+    }
+    if tariff.products.is_empty() {
+        problems.push(Problem::new(
+            root.key("products"),
+            "the tariff has no [[products]]".to_owned(),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (index, product) in tariff.products.iter().enumerate() {
+        let at = root.key("products").index(index);
+        if !seen.insert((product.sku.as_str(), product.kind)) {
+            problems.push(Problem::new(
+                at.key("sku"),
+                format!(
+                    "product '{}' ({}) is listed twice",
+                    product.sku, product.kind
+                ),
+            ));
+        }
+        problems.extend(check_product(product, &at));
+    }
+    problems
+}
+
+impl Problem {
+    fn new(field: FieldPath, message: String) -> Self {
+        Self { field, message }
+    }
+}
+
+fn check_product(product: &Product, at: &FieldPath) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut problem = |field: FieldPath, message: String| {
+        problems.push(Problem {
+            field,
+            message: format!("product '{}' ({}): {message}", product.sku, product.kind),
+        });
+    };
+    if product.sku.trim().is_empty() {
+        problem(at.key("sku"), "must not be empty".to_owned());
+    }
+    if product.time.is_empty() && product.traffic.is_none() && product.storage.is_none() {
+        problem(
+            at.key("sku"),
+            "has no time, traffic or storage charge: nothing would be billed; give it a charge (a zero price for a free product)"
+                .to_owned(),
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (index, charge) in product.time.iter().enumerate() {
+        let at = at.key("time").index(index);
+        if !names.insert(charge.name.as_str()) {
+            problem(
+                at.key("name"),
+                format!("time charge name '{}' is used twice", charge.name),
+            );
+        }
+        for (field, message) in check_time_charge(product, charge) {
+            problem(
+                at.key(field),
+                format!("time charge '{}': {message}", charge.name),
+            );
+        }
+    }
+    if let Some(traffic) = &product.traffic {
+        let at = at.key("traffic");
+        for (field, value) in [("included", traffic.included), ("price", traffic.price)] {
+            if value.is_sign_negative() && !value.is_zero() {
+                problem(at.key(field), format!("{value} is negative"));
+            }
+        }
+        if traffic.counters.is_empty() {
+            problem(
+                at.key("counters"),
+                "is empty: name the meters charged, e.g. [\"out_external\"]".to_owned(),
+            );
+        }
+        if traffic.counters.iter().collect::<BTreeSet<_>>().len() != traffic.counters.len() {
+            problem(
+                at.key("counters"),
+                "names a meter twice: it would be counted twice".to_owned(),
+            );
+        }
+        if traffic.prorate_over_hours == Some(0) {
+            problem(at.key("prorate_over_hours"), "must be positive".to_owned());
+        }
+    }
+    if let Some(storage) = &product.storage {
+        let at = at.key("storage");
+        for (field, value) in [
+            ("price", Some(storage.price)),
+            ("minimum_monthly", storage.minimum_monthly),
+        ] {
+            if let Some(value) = value
+                && value.is_sign_negative()
+                && !value.is_zero()
+            {
+                problem(at.key(field), format!("{value} is negative"));
+            }
+        }
+        match (storage.accounting, storage.hours_per_month) {
+            (StorageAccounting::UnitHours, None | Some(0)) => problem(
+                at.key("hours_per_month"),
+                "accounting = \"unit_hours\" needs hours_per_month (positive), the hours a month's price is divided by".to_owned(),
+            ),
+            (StorageAccounting::MonthFraction, Some(_)) => problem(
+                at.key("hours_per_month"),
+                "only applies to accounting = \"unit_hours\"; month_fraction divides by the hours of the calendar month".to_owned(),
+            ),
+            _ => {}
+        }
+    }
+    problems
+}
+
+/// The problems of one time charge, by the field they are about.
+fn check_time_charge(product: &Product, charge: &TimeCharge) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    let negative = |value: Decimal| value.is_sign_negative() && !value.is_zero();
+    for (field, value) in [
+        ("price", Some(charge.price)),
+        ("monthly_cap", charge.monthly_cap),
+        ("minimum_monthly", charge.minimum_monthly),
+    ] {
+        if let Some(value) = value
+            && negative(value)
+        {
+            problems.push((field, format!("{value} is negative")));
+        }
+    }
+    let monthly = matches!(
+        charge.quantity,
+        TimeQuantity::MonthFraction | TimeQuantity::StartedMonths
+    );
+    if monthly != (charge.per == PricePer::Month) {
+        problems.push((
+            "per",
+            format!(
+                "quantity {:?} counts {}, so it needs per = \"{}\"",
+                charge.quantity,
+                if monthly { "months" } else { "hours" },
+                if monthly { "month" } else { "hour" }
+            ),
+        ));
+    }
+    if charge.max_hours.is_some()
+        && !matches!(
+            charge.quantity,
+            TimeQuantity::StartedHours | TimeQuantity::CeilTotalHours
+        )
+    {
+        problems.push((
+            "max_hours",
+            "only applies to quantity started_hours or ceil_total_hours".to_owned(),
+        ));
+    }
+    if charge.states.is_empty() {
+        problems.push((
+            "states",
+            "is empty: nothing would ever be billed".to_owned(),
+        ));
+    }
+    for (state, factor) in &charge.states {
+        if negative(factor.0) {
+            problems.push(("states", format!("{state} = {} is negative", factor.0)));
+        }
+    }
+    let reported = reported_states(product.kind);
+    if !charge.states.is_empty() && !charge.states.keys().any(|state| reported.contains(state)) {
+        problems.push((
+            "states",
+            format!(
+                "a {} reports only {:?}, none of which is listed: nothing would ever be billed",
+                product.kind,
+                reported
+                    .iter()
+                    .map(|state| state.as_str())
+                    .collect::<Vec<_>>()
+            ),
+        ));
+    }
+    for (gpus, price) in &charge.configuration_prices {
+        if !charge.per_gpu {
+            problems.push(("configuration_prices", "needs per_gpu = true".to_owned()));
+        }
+        if gpus.parse::<u16>().map_or(true, |count| count == 0) {
+            problems.push((
+                "configuration_prices",
+                format!("key '{gpus}' is not a GPU count (1 to 65535)"),
+            ));
+        }
+        if negative(price.0) {
+            problems.push((
+                "configuration_prices",
+                format!("{gpus} GPUs = {} is negative", price.0),
+            ));
+        }
+    }
+    // Caps, hour limits and minimums are per resource and month: they need exactly one
+    // line per resource, which grouping and GPU configurations would break.
+    let per_resource_limits = charge.monthly_cap.is_some()
+        || charge.max_hours.is_some()
+        || charge.minimum_monthly.is_some();
+    if per_resource_limits && (!product.group_by.is_empty() || charge.per_gpu) {
+        problems.push((
+            "monthly_cap",
+            "monthly_cap, max_hours and minimum_monthly apply per resource and cannot be combined with group_by or per_gpu".to_owned(),
+        ));
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn path() -> PathBuf {
         PathBuf::from("test.toml")
+    }
+
+    fn hetzner() -> &'static str {
+        crate::reference_tariffs()[2].1
+    }
+
+    /// The 1-based line of the first occurrence of `needle` in `text`.
+    fn line_containing(text: &str, needle: &str) -> usize {
+        text.lines()
+            .position(|line| line.contains(needle))
+            .map(|index| index + 1)
+            .unwrap_or_else(|| panic!("{needle} not in the text"))
     }
 
     #[test]
@@ -199,45 +453,132 @@ mod tests {
 
     #[test]
     fn a_misspelt_field_is_named_with_its_line() {
-        let text = crate::reference_tariffs()[2]
-            .1
-            .replace("monthly_cap = \"3.79\"", "monthly_kap = \"3.79\"");
+        let text = hetzner().replace("monthly_cap = \"3.79\"", "monthly_kap = \"3.79\"");
         let message = parse_tariff(&path(), &text)
             .expect_err("unknown field")
             .to_string();
+        let line = line_containing(&text, "monthly_kap");
         assert!(
-            message.contains("monthly_kap") && message.contains("line"),
+            message.contains("monthly_kap")
+                && message.contains(&format!("line {line}"))
+                && message.contains("test.toml"),
             "{message}"
         );
     }
 
     #[test]
-    fn semantic_errors_name_the_product_and_line() {
-        let text = crate::reference_tariffs()[2]
-            .1
-            .replace("price = \"0.0109\"", "price = \"-0.0109\"");
+    fn a_negative_price_is_reported_at_its_own_line() {
+        let text = hetzner().replace("price = \"0.0109\"", "price = \"-0.0109\"");
         let message = parse_tariff(&path(), &text)
             .expect_err("negative")
             .to_string();
+        let line = line_containing(&text, "-0.0109");
         assert!(
-            message.contains("cx32") && message.contains("negative") && message.contains("line "),
+            message.contains(&format!("line {line}: products[1].time[0].price"))
+                && message.contains("cx32")
+                && message.contains("negative"),
             "{message}"
         );
-        let text = crate::reference_tariffs()[0]
-            .1
-            .replace("stopped = \"0.35\"", "stopped = \"1.35\"");
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_just_the_first() {
+        let text = hetzner()
+            .replace("Europe/Berlin", "Mars/Olympus")
+            .replace("price = \"0.0109\"", "price = \"-0.0109\"")
+            .replace("sku = \"cx32\"", "sku = \"cx22\"");
         let message = parse_tariff(&path(), &text)
-            .expect_err("increasing")
+            .expect_err("three problems")
             .to_string();
-        assert!(message.contains("must not increase"), "{message}");
-        let text = crate::reference_tariffs()[2]
-            .1
-            .replace("Europe/Berlin", "Mars/Olympus");
+        assert!(message.contains("Mars/Olympus"), "{message}");
+        assert!(message.contains("negative"), "{message}");
+        assert!(message.contains("listed twice"), "{message}");
+        let duplicate = text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| line.contains("sku = \"cx22\""))
+            .map(|(index, _)| index + 1)
+            .last()
+            .expect("two cx22");
         assert!(
-            parse_tariff(&path(), &text)
-                .expect_err("zone")
-                .to_string()
-                .contains("Mars/Olympus")
+            message.contains(&format!("line {duplicate}: products[1].sku")),
+            "{message}"
         );
+    }
+
+    #[test]
+    fn semantic_mistakes_are_refused() {
+        for (from, to, expected) in [
+            (
+                "quantity = \"month_fraction\"",
+                "quantity = \"minutes\"",
+                "needs per = \"hour\"",
+            ),
+            (
+                "states = { active = \"1\" }\nmonthly_cap = \"0.50\"",
+                "states = { running = \"1\" }\nmonthly_cap = \"0.50\"",
+                "a ip reports only",
+            ),
+            (
+                "counters = [\"out_external\"]",
+                "counters = []",
+                "counters: product 'cx22' (server): is empty",
+            ),
+            (
+                "accounting = \"month_fraction\"",
+                "accounting = \"unit_hours\"",
+                "needs hours_per_month",
+            ),
+        ] {
+            assert!(hetzner().contains(from), "{from}");
+            let text = hetzner().replacen(from, to, 1);
+            let message = parse_tariff(&path(), &text)
+                .expect_err(expected)
+                .to_string();
+            assert!(message.contains(expected), "{expected}: {message}");
+        }
+        let trooper = crate::reference_tariffs()[0].1.replacen(
+            "configuration_prices = { \"8\" = \"7.67\" }",
+            "configuration_prices = { \"eight\" = \"7.67\" }",
+            1,
+        );
+        let message = parse_tariff(&path(), &trooper)
+            .expect_err("key")
+            .to_string();
+        assert!(message.contains("not a GPU count"), "{message}");
+    }
+
+    #[test]
+    fn two_files_of_one_tariff_version_are_refused() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (first, second) = (
+            directory.path().join("a.toml"),
+            directory.path().join("b.toml"),
+        );
+        std::fs::write(&first, hetzner()).expect("write");
+        std::fs::write(&second, hetzner()).expect("write");
+        let message = load_tariffs(&[first, second])
+            .expect_err("duplicate")
+            .to_string();
+        assert!(
+            message.contains("a.toml") && message.contains("b.toml"),
+            "{message}"
+        );
+        let later = directory.path().join("c.toml");
+        std::fs::write(
+            &later,
+            hetzner().replace(
+                "effective_from = \"2026-01-01\"",
+                "effective_from = \"2026-07-01\"",
+            ),
+        )
+        .expect("write");
+        let tariffs =
+            load_tariffs(&[directory.path().join("a.toml"), later]).expect("two versions");
+        let june = NaiveDate::from_ymd_opt(2026, 6, 1).expect("date");
+        let july = NaiveDate::from_ymd_opt(2026, 7, 1).expect("date");
+        let effective = |day| version_for(&tariffs, "hetzner-cloud", day).map(|t| t.effective_from);
+        assert_eq!(effective(june), NaiveDate::from_ymd_opt(2026, 1, 1));
+        assert_eq!(effective(july), Some(july));
     }
 }

@@ -18,18 +18,33 @@ fn io_error(action: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { action, source }
 }
 
-/// Writes `bytes` to `path` through a temporary file, fsync and rename.
+/// Writes `path` through a temporary file next to it, fsync and rename, then fsyncs the
+/// directory so the rename itself survives a crash. Readers see the old file or the new
+/// one, never half of one.
 fn write_atomically(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-    if let Some(directory) = path.parent() {
-        fs::create_dir_all(directory)
-            .map_err(io_error(format!("create {}", directory.display())))?;
-    }
-    let temp = path.with_extension("tmp");
+    let directory = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(directory).map_err(io_error(format!("create {}", directory.display())))?;
+    let mut temp_name = path.file_name().unwrap_or_default().to_owned();
+    temp_name.push(".tmp");
+    let temp = path.with_file_name(temp_name);
     let mut file = File::create(&temp).map_err(io_error(format!("create {}", temp.display())))?;
     write(&mut file)?;
     file.sync_all()
         .map_err(io_error(format!("fsync {}", temp.display())))?;
-    fs::rename(&temp, path).map_err(io_error(format!("rename {} into place", path.display())))
+    fs::rename(&temp, path).map_err(io_error(format!("rename {} into place", path.display())))?;
+    sync_directory(directory)
+}
+
+#[cfg(unix)]
+fn sync_directory(directory: &Path) -> Result<()> {
+    File::open(directory)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error(format!("fsync directory {}", directory.display())))
+}
+
+#[cfg(not(unix))]
+fn sync_directory(_directory: &Path) -> Result<()> {
+    Ok(()) // directories cannot be opened for fsync on this platform
 }
 
 /// `line_items/month=YYYY-MM/line_items.parquet` under `out`.
@@ -57,16 +72,35 @@ pub fn write_line_items(out: &Path, month: &str, items: &[LineItem]) -> Result<P
     Ok(path)
 }
 
-/// `invoices/month=YYYY-MM/<account>.json` and `.csv` under `out`; returns the directory.
-pub fn write_invoices(out: &Path, month: &str, invoices: &[Invoice]) -> Result<PathBuf> {
+/// `invoices/month=YYYY-MM/<account>.json` and `.csv` under `out`. Invoices of an earlier
+/// run of the month that this run no longer produces are removed, so the directory is a
+/// function of this run's inputs alone. Returns the directory and the files written.
+pub fn write_invoices(
+    out: &Path,
+    month: &str,
+    invoices: &[Invoice],
+) -> Result<(PathBuf, Vec<PathBuf>)> {
     let directory = out.join("invoices").join(format!("month={month}"));
+    let mut written = Vec::new();
     for invoice in invoices {
         let name = sanitize(&invoice.account_id);
-        let json = serde_json::to_vec_pretty(invoice).map_err(|e| Error::Io {
+        let mut json = serde_json::to_vec_pretty(invoice).map_err(|e| Error::Io {
             action: format!("serialise the invoice of {}", invoice.account_id),
             source: std::io::Error::other(e),
         })?;
+        json.push(b'\n');
         let json_path = directory.join(format!("{name}.json"));
+        // Two account ids that differ only in characters a file name cannot hold would
+        // overwrite one another: refuse, rather than lose an invoice.
+        if written.contains(&json_path) {
+            return Err(Error::Invoice {
+                account_id: invoice.account_id.clone(),
+                detail: format!(
+                    "its file name {} is taken by another account; rename one of the accounts",
+                    json_path.display()
+                ),
+            });
+        }
         write_atomically(&json_path, |file| {
             file.write_all(&json)
                 .map_err(io_error(format!("write {}", json_path.display())))
@@ -77,8 +111,37 @@ pub fn write_invoices(out: &Path, month: &str, invoices: &[Invoice]) -> Result<P
             file.write_all(csv.as_bytes())
                 .map_err(io_error(format!("write {}", csv_path.display())))
         })?;
+        written.extend([json_path, csv_path]);
     }
-    Ok(directory)
+    remove_stale_invoices(&directory, &written)?;
+    Ok((directory, written))
+}
+
+/// Removes `*.json` and `*.csv` in `directory` that are not in `keep`.
+fn remove_stale_invoices(directory: &Path, keep: &[PathBuf]) -> Result<()> {
+    let entries = match fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(Error::Io {
+                action: format!("list {}", directory.display()),
+                source: error,
+            });
+        }
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(io_error(format!("list {}", directory.display())))?
+            .path();
+        let is_invoice = path
+            .extension()
+            .is_some_and(|extension| extension == "json" || extension == "csv");
+        if is_invoice && !keep.contains(&path) {
+            tracing::info!(path = %path.display(), "removing an invoice no longer produced");
+            fs::remove_file(&path).map_err(io_error(format!("remove {}", path.display())))?;
+        }
+    }
+    Ok(())
 }
 
 fn sanitize(account_id: &str) -> String {
