@@ -1,0 +1,7 @@
+//! The rating crate's integration tests: one binary, a module per area.
+
+mod lake;
+mod outputs;
+mod properties;
+mod rules;
+mod splits;
