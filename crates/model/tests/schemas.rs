@@ -11,7 +11,10 @@ use tally_model::rollup::rollup_arrow_schema;
 use tally_model::{ResourceKind, ResourceState, Sample};
 
 fn schema_file(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // Found at run time, not compile time: a test binary reused from a shared target
+    // directory must read this checkout's schemas.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run through cargo test");
+    let path = PathBuf::from(crate_dir)
         .join("../../schemas")
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -9,8 +9,12 @@ use std::path::PathBuf;
 use serde_json::Value;
 use tally_model::tariff::Tariff;
 
+/// The checkout is found at run time (cargo sets the variable for `cargo test`), not baked in
+/// at compile time: a test binary reused from a shared target directory must read this
+/// checkout's files, not those of the checkout that built it.
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run through cargo test");
+    PathBuf::from(crate_dir).join("../..")
 }
 
 fn schema() -> Value {
