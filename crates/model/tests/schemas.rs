@@ -14,9 +14,7 @@ fn schema_file(name: &str) -> Value {
     // Found at run time, not compile time: a test binary reused from a shared target
     // directory must read this checkout's schemas.
     let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run through cargo test");
-    let path = PathBuf::from(crate_dir)
-        .join("../../schemas")
-        .join(name);
+    let path = PathBuf::from(crate_dir).join("../../schemas").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
