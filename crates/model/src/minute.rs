@@ -91,6 +91,10 @@ impl Hour {
         Self(self.0 + 1)
     }
 
+    pub const fn previous(self) -> Self {
+        Self(self.0 - 1)
+    }
+
     pub fn to_datetime(self) -> DateTime<Utc> {
         self.first_minute().to_datetime()
     }

@@ -63,6 +63,60 @@ pub struct Tariff {
     /// The price list. A resource whose (SKU, kind) is not listed is an error when rated,
     /// never a free resource.
     pub products: Vec<Product>,
+    /// Monthly flat products that accounts book in their contracts, independent of
+    /// metered usage (C4 managing and licences, C7 add-ons).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
+    /// Reservations accounts may order (C5): a monthly contingent of hours of one product,
+    /// paid whether used or not, consumed by all of the account's instances of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reservations: Vec<Reservation>,
+}
+
+/// A monthly flat product booked by contract (C4, C7): each calendar month in which the
+/// booking is active is charged in full, whatever the usage. A booking tied to a resource
+/// is charged for the months in which that resource has usage, so it is billed for the
+/// month in which the resource is deleted and not renewed after it (C4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// The id contracts book it by.
+    pub sku: String,
+    /// Human words for FOCUS `ChargeDescription`.
+    pub description: String,
+    /// The BILLING.md rule(s) this implements, carried in `x_rule`.
+    pub rule: String,
+    /// Price per calendar month and unit booked.
+    #[serde(with = "crate::money::string")]
+    pub price: Decimal,
+}
+
+/// A reservation (C5): bound to a product, not an instance. Each month of its term holds a
+/// contingent of days-in-month × 24 hours per instance reserved (prorated by days in the
+/// first and last month; the term starts at 00:00 of the order day in the tariff's time
+/// zone), charged at `price` per hour whether used or not. The hours billed by the
+/// product's time charge `covers`, of all the account's resources, consume it; what is
+/// left expires at the month's end and usage beyond it stays pay-per-use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reservation {
+    /// The id contracts order it by.
+    pub name: String,
+    /// Human words for FOCUS `ChargeDescription`.
+    pub description: String,
+    /// The BILLING.md rule(s) this implements, carried in `x_rule`.
+    pub rule: String,
+    /// The product whose hours it covers.
+    pub sku: String,
+    pub kind: ResourceKind,
+    /// The name of that product's time charge it covers; the charge must bill hours
+    /// additively (per minute or per started hour, without caps or minimums).
+    pub covers: String,
+    /// Price per contingent hour.
+    #[serde(with = "crate::money::string")]
+    pub price: Decimal,
+    /// The terms on offer, in months (C5: 12, 24, 36).
+    pub terms_months: Vec<u32>,
 }
 
 /// How an invoice is totalled. The default is BILLING.md's rule: lines keep full
@@ -151,6 +205,28 @@ pub struct Product {
     /// Charge for stored size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageCharge>,
+    /// Charges that are a share of one of the product's time charges (H6: backups are
+    /// 20 % of the server's charge for the month).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub surcharges: Vec<Surcharge>,
+}
+
+/// A share of another charge of the same resource and month.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Surcharge {
+    /// Names the line (e.g. `backups`).
+    pub name: String,
+    /// The BILLING.md rule(s) this implements, carried in `x_rule`.
+    pub rule: String,
+    /// The name of the product's time charge it is a share of, after caps and minimums.
+    pub of: String,
+    /// The share, e.g. `"0.20"`.
+    pub factor: DecimalText,
+    /// Only resources whose contract enables this option pay it (H6: `backups`);
+    /// absent: every resource of the product.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option: Option<String>,
 }
 
 /// The unit a price is per.
@@ -159,8 +235,68 @@ pub struct Product {
 pub enum PricePer {
     /// The price is per hour; the quantity is in hours.
     Hour,
+    /// The price is per day; with `started_periods` only.
+    Day,
+    /// The price is per week; with `started_periods` only.
+    Week,
     /// The price is per calendar month; the quantity is in months.
     Month,
+    /// The price is per year; with `started_periods` only.
+    Year,
+}
+
+/// How a resource's contract pays for it (T2); contracts name it per resource.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Interval {
+    /// Pay-per-use, accounted in the month of the usage: every tariff's default.
+    #[default]
+    Hourly,
+    /// Paid in advance per day of the contract.
+    Daily,
+    /// Paid in advance per week of the contract.
+    Weekly,
+    /// Paid in advance per month of the contract.
+    Monthly,
+    /// Paid in advance per year of the contract.
+    Yearly,
+}
+
+impl Interval {
+    pub const ALL: [Self; 5] = [
+        Self::Hourly,
+        Self::Daily,
+        Self::Weekly,
+        Self::Monthly,
+        Self::Yearly,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hourly => "hourly",
+            Self::Daily => "daily",
+            Self::Weekly => "weekly",
+            Self::Monthly => "monthly",
+            Self::Yearly => "yearly",
+        }
+    }
+
+    /// The unit a `started_periods` price of this interval is per; none for hourly.
+    pub fn period(self) -> Option<PricePer> {
+        match self {
+            Self::Hourly => None,
+            Self::Daily => Some(PricePer::Day),
+            Self::Weekly => Some(PricePer::Week),
+            Self::Monthly => Some(PricePer::Month),
+            Self::Yearly => Some(PricePer::Year),
+        }
+    }
+
+    fn is_hourly(&self) -> bool {
+        *self == Self::Hourly
+    }
 }
 
 /// How time becomes a billed quantity.
@@ -181,6 +317,11 @@ pub enum TimeQuantity {
     /// One for a month with any billable minute (monthly flat add-ons, C7: charged in full
     /// for every started month). Needs `per = "month"`.
     StartedMonths,
+    /// Every started period of the resource's contract interval (T2: day, week, month or
+    /// year, counted from the contract's start in the tariff's time zone), paid in full
+    /// in the month the period starts, at the largest factor among the states seen in the
+    /// period's hours of that month. `per` is the interval's unit.
+    StartedPeriods,
 }
 
 /// A price for time.
@@ -191,6 +332,10 @@ pub struct TimeCharge {
     pub name: String,
     /// The BILLING.md rule(s) this implements, carried in `x_rule` (e.g. `H1/H2`).
     pub rule: String,
+    /// The contract interval this charge is for (T2): it applies only to resources whose
+    /// contract names this interval. Absent: `hourly`, the pay-per-use default.
+    #[serde(default, skip_serializing_if = "Interval::is_hourly")]
+    pub interval: Interval,
     /// Price per `per` (per GPU if `per_gpu`).
     #[serde(with = "crate::money::string")]
     pub price: Decimal,
@@ -342,6 +487,16 @@ pub struct StorageCharge {
 }
 
 impl Tariff {
+    /// The monthly product of a booking, if the tariff sells it.
+    pub fn subscription(&self, sku: &str) -> Option<&Subscription> {
+        self.subscriptions.iter().find(|item| item.sku == sku)
+    }
+
+    /// The reservation of this name, if the tariff offers it.
+    pub fn reservation(&self, name: &str) -> Option<&Reservation> {
+        self.reservations.iter().find(|item| item.name == name)
+    }
+
     /// The product of a SKU and kind, if the tariff sells it.
     pub fn product(&self, sku: &str, kind: ResourceKind) -> Option<&Product> {
         self.products

@@ -54,6 +54,21 @@ when_labels = { os = "windows" }
 monthly_cap = "100"
 max_hours = 672
 minimum_monthly = "0.01"
+[[products.time]]
+name = "server, monthly"
+rule = "X4"
+interval = "monthly"
+price = "125"
+per = "month"
+quantity = "started_periods"
+states = { running = "1", stopped = "1" }
+per_gpu = true
+[[products.surcharges]]
+name = "backups"
+rule = "X5"
+of = "server"
+factor = "0.20"
+option = "backups"
 [products.traffic]
 rule = "X2"
 counters = ["out_external", "in"]
@@ -71,6 +86,20 @@ unit = "GiB"
 accounting = "unit_hours"
 hours_per_month = 672
 minimum_monthly = "0.01"
+[[subscriptions]]
+sku = "managing"
+description = "Managing"
+rule = "X6"
+price = "49.00"
+[[reservations]]
+name = "big-dedicated"
+description = "Dedicated big"
+rule = "X7"
+sku = "big"
+kind = "gpu_server"
+covers = "server"
+price = "0.025"
+terms_months = [12, 24, 36]
 "#;
 
 fn tariff_documents() -> Vec<(String, String)> {

@@ -26,6 +26,7 @@
 //!
 //! [`sql`] gives analysts the same tables (`tally sql`).
 
+pub mod bookings;
 pub mod contracts;
 pub mod error;
 pub mod invoice;
@@ -40,7 +41,7 @@ use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::RecordBatch;
 use rust_decimal::Decimal;
-use tally_model::tariff::Tariff;
+use tally_model::tariff::{Interval, Tariff};
 
 pub use error::{Error, Result};
 pub use tariff::check_tariff;
@@ -174,7 +175,22 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
             .iter()
             .filter(|usage| &usage.account_id == account_id)
             .collect();
-        let items = price::price_account(tariff, month, &account_usage)?;
+        // Resources paid per period of their contract (T2) are priced hour by hour.
+        let periodic: Vec<(String, String)> = account_usage
+            .iter()
+            .filter(|usage| contract.terms(&usage.resource_id).interval != Interval::Hourly)
+            .map(|usage| (usage.resource_id.clone(), usage.sku.clone()))
+            .collect();
+        let resource_hours = usage::resource_hours(&context, month, &periodic).await?;
+        let items = price::price_account(
+            tariff,
+            month,
+            &price::AccountInputs {
+                contract,
+                usages: &account_usage,
+                resource_hours: &resource_hours,
+            },
+        )?;
         if items.is_empty() {
             continue;
         }

@@ -26,12 +26,36 @@ pub fn first_day(label: &str) -> Result<NaiveDate> {
 pub struct BillingMonth {
     /// `YYYY-MM`.
     pub label: String,
+    /// The zone whose calendar the month follows.
+    pub time_zone: Tz,
     pub first_day: NaiveDate,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
 }
 
+/// The first instant of `day` in `time_zone`: midnight, or, in the few zones whose DST
+/// switch skips midnight, the first hour after the gap. `earliest` picks the first of two
+/// midnights when the clock goes back over it.
+pub fn day_start(time_zone: Tz, day: NaiveDate) -> Option<DateTime<Utc>> {
+    (0..3)
+        .filter_map(|hour| day.and_hms_opt(hour, 0, 0))
+        .find_map(|local| time_zone.from_local_datetime(&local).earliest())
+        .map(|start| start.with_timezone(&Utc))
+}
+
 impl BillingMonth {
+    /// The day after the month's last day.
+    pub fn next_first_day(&self) -> NaiveDate {
+        self.first_day
+            .checked_add_months(Months::new(1))
+            .unwrap_or(NaiveDate::MAX)
+    }
+
+    /// Days in the month.
+    pub fn days(&self) -> i64 {
+        (self.next_first_day() - self.first_day).num_days()
+    }
+
     /// The month `label` (`YYYY-MM`) in `time_zone`.
     pub fn new(label: &str, time_zone: Tz) -> Result<Self> {
         let bad = |detail: String| Error::Month {
@@ -44,14 +68,8 @@ impl BillingMonth {
             .checked_add_months(Months::new(1))
             .ok_or_else(not_a_month)?;
         let midnight = |day: NaiveDate| -> Result<DateTime<Utc>> {
-            // A day starts at its first local instant: midnight, or, in the few zones
-            // whose DST switch skips midnight, the first hour after the gap. `earliest`
-            // picks the first of two midnights when the clock goes back over it.
-            let start = (0..3)
-                .filter_map(|hour| day.and_hms_opt(hour, 0, 0))
-                .find_map(|local| time_zone.from_local_datetime(&local).earliest())
-                .ok_or_else(|| bad(format!("{day} has no start in {time_zone}")))?
-                .with_timezone(&Utc);
+            let start = day_start(time_zone, day)
+                .ok_or_else(|| bad(format!("{day} has no start in {time_zone}")))?;
             // The lake is partitioned by UTC hour: a month must start on a whole one.
             if start.timestamp() % 3600 != 0 {
                 return Err(bad(format!(
@@ -62,6 +80,7 @@ impl BillingMonth {
         };
         Ok(Self {
             label: label.to_owned(),
+            time_zone,
             first_day,
             start: midnight(first_day)?,
             end: midnight(next)?,

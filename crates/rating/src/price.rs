@@ -14,31 +14,48 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Days, Months, NaiveDate, TimeZone, Utc};
 use rust_decimal::Decimal;
 use tally_model::line_item::{ChargeCategory, ChargeFrequency, LineItem};
 use tally_model::sample::labels_from_text;
 use tally_model::tariff::{
-    AllowanceScope, PricePer, Product, Rounding, StorageAccounting, StorageCharge, Tariff,
-    TimeCharge, TimeQuantity, TrafficCharge, TrafficCounter,
+    AllowanceScope, Interval, PricePer, Product, Rounding, StorageAccounting, StorageCharge,
+    Surcharge, Tariff, TimeCharge, TimeQuantity, TrafficCharge, TrafficCounter,
 };
 use tally_model::{Hour, ResourceState};
 
+use crate::bookings;
+use crate::contracts::{AccountContract, ResourceTerms};
 use crate::error::{Error, Result};
-use crate::month::BillingMonth;
-use crate::usage::ResourceUsage;
+use crate::month::{BillingMonth, day_start};
+use crate::usage::{HourStates, ResourceUsage};
 
 type Labels = BTreeMap<String, String>;
 
-/// Prices `usages` (all of one account) under `tariff` for `month`; lines are sorted.
+/// What is priced for one account besides its metered usage.
+pub struct AccountInputs<'a> {
+    pub contract: &'a AccountContract,
+    /// All of the account's usage in the month.
+    pub usages: &'a [&'a ResourceUsage],
+    /// Hour by hour, the resources on contracts paid per period (T2), by (resource, SKU).
+    pub resource_hours: &'a BTreeMap<(String, String), Vec<HourStates>>,
+}
+
+/// (product index, charge index): which time charge a line bills.
+type ChargeRef = (usize, usize);
+
+/// Prices one account's month under `tariff`; lines are sorted.
 pub fn price_account(
     tariff: &Tariff,
     month: &BillingMonth,
-    usages: &[&ResourceUsage],
+    inputs: &AccountInputs<'_>,
 ) -> Result<Vec<LineItem>> {
+    let contract = inputs.contract;
     let mut lines = Vec::new();
+    // Time lines stay apart until contingents (C5, C6) have taken their hours off them.
+    let mut time_lines: Vec<(ChargeRef, LineItem)> = Vec::new();
     let mut groups: BTreeMap<GroupKey, Group<'_>> = BTreeMap::new();
-    for usage in usages {
+    for usage in inputs.usages {
         let fail = |detail: String| Error::Pricing {
             account_id: usage.account_id.clone(),
             resource_id: usage.resource_id.clone(),
@@ -55,14 +72,36 @@ pub fn price_account(
                     usage.sku, usage.kind, tariff.id, tariff.version
                 ))
             })?;
+        let terms = contract.terms(&usage.resource_id);
+        let charges: Vec<(usize, &TimeCharge)> = product
+            .time
+            .iter()
+            .enumerate()
+            .filter(|(_, charge)| charge.interval == terms.interval)
+            .collect();
+        if charges.is_empty() && !product.time.is_empty() {
+            return Err(fail(format!(
+                "the contract puts it on the {} interval, but tariff '{}' has no {} charge for '{}': add one, or change the contract",
+                terms.interval.as_str(),
+                tariff.id,
+                terms.interval.as_str(),
+                usage.sku
+            )));
+        }
         let context = Context {
             tariff,
             month,
             usage,
             product,
+            terms: &terms,
+            hours: inputs
+                .resource_hours
+                .get(&(usage.resource_id.clone(), usage.sku.clone()))
+                .map_or(&[], Vec::as_slice),
         };
         let mut first_charge_hours = None;
-        for (charge_index, charge) in product.time.iter().enumerate() {
+        let mut charged: BTreeMap<&str, Decimal> = BTreeMap::new();
+        for (charge_index, charge) in charges {
             let portions = context.time_portions(charge).map_err(fail)?;
             if first_charge_hours.is_none() {
                 let hours = portions.values().try_fold(Decimal::ZERO, |sum, portion| {
@@ -71,9 +110,11 @@ pub fn price_account(
                 first_charge_hours = Some(hours.map_err(fail)?);
             }
             for ((group, gpus), portion) in portions {
+                let sum = charged.entry(charge.name.as_str()).or_default();
+                *sum = add(*sum, portion.amount, "charge amount").map_err(fail)?;
                 if product.group_by.is_empty() {
                     if let Some(line) = context.time_line(charge, gpus, &portion) {
-                        lines.push(line);
+                        time_lines.push(((product_index, charge_index), line));
                     }
                     continue;
                 }
@@ -82,6 +123,18 @@ pub fn price_account(
                     .or_insert_with(|| Group::new(product, charge, group, gpus))
                     .add(usage, &portion)
                     .map_err(fail)?;
+            }
+        }
+        for surcharge in &product.surcharges {
+            let enabled = surcharge
+                .option
+                .as_ref()
+                .is_none_or(|option| terms.options.contains(option));
+            let base = charged.get(surcharge.of.as_str()).copied();
+            if let (true, Some(base)) = (enabled, base)
+                && let Some(line) = context.surcharge_line(surcharge, base).map_err(fail)?
+            {
+                lines.push(line);
             }
         }
         if let Some(traffic) = &product.traffic {
@@ -106,21 +159,38 @@ pub fn price_account(
             lines.push(line);
         }
     }
-    for ((_, group_text, _, _), group) in groups {
+    for ((product_index, group_text, charge_index, _), group) in groups {
         if let Some(line) = group.line(tariff, month) {
-            lines.push(line);
+            time_lines.push(((product_index, charge_index), line));
         } else {
             tracing::debug!(group = %group_text, "group priced at zero: no line");
         }
     }
-    lines.sort_by(|a, b| {
-        (&a.resource_id, &a.sku_id, &a.charge_description, &a.x_rule).cmp(&(
-            &b.resource_id,
-            &b.sku_id,
-            &b.charge_description,
-            &b.x_rule,
-        ))
-    });
+    let sort_key = |line: &LineItem| {
+        (
+            line.resource_id.clone(),
+            line.sku_id.clone(),
+            line.charge_description.clone(),
+            line.x_rule.clone(),
+        )
+    };
+    // Contingents take hours in line order, so the same usage always gives the same lines.
+    time_lines.sort_by_key(|(_, line)| sort_key(line));
+    let account_fail = |detail: String| Error::Pricing {
+        account_id: contract.account_id.clone(),
+        resource_id: String::new(),
+        detail,
+    };
+    for contingent in bookings::contingents(tariff, month, contract).map_err(account_fail)? {
+        lines.push(
+            contingent
+                .apply(tariff, month, contract, &mut time_lines)
+                .map_err(account_fail)?,
+        );
+    }
+    lines.extend(time_lines.into_iter().map(|(_, line)| line));
+    lines.extend(bookings::subscription_lines(tariff, month, inputs).map_err(account_fail)?);
+    lines.sort_by_key(sort_key);
     Ok(lines)
 }
 
@@ -133,6 +203,9 @@ struct Context<'a> {
     month: &'a BillingMonth,
     usage: &'a ResourceUsage,
     product: &'a Product,
+    terms: &'a ResourceTerms,
+    /// Hour by hour, if the resource is on a contract paid per period.
+    hours: &'a [HourStates],
 }
 
 /// One line's worth of a time charge for one resource.
@@ -157,19 +230,19 @@ struct TimeInputs {
     weighted_hours: Decimal,
 }
 
-fn checked(value: Option<Decimal>, what: &str) -> Result<Decimal, String> {
+pub(crate) fn checked(value: Option<Decimal>, what: &str) -> Result<Decimal, String> {
     value.ok_or_else(|| format!("decimal overflow computing {what}"))
 }
 
-fn mul(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, String> {
+pub(crate) fn mul(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, String> {
     checked(a.checked_mul(b), what)
 }
 
-fn div(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, String> {
+pub(crate) fn div(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, String> {
     checked(a.checked_div(b), what)
 }
 
-fn add(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, String> {
+pub(crate) fn add(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, String> {
     checked(a.checked_add(b), what)
 }
 
@@ -232,6 +305,9 @@ impl Context<'_> {
     ) -> Result<BTreeMap<(String, u16), Portion>, String> {
         let usage = self.usage;
         let mut inputs: BTreeMap<(String, u16), TimeInputs> = BTreeMap::new();
+        if charge.quantity == TimeQuantity::StartedPeriods {
+            return self.period_portions(charge);
+        }
         if charge.quantity == TimeQuantity::Minutes {
             // Minutes are additive: each follows the labels it was metered under.
             for bucket in &usage.minute_buckets {
@@ -288,6 +364,116 @@ impl Context<'_> {
         Ok(portions)
     }
 
+    /// Every period of the contract that starts in the month, paid in full in advance
+    /// (T2) at the largest factor among the states seen in its hours of the month; by
+    /// GPU configuration (the largest in the period) for per-GPU prices.
+    fn period_portions(
+        &self,
+        charge: &TimeCharge,
+    ) -> Result<BTreeMap<(String, u16), Portion>, String> {
+        let interval = self.terms.interval;
+        let start = self
+            .terms
+            .start
+            .ok_or_else(|| format!("the contract's {} interval has no start", interval.as_str()))?;
+        let labels = self.labels(&self.usage.labels)?;
+        if !charge.applies_to(&labels) {
+            return Ok(BTreeMap::new());
+        }
+        let group = group_text(self.product, &labels);
+        let zone = self.month.time_zone;
+        let mut portions: BTreeMap<(String, u16), Portion> = BTreeMap::new();
+        let mut periods: BTreeMap<u16, (Decimal, Vec<String>)> = BTreeMap::new();
+        for index in 0.. {
+            let Some(period_start) = period_start(start, zone, interval, index) else {
+                return Err(format!(
+                    "period {index} of the contract is beyond the calendar"
+                ));
+            };
+            if period_start >= self.month.end {
+                break;
+            }
+            let period_end = period_start_or_max(start, zone, interval, index + 1);
+            // Paid when it starts: periods that started before the month were paid then.
+            if period_start < self.month.start {
+                continue;
+            }
+            let overlapping = self.hours.iter().filter(|hour| {
+                hour.hour.to_datetime() < period_end
+                    && hour.hour.next().to_datetime() > period_start
+            });
+            let (mut factor, mut gpus) = (Decimal::ZERO, 0u16);
+            for hour in overlapping {
+                for state in hour.states_seen.states() {
+                    factor = factor.max(charge.factor(state));
+                }
+                gpus = gpus.max(hour.gpus);
+            }
+            if factor.is_zero() {
+                continue;
+            }
+            let gpus = if charge.per_gpu { gpus } else { 0 };
+            let entry = periods.entry(gpus).or_default();
+            entry.0 = add(entry.0, factor, "periods")?;
+            entry.1.push(format!(
+                "{} ×{}",
+                period_start.with_timezone(&zone).format("%Y-%m-%d %H:%M"),
+                factor.normalize()
+            ));
+        }
+        for (gpus, (quantity, starts)) in periods {
+            let (price, price_note) = unit_price(charge, gpus)?;
+            let unit = pricing_unit(charge.per).to_lowercase();
+            portions.insert(
+                (group.clone(), gpus),
+                Portion {
+                    quantity,
+                    hours: Decimal::ZERO,
+                    amount: mul(price, quantity, "amount")?,
+                    unit_price: price,
+                    note: format!(
+                        "{} started {unit} of the {} contract from {}, paid in advance at the largest state factor seen: {}{price_note}",
+                        quantity.normalize(),
+                        interval.as_str(),
+                        start.with_timezone(&zone).format("%Y-%m-%d %H:%M"),
+                        starts.join(", ")
+                    ),
+                },
+            );
+        }
+        Ok(portions)
+    }
+
+    /// A share of one of the resource's charges (H6: backups 20 % of the server).
+    fn surcharge_line(
+        &self,
+        surcharge: &Surcharge,
+        base: Decimal,
+    ) -> Result<Option<LineItem>, String> {
+        let amount = mul(base, surcharge.factor.0, "surcharge")?;
+        if amount.is_zero() {
+            return Ok(None);
+        }
+        let mut line = self.base_line(
+            format!("{}: {}", self.product.description, surcharge.name),
+            format!(
+                "{}: {} × {} of '{}'",
+                surcharge.rule,
+                base.normalize(),
+                surcharge.factor.0.normalize(),
+                surcharge.of
+            ),
+        );
+        line.charge_frequency = ChargeFrequency::Recurring;
+        line.consumed_quantity = base;
+        line.consumed_unit = self.tariff.currency.clone();
+        line.pricing_quantity = base;
+        line.pricing_unit = self.tariff.currency.clone();
+        line.list_unit_price = surcharge.factor.0;
+        line.billed_cost = amount;
+        Ok(Some(line))
+    }
+
     /// Quantity and amount of one portion: granularity, then hour limit, cap, minimum.
     fn portion(
         &self,
@@ -342,6 +528,9 @@ impl Context<'_> {
                 );
                 let amount = div(mul(price, weighted_hours, "amount")?, month_hours, "amount")?;
                 (months, weighted_hours, amount)
+            }
+            TimeQuantity::StartedPeriods => {
+                return Err("started periods are priced per period, not from totals".to_owned());
             }
             TimeQuantity::StartedMonths => {
                 let months = if weighted_minutes > Decimal::ZERO {
@@ -622,13 +811,16 @@ fn time_description(product: &Product, charge: &TimeCharge, group: &str, gpus: u
 fn pricing_unit(per: PricePer) -> &'static str {
     match per {
         PricePer::Hour => "Hours",
+        PricePer::Day => "Days",
+        PricePer::Week => "Weeks",
         PricePer::Month => "Months",
+        PricePer::Year => "Years",
     }
 }
 
 fn charge_frequency(charge: &TimeCharge) -> ChargeFrequency {
     match charge.quantity {
-        TimeQuantity::StartedMonths => ChargeFrequency::Recurring,
+        TimeQuantity::StartedMonths | TimeQuantity::StartedPeriods => ChargeFrequency::Recurring,
         _ => ChargeFrequency::UsageBased,
     }
 }
@@ -743,15 +935,63 @@ impl<'a> Group<'a> {
     }
 }
 
+/// The start of period `index` of a contract that started at `start` (T2): whole days,
+/// weeks, months or years later on the calendar of `zone`, so a daily contract keeps its
+/// local time of day across DST. A local time the DST switch skips moves an hour on.
+fn period_start(
+    start: DateTime<Utc>,
+    zone: chrono_tz::Tz,
+    interval: Interval,
+    index: u32,
+) -> Option<DateTime<Utc>> {
+    let local = start.with_timezone(&zone).naive_local();
+    let shifted = match interval {
+        Interval::Hourly => return None,
+        Interval::Daily => local.checked_add_days(Days::new(u64::from(index)))?,
+        Interval::Weekly => local.checked_add_days(Days::new(7 * u64::from(index)))?,
+        Interval::Monthly => local.checked_add_months(Months::new(index))?,
+        Interval::Yearly => local.checked_add_months(Months::new(index.checked_mul(12)?))?,
+    };
+    zone.from_local_datetime(&shifted)
+        .earliest()
+        .or_else(|| {
+            zone.from_local_datetime(&(shifted + chrono::Duration::hours(1)))
+                .earliest()
+        })
+        .map(|instant| instant.with_timezone(&Utc))
+}
+
+fn period_start_or_max(
+    start: DateTime<Utc>,
+    zone: chrono_tz::Tz,
+    interval: Interval,
+    index: u32,
+) -> DateTime<Utc> {
+    period_start(start, zone, interval, index).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The first instant of `day` in the month's zone, for dates in contracts.
+pub(crate) fn local_day_start(
+    month: &BillingMonth,
+    day: NaiveDate,
+) -> Result<DateTime<Utc>, String> {
+    day_start(month.time_zone, day)
+        .ok_or_else(|| format!("{day} has no start in {}", month.time_zone))
+}
+
 /// The hours a line covers, within the billing month.
-fn charge_period(month: &BillingMonth, first: Hour, last: Hour) -> (DateTime<Utc>, DateTime<Utc>) {
+pub(crate) fn charge_period(
+    month: &BillingMonth,
+    first: Hour,
+    last: Hour,
+) -> (DateTime<Utc>, DateTime<Utc>) {
     let start = first.to_datetime().max(month.start);
     let end = last.next().to_datetime().min(month.end);
     (start, end)
 }
 
 /// `rollups hour=<first>..<last>, <n> rows`: the partitions (inclusive) and rows read.
-fn lineage(first: Hour, last: Hour, rows: i64) -> String {
+pub(crate) fn lineage(first: Hour, last: Hour, rows: i64) -> String {
     format!(
         "rollups hour={}..{}, {rows} rows",
         first.partition_value(),

@@ -14,7 +14,7 @@ use chrono::NaiveDate;
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use tally_model::tariff::{
-    PricePer, Product, SCHEMA_V1, StorageAccounting, Tariff, TimeCharge, TimeQuantity,
+    Interval, PricePer, Product, SCHEMA_V1, StorageAccounting, Tariff, TimeCharge, TimeQuantity,
 };
 use tally_model::{ResourceKind, ResourceState};
 use toml::de::{DeTable, DeValue};
@@ -233,7 +233,100 @@ pub fn check(tariff: &Tariff) -> Vec<Problem> {
         }
         problems.extend(check_product(product, &at));
     }
+    let mut skus = BTreeSet::new();
+    for (index, subscription) in tariff.subscriptions.iter().enumerate() {
+        let at = root.key("subscriptions").index(index);
+        if !skus.insert(subscription.sku.as_str()) {
+            problems.push(Problem::new(
+                at.key("sku"),
+                format!("subscription '{}' is listed twice", subscription.sku),
+            ));
+        }
+        if subscription.price.is_sign_negative() && !subscription.price.is_zero() {
+            problems.push(Problem::new(
+                at.key("price"),
+                format!("{} is negative", subscription.price),
+            ));
+        }
+    }
+    let mut names = BTreeSet::new();
+    for (index, reservation) in tariff.reservations.iter().enumerate() {
+        let at = root.key("reservations").index(index);
+        if !names.insert(reservation.name.as_str()) {
+            problems.push(Problem::new(
+                at.key("name"),
+                format!("reservation '{}' is listed twice", reservation.name),
+            ));
+        }
+        if reservation.price.is_sign_negative() && !reservation.price.is_zero() {
+            problems.push(Problem::new(
+                at.key("price"),
+                format!("{} is negative", reservation.price),
+            ));
+        }
+        if reservation.terms_months.is_empty() || reservation.terms_months.contains(&0) {
+            problems.push(Problem::new(
+                at.key("terms_months"),
+                "must list the terms on offer, each at least 1 month".to_owned(),
+            ));
+        }
+        if let Err(message) = coverable(
+            tariff,
+            &reservation.sku,
+            reservation.kind,
+            &reservation.covers,
+        ) {
+            problems.push(Problem::new(
+                at.key("covers"),
+                format!("reservation '{}': {message}", reservation.name),
+            ));
+        }
+    }
     problems
+}
+
+/// Whether a contingent (reservation, commitment) can cover the time charge `covers` of
+/// product (`sku`, `kind`): its hours must add up across resources, so that hours taken
+/// off one line are hours of usage, whatever resource they came from.
+pub fn coverable(
+    tariff: &Tariff,
+    sku: &str,
+    kind: ResourceKind,
+    covers: &str,
+) -> Result<(), String> {
+    let product = tariff
+        .product(sku, kind)
+        .ok_or_else(|| format!("the tariff sells no product '{sku}' ({kind})"))?;
+    let charge = product
+        .time
+        .iter()
+        .find(|charge| charge.name == covers)
+        .ok_or_else(|| format!("product '{sku}' has no time charge named '{covers}'"))?;
+    let additive = charge.per == PricePer::Hour
+        && charge.interval == Interval::Hourly
+        && matches!(
+            charge.quantity,
+            TimeQuantity::Minutes | TimeQuantity::StartedHours
+        )
+        && charge.monthly_cap.is_none()
+        && charge.max_hours.is_none()
+        && charge.minimum_monthly.is_none();
+    if !additive {
+        return Err(format!(
+            "time charge '{covers}' of '{sku}' does not bill hours that add up (it needs per = \"hour\", quantity minutes or started_hours, no cap, hour limit or minimum)"
+        ));
+    }
+    Ok(())
+}
+
+fn per_word(per: PricePer) -> &'static str {
+    match per {
+        PricePer::Hour => "hour",
+        PricePer::Day => "day",
+        PricePer::Week => "week",
+        PricePer::Month => "month",
+        PricePer::Year => "year",
+    }
 }
 
 impl Problem {
@@ -273,6 +366,40 @@ fn check_product(product: &Product, at: &FieldPath) -> Vec<Problem> {
             problem(
                 at.key(field),
                 format!("time charge '{}': {message}", charge.name),
+            );
+        }
+    }
+    for (index, surcharge) in product.surcharges.iter().enumerate() {
+        let at = at.key("surcharges").index(index);
+        if !names.insert(surcharge.name.as_str()) {
+            problem(
+                at.key("name"),
+                format!("charge name '{}' is used twice", surcharge.name),
+            );
+        }
+        if !product
+            .time
+            .iter()
+            .any(|charge| charge.name == surcharge.of)
+        {
+            problem(
+                at.key("of"),
+                format!(
+                    "surcharge '{}' is a share of '{}', which is not a time charge of this product",
+                    surcharge.name, surcharge.of
+                ),
+            );
+        }
+        if !product.group_by.is_empty() {
+            problem(
+                at.key("of"),
+                "surcharges are a share of one resource's charge and cannot be combined with group_by".to_owned(),
+            );
+        }
+        if surcharge.factor.0.is_sign_negative() && !surcharge.factor.0.is_zero() {
+            problem(
+                at.key("factor"),
+                format!("{} is negative", surcharge.factor.0),
             );
         }
     }
@@ -342,11 +469,43 @@ fn check_time_charge(product: &Product, charge: &TimeCharge) -> Vec<(&'static st
             problems.push((field, format!("{value} is negative")));
         }
     }
+    if charge.quantity == TimeQuantity::StartedPeriods {
+        // The period is the contract's interval: its unit is what the price is per.
+        match charge.interval.period() {
+            None => problems.push((
+                "interval",
+                "quantity started_periods is for daily, weekly, monthly or yearly contracts; hourly charges count hours".to_owned(),
+            )),
+            Some(unit) if unit != charge.per => problems.push((
+                "per",
+                format!(
+                    "a {} interval's periods are priced per {}",
+                    charge.interval.as_str(),
+                    per_word(unit)
+                ),
+            )),
+            Some(_) => {}
+        }
+    } else if charge.interval != Interval::Hourly {
+        problems.push((
+            "quantity",
+            format!(
+                "a {} charge is paid per started period: it needs quantity = \"started_periods\"",
+                charge.interval.as_str()
+            ),
+        ));
+    } else if matches!(charge.per, PricePer::Day | PricePer::Week | PricePer::Year) {
+        problems.push((
+            "per",
+            "day, week and year prices need quantity = \"started_periods\"".to_owned(),
+        ));
+    }
     let monthly = matches!(
         charge.quantity,
         TimeQuantity::MonthFraction | TimeQuantity::StartedMonths
     );
-    if monthly != (charge.per == PricePer::Month) {
+    if charge.quantity != TimeQuantity::StartedPeriods && monthly != (charge.per == PricePer::Month)
+    {
         problems.push((
             "per",
             format!(

@@ -271,6 +271,66 @@ pub fn minute_buckets_sql(month: &BillingMonth) -> String {
     )
 }
 
+/// One hour of one resource: the states seen in it and its largest GPU count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HourStates {
+    pub hour: Hour,
+    pub states_seen: StatesSeen,
+    pub gpus: u16,
+}
+
+/// The hours, in order, of each of `resources` (id, SKU) in `month`: what charges paid
+/// per period of a contract (T2) need, since their periods do not follow the calendar.
+/// Only the few resources on such contracts are read hour by hour.
+pub async fn resource_hours(
+    context: &SessionContext,
+    month: &BillingMonth,
+    resources: &[(String, String)],
+) -> Result<BTreeMap<(String, String), Vec<HourStates>>> {
+    let mut hours: BTreeMap<(String, String), Vec<HourStates>> = BTreeMap::new();
+    if resources.is_empty() {
+        return Ok(hours);
+    }
+    let quoted = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    let wanted = resources
+        .iter()
+        .map(|(resource, sku)| format!("({}, {})", quoted(resource), quoted(sku)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let query = format!(
+        "WITH wanted(resource_id, sku) AS (VALUES {wanted})
+         SELECT r.resource_id, r.sku, r.hour_start, CAST(max(r.gpus) AS BIGINT) AS gpus,
+                CAST((CASE WHEN bit_or(r.running_mask) <> 0 THEN 1 ELSE 0 END)
+                   + (CASE WHEN bit_or(r.stopped_mask) <> 0 THEN 2 ELSE 0 END)
+                   + (CASE WHEN bit_or(r.frozen_mask) <> 0 THEN 4 ELSE 0 END)
+                   + (CASE WHEN bit_or(r.active_mask) <> 0 THEN 8 ELSE 0 END) AS BIGINT)
+                  AS states_seen
+         FROM rollups r JOIN wanted w ON r.resource_id = w.resource_id AND r.sku = w.sku
+         WHERE {filter}
+         GROUP BY r.resource_id, r.sku, r.hour_start
+         ORDER BY r.resource_id, r.sku, r.hour_start",
+        filter = month_filter(month).replace(PARTITION_KEY, &format!("r.{PARTITION_KEY}")),
+    );
+    let batches = context.sql(&query).await?.collect().await?;
+    for batch in &batches {
+        let columns = Columns::new(batch)?;
+        for row in 0..batch.num_rows() {
+            let key = (
+                columns.text("resource_id")?.value(row).to_owned(),
+                columns.text("sku")?.value(row).to_owned(),
+            );
+            let states_seen = u8::try_from(columns.int("states_seen", row)?)
+                .map_err(|_| columns.bad(row, "states_seen is out of range".to_owned()))?;
+            hours.entry(key).or_default().push(HourStates {
+                hour: columns.hour("hour_start", row)?,
+                states_seen: StatesSeen(states_seen),
+                gpus: columns.gpus(row)?,
+            });
+        }
+    }
+    Ok(hours)
+}
+
 /// The minute columns in [`ResourceState::ALL`] order.
 const MINUTE_COLUMNS: [&str; ResourceState::COUNT] = [
     "running_minutes",

@@ -1,5 +1,6 @@
 //! The rating crate's integration tests: one binary, a module per area.
 
+mod bookings;
 mod lake;
 mod outputs;
 mod properties;
