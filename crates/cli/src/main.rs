@@ -91,6 +91,14 @@ enum Command {
         /// Where line_items/ and invoices/ go; default: the lake.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Freeze the month once written: later runs write correction lines against it
+        /// instead of rewriting its invoices (H8).
+        #[arg(long)]
+        issue: bool,
+        /// Print, for each line of ACCOUNT's invoice, the rule applied and the usage
+        /// behind it; writes nothing.
+        #[arg(long, value_name = "ACCOUNT")]
+        explain: Option<String>,
     },
     /// Tariff tools.
     Tariff {
@@ -236,6 +244,8 @@ fn main() -> Result<()> {
             tariffs,
             contracts,
             out,
+            issue,
+            explain,
         } => {
             let request = tally_rating::RateRequest {
                 out: out.unwrap_or_else(|| lake.clone()),
@@ -243,9 +253,14 @@ fn main() -> Result<()> {
                 month,
                 tariffs,
                 contracts,
+                issue,
+                explain,
             };
             let report = runtime.block_on(tally_rating::rate(&request))?;
-            println!("{report:#?}");
+            match &report.explanation {
+                Some(explanation) => print!("{explanation}"),
+                None => print_rate_report(&report),
+            }
         }
         Command::Tariff {
             command: TariffCommand::Check { file },
@@ -264,4 +279,37 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a `tally rate` run did, for people.
+fn print_rate_report(report: &tally_rating::RateReport) {
+    match (report.issued, report.correction_round) {
+        (true, Some(round)) => println!(
+            "{}: issued earlier; correction round {round}: {} correction lines",
+            report.month, report.line_items
+        ),
+        (true, None) if report.written.is_empty() => println!(
+            "{}: issued earlier; nothing changed, no corrections written",
+            report.month
+        ),
+        (issued, _) => println!(
+            "{}: {} line items{}",
+            report.month,
+            report.line_items,
+            if issued { ", month issued" } else { "" }
+        ),
+    }
+    for invoice in &report.invoices {
+        println!(
+            "  {:<24} {:<14} {:>4} lines  total {:>12} {}  due {:>12}",
+            invoice.account_id,
+            invoice.tariff_id,
+            invoice.lines,
+            invoice.total,
+            invoice.currency,
+            invoice.amount_due
+        );
+    }
+    println!("line items: {}", report.line_items_file.display());
+    println!("invoices:   {}", report.invoices_dir.display());
 }

@@ -190,6 +190,8 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
         tariffs,
         contracts,
         out: lake.clone(),
+        issue: false,
+        explain: None,
     })
     .await?;
     timings.push(("rate", started.elapsed()));

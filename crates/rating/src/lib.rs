@@ -28,7 +28,9 @@
 
 pub mod bookings;
 pub mod contracts;
+pub mod correction;
 pub mod error;
+pub mod explain;
 pub mod invoice;
 pub mod month;
 pub mod price;
@@ -75,6 +77,10 @@ pub struct RateRequest {
     pub contracts: PathBuf,
     /// Where `line_items/` and `invoices/` are written.
     pub out: PathBuf,
+    /// Freeze the month once written (H8): later runs write corrections only.
+    pub issue: bool,
+    /// Explain this account's invoice line by line instead of writing anything.
+    pub explain: Option<String>,
 }
 
 /// One invoice in brief.
@@ -101,6 +107,13 @@ pub struct RateReport {
     pub invoices_dir: PathBuf,
     /// Every file written, in the order written.
     pub written: Vec<PathBuf>,
+    /// Whether the month is issued (by this run or an earlier one).
+    pub issued: bool,
+    /// For a month issued earlier: the correction round this run wrote, if anything
+    /// changed; `invoices` are then that round's correction invoices.
+    pub correction_round: Option<u32>,
+    /// With [`RateRequest::explain`]: the explanation; nothing was written.
+    pub explanation: Option<String>,
 }
 
 /// Rates one month and writes its line items and invoices.
@@ -162,6 +175,9 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
 
     let mut line_items = Vec::new();
     let mut invoices = Vec::new();
+    // Every account's tariff and month, also for corrections of accounts now without lines.
+    let mut billed: Vec<(&String, &Tariff, &BillingMonth)> = Vec::new();
+    let mut explanation = None;
     for (account_id, contract, tariff) in plans {
         // Every loaded tariff's zone was queried above; a miss would be a bug, and
         // skipping the account would leave it unbilled.
@@ -171,10 +187,11 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
                 path: PathBuf::from(&tariff.id),
                 detail: format!("time zone {} was not queried", tariff.time_zone),
             })?;
-        let account_usage: Vec<&usage::ResourceUsage> = usages
-            .iter()
-            .filter(|usage| &usage.account_id == account_id)
-            .collect();
+        billed.push((account_id, tariff, month));
+        // Usage is sorted by account: the account's is one contiguous run.
+        let from = usages.partition_point(|usage| &usage.account_id < account_id);
+        let to = usages.partition_point(|usage| &usage.account_id <= account_id);
+        let account_usage: Vec<&usage::ResourceUsage> = usages[from..to].iter().collect();
         // Resources paid per period of their contract (T2) are priced hour by hour.
         let periodic: Vec<(String, String)> = account_usage
             .iter()
@@ -194,39 +211,131 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
         if items.is_empty() {
             continue;
         }
-        invoices.push(invoice::build_invoice(
+        let invoice = invoice::build_invoice(
             account_id,
             tariff,
             month,
             &items,
             contract.credit.unwrap_or_default(),
-        )?);
+        )?;
+        if request.explain.as_ref() == Some(account_id) {
+            explanation = Some(explain::explain(&invoice, &items, &account_usage));
+        }
+        invoices.push(invoice);
         line_items.extend(items);
     }
-    let mut written = Vec::new();
-    let line_items_file = write::write_line_items(&request.out, &request.month, &line_items)?;
-    written.push(line_items_file.clone());
-    let (invoices_dir, invoice_files) =
-        write::write_invoices(&request.out, &request.month, &invoices)?;
-    written.extend(invoice_files);
-    Ok(RateReport {
+    let billing: BTreeMap<&str, (&Tariff, &BillingMonth)> = billed
+        .iter()
+        .map(|(account_id, tariff, month)| (account_id.as_str(), (*tariff, *month)))
+        .collect();
+    let mut report = RateReport {
         month: request.month.clone(),
-        invoices: invoices
-            .iter()
-            .map(|invoice| InvoiceSummary {
-                account_id: invoice.account_id.clone(),
-                tariff_id: invoice.tariff_id.clone(),
-                currency: invoice.currency.clone(),
-                lines: invoice.lines.len(),
-                total: invoice.total,
-                amount_due: invoice.amount_due,
-            })
-            .collect(),
+        invoices: Vec::new(),
         line_items: line_items.len(),
-        line_items_file,
-        invoices_dir,
-        written,
-    })
+        line_items_file: write::line_items_path(&request.out, &request.month, "line_items"),
+        invoices_dir: write::invoices_dir(&request.out, &request.month),
+        written: Vec::new(),
+        issued: request.issue,
+        correction_round: None,
+        explanation: None,
+    };
+    if let Some(account_id) = &request.explain {
+        // A dry run: nothing is written.
+        report.explanation = Some(explanation.unwrap_or_else(|| {
+            format!(
+                "account {account_id} has no invoice for {}: no contract, or nothing billable",
+                request.month
+            )
+        }));
+        report.invoices = invoices.iter().map(summary).collect();
+        return Ok(report);
+    }
+    match correction::read_issued(&request.out, &request.month)? {
+        None => {
+            report.line_items_file =
+                write::write_line_items(&request.out, &request.month, "line_items", &line_items)?;
+            report.written.push(report.line_items_file.clone());
+            report
+                .written
+                .extend(write::write_invoices(&report.invoices_dir, &invoices)?);
+            if request.issue {
+                report.written.push(write::write_issued(
+                    &request.out,
+                    &correction::Issued {
+                        month: request.month.clone(),
+                        corrections: 0,
+                        lines: line_items,
+                    },
+                )?);
+            }
+            report.invoices = invoices.iter().map(summary).collect();
+        }
+        Some(mut issued) => {
+            // The issued files stay as they were: only differences are written (H8).
+            report.issued = true;
+            let round = issued.corrections + 1;
+            let corrections = correction::corrections(&issued.lines, &line_items, round)?;
+            report.line_items = corrections.len();
+            if corrections.is_empty() {
+                tracing::info!(month = %request.month, "issued month unchanged: no corrections");
+                return Ok(report);
+            }
+            let name = format!("corrections-{round:03}");
+            report.line_items_file =
+                write::write_line_items(&request.out, &request.month, &name, &corrections)?;
+            report.written.push(report.line_items_file.clone());
+            let mut by_account: BTreeMap<&str, Vec<tally_model::LineItem>> = BTreeMap::new();
+            for line in &corrections {
+                by_account
+                    .entry(line.billing_account_id.as_str())
+                    .or_default()
+                    .push(line.clone());
+            }
+            let mut correction_invoices = Vec::new();
+            for (account_id, lines) in by_account {
+                let (tariff, month) = match billing.get(account_id) {
+                    Some(found) => *found,
+                    None => {
+                        return Err(Error::NoContract {
+                            account_id: account_id.to_owned(),
+                            month: request.month.clone(),
+                        });
+                    }
+                };
+                correction_invoices.push(invoice::build_invoice(
+                    account_id,
+                    tariff,
+                    month,
+                    &lines,
+                    Decimal::ZERO,
+                )?);
+            }
+            report.invoices_dir = report.invoices_dir.join(&name);
+            report.written.extend(write::write_invoices(
+                &report.invoices_dir,
+                &correction_invoices,
+            )?);
+            issued.corrections = round;
+            issued.lines.extend(corrections);
+            report
+                .written
+                .push(write::write_issued(&request.out, &issued)?);
+            report.invoices = correction_invoices.iter().map(summary).collect();
+            report.correction_round = Some(round);
+        }
+    }
+    Ok(report)
+}
+
+fn summary(invoice: &invoice::Invoice) -> InvoiceSummary {
+    InvoiceSummary {
+        account_id: invoice.account_id.clone(),
+        tariff_id: invoice.tariff_id.clone(),
+        currency: invoice.currency.clone(),
+        lines: invoice.lines.len(),
+        total: invoice.total,
+        amount_due: invoice.amount_due,
+    }
 }
 
 /// Runs SQL over the lake (`tally sql`): tables `rollups` (partition column `hour`) and,

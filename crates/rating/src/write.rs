@@ -11,6 +11,7 @@ use parquet::file::properties::WriterProperties;
 use tally_model::LineItem;
 use tally_model::line_item::line_items_to_batch;
 
+use crate::correction::{Issued, issued_path};
 use crate::error::{Error, Result};
 use crate::invoice::{Invoice, invoice_csv};
 
@@ -47,12 +48,27 @@ fn sync_directory(_directory: &Path) -> Result<()> {
     Ok(()) // directories cannot be opened for fsync on this platform
 }
 
-/// `line_items/month=YYYY-MM/line_items.parquet` under `out`.
-pub fn write_line_items(out: &Path, month: &str, items: &[LineItem]) -> Result<PathBuf> {
-    let path = out
-        .join("line_items")
+/// `line_items/month=YYYY-MM/<name>.parquet` under `out`.
+pub fn line_items_path(out: &Path, month: &str, name: &str) -> PathBuf {
+    out.join("line_items")
         .join(format!("month={month}"))
-        .join("line_items.parquet");
+        .join(format!("{name}.parquet"))
+}
+
+/// `invoices/month=YYYY-MM/` under `out`.
+pub fn invoices_dir(out: &Path, month: &str) -> PathBuf {
+    out.join("invoices").join(format!("month={month}"))
+}
+
+/// Writes `line_items/month=YYYY-MM/<name>.parquet` under `out`: `line_items` for the
+/// month's lines, `corrections-NNN` for a correction round (H8).
+pub fn write_line_items(
+    out: &Path,
+    month: &str,
+    name: &str,
+    items: &[LineItem],
+) -> Result<PathBuf> {
+    let path = line_items_path(out, month, name);
     let batch = line_items_to_batch(items)?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -72,15 +88,11 @@ pub fn write_line_items(out: &Path, month: &str, items: &[LineItem]) -> Result<P
     Ok(path)
 }
 
-/// `invoices/month=YYYY-MM/<account>.json` and `.csv` under `out`. Invoices of an earlier
-/// run of the month that this run no longer produces are removed, so the directory is a
-/// function of this run's inputs alone. Returns the directory and the files written.
-pub fn write_invoices(
-    out: &Path,
-    month: &str,
-    invoices: &[Invoice],
-) -> Result<(PathBuf, Vec<PathBuf>)> {
-    let directory = out.join("invoices").join(format!("month={month}"));
+/// `<account>.json` and `.csv` in `directory` (`invoices/month=YYYY-MM/`, or a
+/// correction round's directory below it). Invoices of an earlier run that this run no
+/// longer produces are removed, so the directory is a function of this run's inputs
+/// alone. Returns the files written.
+pub fn write_invoices(directory: &Path, invoices: &[Invoice]) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for invoice in invoices {
         let name = sanitize(&invoice.account_id);
@@ -113,11 +125,27 @@ pub fn write_invoices(
         })?;
         written.extend([json_path, csv_path]);
     }
-    remove_stale_invoices(&directory, &written)?;
-    Ok((directory, written))
+    remove_stale_invoices(directory, &written)?;
+    Ok(written)
 }
 
-/// Removes `*.json` and `*.csv` in `directory` that are not in `keep`.
+/// Writes the month's issue record (H8), last of a run's files: it commits the run.
+pub fn write_issued(out: &Path, issued: &Issued) -> Result<PathBuf> {
+    let path = issued_path(out, &issued.month);
+    let mut json = serde_json::to_vec_pretty(issued).map_err(|e| Error::Io {
+        action: format!("serialise the issue record of {}", issued.month),
+        source: std::io::Error::other(e),
+    })?;
+    json.push(b'\n');
+    write_atomically(&path, |file| {
+        file.write_all(&json)
+            .map_err(io_error(format!("write {}", path.display())))
+    })?;
+    Ok(path)
+}
+
+/// Removes `*.json` and `*.csv` in `directory` that are not in `keep`; names starting with
+/// `_` (the issue record) are not invoices.
 fn remove_stale_invoices(directory: &Path, keep: &[PathBuf]) -> Result<()> {
     let entries = match fs::read_dir(directory) {
         Ok(entries) => entries,
@@ -135,7 +163,10 @@ fn remove_stale_invoices(directory: &Path, keep: &[PathBuf]) -> Result<()> {
             .path();
         let is_invoice = path
             .extension()
-            .is_some_and(|extension| extension == "json" || extension == "csv");
+            .is_some_and(|extension| extension == "json" || extension == "csv")
+            && !path
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with('_'));
         if is_invoice && !keep.contains(&path) {
             tracing::info!(path = %path.display(), "removing an invoice no longer produced");
             fs::remove_file(&path).map_err(io_error(format!("remove {}", path.display())))?;

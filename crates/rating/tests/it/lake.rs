@@ -388,6 +388,8 @@ pub async fn rate_with_contracts(
         tariffs,
         contracts: contracts_path,
         out: root.path().to_owned(),
+        issue: false,
+        explain: None,
     })
     .await?;
     let mut invoices = BTreeMap::new();

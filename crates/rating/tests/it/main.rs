@@ -1,6 +1,7 @@
 //! The rating crate's integration tests: one binary, a module per area.
 
 mod bookings;
+mod corrections;
 mod lake;
 mod outputs;
 mod properties;

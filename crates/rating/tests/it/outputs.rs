@@ -127,6 +127,8 @@ async fn an_invoice_no_longer_produced_is_removed() {
         tariffs: tariffs.clone(),
         contracts: contracts.clone(),
         out: out.clone(),
+        issue: false,
+        explain: None,
     };
     let before = root.path().join("before");
     mixed_lake().write(&before, Layout::ONE_FILE);
