@@ -436,13 +436,55 @@ pub struct TrafficCharge {
     /// (N4: 1 TiB at 336 of 672 h → 512 GiB). Absent: not prorated (T4, H4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prorate_over_hours: Option<u32>,
-    /// Price per `unit` beyond the allowance.
-    #[serde(with = "crate::money::string")]
-    pub price: Decimal,
-    /// Unit of `price`.
+    /// Price per `unit` beyond the allowance; or give `tiers` instead.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::money::optional_string"
+    )]
+    pub price: Option<Decimal>,
+    /// Prices by how many units beyond the allowance, instead of one `price`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<Tier>,
+    /// How `tiers` price the units (default: graduated).
+    #[serde(default, skip_serializing_if = "TierMode::is_graduated")]
+    pub tier_mode: TierMode,
+    /// Unit of `price`, of the tiers' bounds and prices.
     pub unit: ByteUnit,
     /// How the overage becomes billed units.
     pub rounding: Rounding,
+}
+
+/// One price band: the units up to `up_to` (from the previous band's bound) cost `price`
+/// each. The last band has no bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::money::optional_string"
+    )]
+    pub up_to: Option<Decimal>,
+    #[serde(with = "crate::money::string")]
+    pub price: Decimal,
+}
+
+/// How tiers price a quantity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierMode {
+    /// Each unit at the price of the band it falls in.
+    #[default]
+    Graduated,
+    /// Every unit at the price of the band the whole quantity falls in.
+    Volume,
+}
+
+impl TierMode {
+    fn is_graduated(&self) -> bool {
+        *self == Self::Graduated
+    }
 }
 
 /// How stored size becomes a quantity.

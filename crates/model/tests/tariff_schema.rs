@@ -86,6 +86,20 @@ unit = "GiB"
 accounting = "unit_hours"
 hours_per_month = 672
 minimum_monthly = "0.01"
+[[products]]
+sku = "tiered"
+kind = "server"
+description = "tiered traffic"
+[products.traffic]
+rule = "X8"
+counters = ["out_external"]
+included = "0"
+included_unit = "TB"
+included_per = "resource"
+tiers = [{ up_to = "10", price = "2" }, { price = "1" }]
+tier_mode = "volume"
+unit = "TB"
+rounding = "ceil"
 [[subscriptions]]
 sku = "managing"
 description = "Managing"

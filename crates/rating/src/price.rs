@@ -20,7 +20,7 @@ use tally_model::line_item::{ChargeCategory, ChargeFrequency, LineItem};
 use tally_model::sample::labels_from_text;
 use tally_model::tariff::{
     AllowanceScope, Interval, PricePer, Product, Rounding, StorageAccounting, StorageCharge,
-    Surcharge, Tariff, TimeCharge, TimeQuantity, TrafficCharge, TrafficCounter,
+    Surcharge, Tariff, Tier, TierMode, TimeCharge, TimeQuantity, TrafficCharge, TrafficCounter,
 };
 use tally_model::{Hour, ResourceState};
 
@@ -663,23 +663,33 @@ impl Context<'_> {
         }
         let overage_bytes = used - included;
         let exact = div(overage_bytes, unit_bytes, "traffic overage")?;
-        let (quantity, amount, rounding_note) = match traffic.rounding {
-            Rounding::Exact => (
-                exact,
+        let (quantity, mut rounding_note) = match traffic.rounding {
+            Rounding::Exact => (exact, String::new()),
+            Rounding::Ceil => (
+                exact.ceil(),
+                format!(", every started {} charged: {}", traffic.unit, exact.ceil()),
+            ),
+        };
+        let (amount, unit_price) = match (traffic.price, traffic.rounding) {
+            // One price on the exact fraction: bytes × price / unit, dividing last.
+            (Some(price), Rounding::Exact) => (
                 div(
-                    mul(overage_bytes, traffic.price, "traffic amount")?,
+                    mul(overage_bytes, price, "traffic amount")?,
                     unit_bytes,
                     "traffic amount",
                 )?,
-                String::new(),
+                price,
             ),
-            Rounding::Ceil => {
-                let started = exact.ceil();
-                (
-                    started,
-                    mul(started, traffic.price, "traffic amount")?,
-                    format!(", every started {} charged: {started}", traffic.unit),
-                )
+            (Some(price), Rounding::Ceil) => (mul(quantity, price, "traffic amount")?, price),
+            (None, _) => {
+                let (amount, bands) = tiered_amount(quantity, &traffic.tiers, traffic.tier_mode)?;
+                rounding_note = format!("{rounding_note}, {bands}");
+                let average = if quantity.is_zero() {
+                    Decimal::ZERO
+                } else {
+                    div(amount, quantity, "average unit price")?
+                };
+                (amount, average)
             }
         };
         let shown = |bytes: Decimal| -> Result<Decimal, String> {
@@ -703,7 +713,7 @@ impl Context<'_> {
         line.consumed_unit = traffic.unit.symbol().to_owned();
         line.pricing_quantity = quantity;
         line.pricing_unit = traffic.unit.symbol().to_owned();
-        line.list_unit_price = traffic.price;
+        line.list_unit_price = unit_price;
         line.billed_cost = amount;
         Ok(Some(line))
     }
@@ -793,6 +803,63 @@ impl Context<'_> {
         line.billed_cost = amount;
         Ok(Some(line))
     }
+}
+
+/// The amount of `quantity` units under price bands, and words about it. Graduated: each
+/// unit at its band's price; volume: every unit at the price of the band the quantity
+/// ends in. With one band both are quantity × price.
+pub fn tiered_amount(
+    quantity: Decimal,
+    tiers: &[Tier],
+    mode: TierMode,
+) -> Result<(Decimal, String), String> {
+    let mut amount = Decimal::ZERO;
+    let mut lower = Decimal::ZERO;
+    let mut words = Vec::new();
+    for tier in tiers {
+        // `lower` is the bound of the band below: graduated units of this band are those
+        // between it and this band's bound.
+        let upper = tier.up_to.unwrap_or(Decimal::MAX);
+        match mode {
+            TierMode::Graduated => {
+                let units = quantity.min(upper) - lower;
+                if units > Decimal::ZERO {
+                    amount = add(
+                        amount,
+                        mul(units, tier.price, "tier amount")?,
+                        "tier amount",
+                    )?;
+                    words.push(format!(
+                        "{} × {}",
+                        units.normalize(),
+                        tier.price.normalize()
+                    ));
+                }
+            }
+            TierMode::Volume => {
+                if quantity <= upper {
+                    return Ok((
+                        mul(quantity, tier.price, "tier amount")?,
+                        format!(
+                            "volume tier up to {}: all {} units × {}",
+                            tier.up_to
+                                .map_or("∞".to_owned(), |up_to| up_to.normalize().to_string()),
+                            quantity.normalize(),
+                            tier.price.normalize()
+                        ),
+                    ));
+                }
+            }
+        }
+        if quantity <= upper {
+            return Ok((amount, format!("graduated tiers: {}", words.join(" + "))));
+        }
+        lower = upper;
+    }
+    Err(format!(
+        "{} units are beyond the last tier; the last tier must have no up_to",
+        quantity.normalize()
+    ))
 }
 
 /// `"<product>: <charge>"`, with the label group and GPU configuration when they matter.

@@ -405,10 +405,40 @@ fn check_product(product: &Product, at: &FieldPath) -> Vec<Problem> {
     }
     if let Some(traffic) = &product.traffic {
         let at = at.key("traffic");
-        for (field, value) in [("included", traffic.included), ("price", traffic.price)] {
+        let prices = traffic.tiers.iter().map(|tier| tier.price);
+        for (field, value) in std::iter::once(("included", traffic.included))
+            .chain(traffic.price.map(|price| ("price", price)))
+            .chain(prices.map(|price| ("tiers", price)))
+        {
             if value.is_sign_negative() && !value.is_zero() {
                 problem(at.key(field), format!("{value} is negative"));
             }
+        }
+        match (traffic.price.is_some(), traffic.tiers.is_empty()) {
+            (true, false) => problem(
+                at.key("tiers"),
+                "give either price or tiers, not both".to_owned(),
+            ),
+            (false, true) => problem(
+                at.key("price"),
+                "is missing: give a price per unit, or tiers".to_owned(),
+            ),
+            _ => {}
+        }
+        let bounds: Vec<Option<Decimal>> = traffic.tiers.iter().map(|tier| tier.up_to).collect();
+        let last_open = bounds.last().is_some_and(Option::is_none);
+        let inner_rising = bounds[..bounds.len().saturating_sub(1)]
+            .iter()
+            .try_fold(Decimal::ZERO, |previous, bound| match bound {
+                Some(bound) if *bound > previous => Some(*bound),
+                _ => None,
+            })
+            .is_some();
+        if !traffic.tiers.is_empty() && !(last_open && inner_rising) {
+            problem(
+                at.key("tiers"),
+                "bands need rising positive up_to bounds and a last band without up_to".to_owned(),
+            );
         }
         if traffic.counters.is_empty() {
             problem(

@@ -2,9 +2,14 @@
 //! change what anyone owes.
 
 use proptest::prelude::*;
+use rust_decimal::{Decimal, RoundingStrategy};
+use tally_model::tariff::{Tier, TierMode};
 use tally_model::{Minute, ResourceKind, ResourceState};
+use tally_rating::price::tiered_amount;
 
-use crate::lake::{Lake, Layout, Rated, Resource, gpu_server, of_kind, rate_lake, server, with_os};
+use crate::lake::{
+    Lake, Layout, Rated, Resource, dec, gpu_server, of_kind, rate_lake, server, with_os,
+};
 
 /// A resource of every reference tariff, each with the states it reports.
 fn catalog() -> Vec<(Resource, &'static [ResourceState])> {
@@ -116,5 +121,49 @@ proptest! {
         let split_rows = rate_blocking(&lake, Layout { files_per_hour: files, split_rows: true });
         prop_assert_eq!(&baseline.invoices, &split_rows.invoices);
         prop_assert_eq!(baseline.report.line_items, split_rows.report.line_items);
+        // H9: every invoice's total is its unrounded lines summed, rounded once, half-up.
+        for (account, invoice) in &baseline.invoices {
+            let sum: Decimal = baseline
+                .lines(account)
+                .iter()
+                .map(|line| dec(line["amount"].as_str().expect("amount")))
+                .sum();
+            let rounded = sum.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+            prop_assert_eq!(baseline.total(account), rounded, "{}", invoice);
+        }
+    }
+
+    /// With one band, graduated and volume pricing agree, and both are quantity × price.
+    #[test]
+    fn graduated_equals_volume_for_one_tier(
+        units in 0i64..10_000_000_000, scale in 0u32..9, price in 0i64..100_000, price_scale in 0u32..6,
+    ) {
+        let quantity = Decimal::new(units, scale);
+        let price = Decimal::new(price, price_scale);
+        let one = [Tier { up_to: None, price }];
+        let (graduated, _) = tiered_amount(quantity, &one, TierMode::Graduated).expect("graduated");
+        let (volume, _) = tiered_amount(quantity, &one, TierMode::Volume).expect("volume");
+        prop_assert_eq!(graduated, volume);
+        prop_assert_eq!(graduated, quantity * price);
+    }
+
+    /// Graduated bands charge each unit once: the amount of q is the amount up to a bound
+    /// plus the units beyond it at the next band's price, so it never jumps at a bound.
+    #[test]
+    fn graduated_tiers_charge_each_unit_once(
+        bound in 1i64..1_000, extra in 0i64..1_000, first in 0i64..1_000, second in 0i64..1_000,
+    ) {
+        let tiers = [
+            Tier { up_to: Some(Decimal::from(bound)), price: Decimal::new(first, 2) },
+            Tier { up_to: None, price: Decimal::new(second, 2) },
+        ];
+        let amount = |quantity: i64| {
+            tiered_amount(Decimal::from(quantity), &tiers, TierMode::Graduated).expect("tiers").0
+        };
+        prop_assert_eq!(
+            amount(bound + extra),
+            amount(bound) + Decimal::from(extra) * Decimal::new(second, 2)
+        );
+        prop_assert_eq!(amount(bound), Decimal::from(bound) * Decimal::new(first, 2));
     }
 }
