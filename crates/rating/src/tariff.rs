@@ -434,7 +434,8 @@ fn check_product(product: &Product, at: &FieldPath) -> Vec<Problem> {
                 _ => None,
             })
             .is_some();
-        if !traffic.tiers.is_empty() && !(last_open && inner_rising) {
+        let well_formed = last_open && inner_rising;
+        if !traffic.tiers.is_empty() && !well_formed {
             problem(
                 at.key("tiers"),
                 "bands need rising positive up_to bounds and a last band without up_to".to_owned(),
