@@ -30,5 +30,13 @@ async fn the_demo_bills_every_reference_tariff_for_a_whole_month() -> anyhow::Re
             .all(|invoice| invoice.total > rust_decimal::Decimal::ZERO)
     );
     assert!(out.path().join("lake/line_items/month=2026-02").is_dir());
+    // The query the summary suggests works as printed, one row per invoiced account.
+    let batches = tally_rating::sql(
+        &out.path().join("lake"),
+        tally_demo::summary::COST_BY_ACCOUNT,
+    )
+    .await?;
+    let rows: usize = batches.iter().map(|batch| batch.num_rows()).sum();
+    assert_eq!(rows, report.rating.invoices.len());
     Ok(())
 }

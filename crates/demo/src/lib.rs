@@ -18,7 +18,7 @@ use rdkafka::mocking::MockCluster;
 use tally_aggregator::{AggregateConfig, AggregateReport, KafkaInput};
 use tally_collector::{Fleet, FleetSpec, GroundTruth, ShipConfig, Shipper};
 use tally_model::clock::FixedClock;
-use tally_model::{Hour, Minute};
+use tally_model::{Hour, Minute, ResourceKind};
 
 /// The time zone of all four reference tariffs: billing months are Berlin months.
 const BILLING_TIME_ZONE: chrono_tz::Tz = chrono_tz::Europe::Berlin;
@@ -135,7 +135,7 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
         end,
         scale: config.scale,
     });
-    write_contracts(&contracts, &fleet)?;
+    write_contracts(&contracts, &fleet, &format!("{month}-01"))?;
     // The mock cluster keeps only 5 MB per partition and drops older messages beyond it,
     // so the aggregator consumes while the collector ships, and the collector waits for
     // it after each chunk (as a real deployment's aggregator keeps up with its fleet).
@@ -248,11 +248,58 @@ fn write_inputs(out: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
     Ok((tariffs, out.join("contracts.json")))
 }
 
-fn write_contracts(path: &Path, fleet: &Fleet) -> Result<()> {
+/// The fleet's contracts, with a little of everything contracts can say: the first GPU
+/// server of each Trooper.ai account on a monthly interval from its creation (T2), backups
+/// on each Hetzner account's first CX server (H6), managing for each centron account and
+/// a dedicated c2m4 reservation for the first (C4, C5).
+fn write_contracts(path: &Path, fleet: &Fleet, first_day: &str) -> Result<()> {
+    let mut reserved = false;
     let accounts: Vec<serde_json::Value> = fleet
         .contracts()
         .into_iter()
-        .map(|(account, tariff)| serde_json::json!({ "account_id": account, "tariff_id": tariff }))
+        .map(|(account, tariff)| {
+            let mut contract = serde_json::json!({ "account_id": account, "tariff_id": tariff });
+            let first_of = |kind: ResourceKind, sku_prefix: &str| {
+                fleet.resources.iter().find(|resource| {
+                    resource.account_id == account
+                        && resource.kind == kind
+                        && resource.sku.starts_with(sku_prefix)
+                })
+            };
+            match tariff {
+                "trooper-ai" => {
+                    if let Some(server) = first_of(ResourceKind::GpuServer, "") {
+                        contract["resources"] = serde_json::json!([{
+                            "resource_id": server.resource_id,
+                            "interval": "monthly",
+                            "start": server.created.to_datetime().to_rfc3339(),
+                        }]);
+                    }
+                }
+                "hetzner-cloud" => {
+                    if let Some(server) = first_of(ResourceKind::Server, "cx") {
+                        contract["resources"] = serde_json::json!([{
+                            "resource_id": server.resource_id,
+                            "options": ["backups"],
+                        }]);
+                    }
+                }
+                "centron" => {
+                    contract["subscriptions"] =
+                        serde_json::json!([{ "sku": "managing", "start": first_day }]);
+                    if !reserved {
+                        reserved = true;
+                        contract["reservations"] = serde_json::json!([{
+                            "reservation": "c2m4-dedicated",
+                            "order_date": first_day,
+                            "term_months": 12,
+                        }]);
+                    }
+                }
+                _ => {}
+            }
+            contract
+        })
         .collect();
     let text = serde_json::to_string_pretty(&serde_json::json!({ "accounts": accounts }))
         .unwrap_or_default();

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use crate::DemoReport;
 
+/// The query the summary suggests; the demo's test runs it, so it keeps working.
+pub const COST_BY_ACCOUNT: &str =
+    "SELECT BillingAccountId, SUM(BilledCost) AS cost FROM line_items GROUP BY 1 ORDER BY 2 DESC";
+
 pub fn render(report: &DemoReport, wall_time: Duration) -> String {
     let mut text = String::new();
     let aggregate = &report.aggregate;
@@ -71,10 +75,7 @@ pub fn render(report: &DemoReport, wall_time: Duration) -> String {
         report.month
     );
     let _ = writeln!(text, "look at them:");
-    let _ = writeln!(
-        text,
-        "  tally sql --lake {lake} \"SELECT BillingAccountId, SUM(BilledCost) AS cost FROM line_items GROUP BY 1 ORDER BY 2 DESC\""
-    );
+    let _ = writeln!(text, "  tally sql --lake {lake} \"{COST_BY_ACCOUNT}\"");
     let _ = writeln!(
         text,
         "  duckdb -c \"SELECT kind, count(*) AS rows, sum(sample_count) AS samples FROM read_parquet('{lake}/rollups/*/*.parquet', hive_partitioning = true) GROUP BY kind\""

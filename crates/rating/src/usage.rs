@@ -36,7 +36,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tally_model::rollup::{PARTITION_KEY, rollup_arrow_schema};
 use tally_model::{Hour, ResourceKind, ResourceState};
 
@@ -126,7 +126,11 @@ impl ResourceUsage {
 /// A session with the lake's tables registered: `rollups` (partition `hour`) and, if
 /// present, `line_items` (partition `month`), and the `popcount` function.
 pub async fn lake_session(lake: &Path) -> Result<SessionContext> {
-    let context = SessionContext::new();
+    // FOCUS columns are CamelCase (`BilledCost`): identifiers keep the case they are
+    // written in, so analysts need no double quotes (DuckDB resolves them the same way).
+    let config =
+        SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
+    let context = SessionContext::new_with_config(config);
     context.register_udf(popcount_udf());
     let rollups = lake.join("rollups");
     if !rollups.is_dir() {
