@@ -420,3 +420,78 @@ async fn an_unknown_sku_is_an_error_not_a_free_resource() {
     .expect("unknown sku");
     assert!(error.to_string().contains("cx99"), "{error}");
 }
+
+#[tokio::test]
+async fn c2_connected_services_bill_while_their_vm_is_stopped_and_c7_add_ons_monthly() {
+    // A c2m4 VM runs 2 h, then is stopped for 10 h: only the 2 running hours are billed
+    // (2 × 0.04 = 0.08). Its HA feature and cProtect are connected services, active all
+    // 12 h: 12 × 0.005 = 0.06 and 12 × 0.01 = 0.12. An extra IPv4 that exists for one
+    // minute is a monthly add-on: 2.00 in full. 0.08 + 0.06 + 0.12 + 2.00 = 2.26.
+    let vm = Resource {
+        labels: r#"{"os":"linux"}"#,
+        ..server("c", "vm", "c2m4")
+    };
+    let mut lake = Lake::default();
+    lake.span(&vm, Running, "2026-10-05T08:00:00Z", 120, 0, 0)
+        .span(&vm, Stopped, "2026-10-05T10:00:00Z", 600, 0, 0);
+    for (id, sku) in [("ha", "ha-feature"), ("protect", "cprotect")] {
+        lake.span(
+            &crate::lake::of_kind(ResourceKind::Addon, "c", id, sku),
+            Active,
+            "2026-10-05T08:00:00Z",
+            720,
+            0,
+            0,
+        );
+    }
+    lake.span(
+        &crate::lake::of_kind(ResourceKind::Ip, "c", "ip", "extra-ipv4"),
+        Active,
+        "2026-10-20T12:00:00Z",
+        1,
+        0,
+        0,
+    );
+    let rated = rate_lake(&lake, &[("c", "centron")], "2026-10", Layout::ONE_FILE)
+        .await
+        .expect("rate");
+    assert_eq!(rated.amounts("c", "flavor"), vec![dec("0.08")]);
+    assert_eq!(rated.amounts("c", "HA feature"), vec![dec("0.06")]);
+    assert_eq!(rated.amounts("c", "cProtect"), vec![dec("0.12")]);
+    assert_eq!(rated.amounts("c", "Extra IPv4"), vec![dec("2")]);
+    assert_eq!(rated.total("c"), dec("2.26"));
+}
+
+#[tokio::test]
+async fn a_plan_change_within_the_month_prices_each_plan_with_its_own_cap() {
+    // cx22 for 400 h, then resized to cx32 for the rest of October (345 h): 400 × 0.006 =
+    // 2.40 (under the 3.79 cap) and 345 × 0.0109 = 3.7605 (under 6.80): 6.1605 → 6.16.
+    let mut lake = Lake::default();
+    lake.span(
+        &server("h", "web", "cx22"),
+        Running,
+        "2026-09-30T22:00:00Z",
+        400 * 60,
+        0,
+        0,
+    )
+    .span(
+        &server("h", "web", "cx32"),
+        Running,
+        "2026-10-17T14:00:00Z",
+        345 * 60,
+        0,
+        0,
+    );
+    let rated = rate_lake(
+        &lake,
+        &[("h", "hetzner-cloud")],
+        "2026-10",
+        Layout::ONE_FILE,
+    )
+    .await
+    .expect("rate");
+    assert_eq!(rated.amounts("h", "CX22"), vec![dec("2.4")]);
+    assert_eq!(rated.amounts("h", "CX32"), vec![dec("3.7605")]);
+    assert_eq!(rated.total("h"), dec("6.16"));
+}
