@@ -1,3 +1,8 @@
 //! Tally's benchmarks live in `benches/benches/` (harness-less binaries that print medians
 //! and a same-run baseline); `BENCHMARKS.md` at the repository root lists the figures and the
 //! command that reproduces each.
+//!
+//! [`rollup_month`] generates the input of the rating benchmark: a month of hourly rollups
+//! for a large fleet, written exactly as the aggregator writes them.
+
+pub mod rollup_month;

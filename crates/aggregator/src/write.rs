@@ -13,15 +13,14 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tally_model::rollup::{PARTITION_KEY, batch_to_rows, rows_to_batch};
-use tally_model::{Hour, RollupRow};
+use tally_model::{Hour, RollupFileName, RollupRow};
 
 use crate::error::{Error, Result};
 
 /// Suffix of files being written; leftovers from a crash are removed at start-up.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
-/// Where the rollups live under the lake root.
-pub const ROLLUPS_DIR: &str = "rollups";
+pub use tally_model::rollup::ROLLUPS_DIR;
 
 /// The directory of one hour: `rollups/hour=YYYY-MM-DDTHH`.
 pub fn hour_dir(lake: &Path, hour: Hour) -> PathBuf {
@@ -31,7 +30,12 @@ pub fn hour_dir(lake: &Path, hour: Hour) -> PathBuf {
 
 /// The file name of one source partition's generation of an hour.
 pub fn file_name(source: &str, partition: i32, generation: u32) -> String {
-    format!("{source}-p{partition:03}-g{generation:04}.parquet")
+    RollupFileName {
+        source: source.to_owned(),
+        partition,
+        generation,
+    }
+    .to_string()
 }
 
 fn writer_properties() -> WriterProperties {

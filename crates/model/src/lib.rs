@@ -29,6 +29,6 @@ pub mod wire;
 
 pub use line_item::LineItem;
 pub use minute::{Hour, Minute};
-pub use rollup::{RollupKey, RollupMeters, RollupRow};
+pub use rollup::{RollupFileName, RollupKey, RollupMeters, RollupRow};
 pub use sample::{ResourceKind, ResourceState, Sample};
 pub use validate::{RejectReason, Rejection, ValidationLimits};

@@ -21,6 +21,49 @@ use crate::sample::{ResourceKind, ResourceState, Sample};
 /// The hive partition key of the rollup lake: `rollups/hour=YYYY-MM-DDTHH/`.
 pub const PARTITION_KEY: &str = "hour";
 
+/// Where the rollups live under the lake root.
+pub const ROLLUPS_DIR: &str = "rollups";
+
+/// A rollup file's name: one source partition's generation of an hour,
+/// `<source>-p<NNN>-g<NNNN>.parquet`. A restatement writes the next generation, which holds
+/// every row of the one before; readers take the highest generation of each source
+/// partition, so a superseded file not yet removed is never counted twice.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RollupFileName {
+    pub source: String,
+    pub partition: i32,
+    pub generation: u32,
+}
+
+impl RollupFileName {
+    /// The parts of a name written by [`Display`](std::fmt::Display), or `None` for any
+    /// other name.
+    pub fn parse(name: &str) -> Option<Self> {
+        let stem = name.strip_suffix(".parquet")?;
+        let (rest, generation) = stem.rsplit_once("-g")?;
+        let (source, partition) = rest.rsplit_once("-p")?;
+        let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        if source.is_empty() || !digits(partition) || !digits(generation) {
+            return None;
+        }
+        Some(Self {
+            source: source.to_owned(),
+            partition: partition.parse().ok()?,
+            generation: generation.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for RollupFileName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}-p{:03}-g{:04}.parquet",
+            self.source, self.partition, self.generation
+        )
+    }
+}
+
 /// What identifies a rollup row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RollupKey {
@@ -273,6 +316,26 @@ mod tests {
             in_bytes: 7,
             size_bytes: 0,
             labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn file_names_round_trip_and_others_are_not_rollup_files() {
+        let name = RollupFileName {
+            source: "tally.samples-eu".into(),
+            partition: 7,
+            generation: 12,
+        };
+        assert_eq!(name.to_string(), "tally.samples-eu-p007-g0012.parquet");
+        assert_eq!(RollupFileName::parse(&name.to_string()), Some(name));
+        for other in [
+            "import.parquet",
+            "tally.samples-p007-g0012.parquet.tmp",
+            "tally.samples-p7x-g0012.parquet",
+            "-p007-g0012.parquet",
+            "tally.samples-p007-g.parquet",
+        ] {
+            assert_eq!(RollupFileName::parse(other), None, "{other}");
         }
     }
 

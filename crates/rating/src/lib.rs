@@ -31,6 +31,7 @@ pub mod contracts;
 pub mod correction;
 pub mod error;
 pub mod explain;
+pub mod fold;
 pub mod invoice;
 pub mod month;
 pub mod price;
@@ -117,6 +118,14 @@ pub struct RateReport {
 }
 
 /// Rates one month and writes its line items and invoices.
+/// One time zone's month and the usage in it.
+struct ZoneUsage {
+    month: BillingMonth,
+    usages: Vec<usage::ResourceUsage>,
+    /// Hour by hour, the resources on contracts paid per period (T2), by (resource, SKU).
+    resource_hours: BTreeMap<(String, String), Vec<usage::HourStates>>,
+}
+
 pub async fn rate(request: &RateRequest) -> Result<RateReport> {
     let tariffs = tariff::load_tariffs(&request.tariffs)?;
     let contracts = contracts::load_contracts(&request.contracts)?;
@@ -139,9 +148,7 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
     // Months are calendar months in each tariff's time zone: one usage query per zone.
     // Every loaded tariff's zone is queried, so usage of accounts without a contract is
     // found even when no contract uses that zone.
-    let context = usage::lake_session(&request.lake).await?;
-    let mut usage_by_zone: BTreeMap<&str, (BillingMonth, Vec<usage::ResourceUsage>)> =
-        BTreeMap::new();
+    let mut usage_by_zone: BTreeMap<&str, ZoneUsage> = BTreeMap::new();
     for tariff in &tariffs {
         if usage_by_zone.contains_key(tariff.time_zone.as_str()) {
             continue;
@@ -151,20 +158,41 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
             detail,
         })?;
         let month = BillingMonth::new(&request.month, zone)?;
-        let usages = usage::month_usage(&context, &month).await?;
+        let rollups = usage::MonthRollups::open(&request.lake, &month).await?;
+        let usages = rollups.usage().await?;
+        // Resources paid per period of their contract (T2) are priced hour by hour: all of
+        // the zone's are read in one query.
+        let periodic: Vec<(String, String)> = usages
+            .iter()
+            .filter(|usage| {
+                contracts.get(&usage.account_id).is_some_and(|contract| {
+                    contract.terms(&usage.resource_id).interval != Interval::Hourly
+                })
+            })
+            .map(|usage| (usage.resource_id.clone(), usage.sku.clone()))
+            .collect();
+        let resource_hours = rollups.resource_hours(&periodic).await?;
         tracing::info!(
             time_zone = %tariff.time_zone,
             month = %month.label,
             hours = month.hours(),
             resources = usages.len(),
+            periodic = periodic.len(),
             "usage summed"
         );
-        usage_by_zone.insert(&tariff.time_zone, (month, usages));
+        usage_by_zone.insert(
+            &tariff.time_zone,
+            ZoneUsage {
+                month,
+                usages,
+                resource_hours,
+            },
+        );
     }
     // Usage nobody is billed for is an error, not a silent gap in revenue.
     let unbilled = usage_by_zone
         .values()
-        .flat_map(|(_, usages)| usages)
+        .flat_map(|zone| &zone.usages)
         .find(|usage| !contracts.contains_key(&usage.account_id));
     if let Some(usage) = unbilled {
         return Err(Error::NoContract {
@@ -181,7 +209,11 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
     for (account_id, contract, tariff) in plans {
         // Every loaded tariff's zone was queried above; a miss would be a bug, and
         // skipping the account would leave it unbilled.
-        let (month, usages) = usage_by_zone
+        let ZoneUsage {
+            month,
+            usages,
+            resource_hours,
+        } = usage_by_zone
             .get(tariff.time_zone.as_str())
             .ok_or_else(|| Error::Tariff {
                 path: PathBuf::from(&tariff.id),
@@ -192,20 +224,13 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
         let from = usages.partition_point(|usage| &usage.account_id < account_id);
         let to = usages.partition_point(|usage| &usage.account_id <= account_id);
         let account_usage: Vec<&usage::ResourceUsage> = usages[from..to].iter().collect();
-        // Resources paid per period of their contract (T2) are priced hour by hour.
-        let periodic: Vec<(String, String)> = account_usage
-            .iter()
-            .filter(|usage| contract.terms(&usage.resource_id).interval != Interval::Hourly)
-            .map(|usage| (usage.resource_id.clone(), usage.sku.clone()))
-            .collect();
-        let resource_hours = usage::resource_hours(&context, month, &periodic).await?;
         let items = price::price_account(
             tariff,
             month,
             &price::AccountInputs {
                 contract,
                 usages: &account_usage,
-                resource_hours: &resource_hours,
+                resource_hours,
             },
         )?;
         if items.is_empty() {

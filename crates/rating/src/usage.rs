@@ -25,11 +25,11 @@
 //! partition column `hour` (a `YYYY-MM-DDTHH` string) prunes the scan to the month.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BinaryArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::DataType;
@@ -37,14 +37,18 @@ use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use tally_model::rollup::{PARTITION_KEY, rollup_arrow_schema};
-use tally_model::{Hour, ResourceKind, ResourceState};
+use serde::{Deserialize, Serialize};
+use tally_model::rollup::{PARTITION_KEY, ROLLUPS_DIR, rollup_arrow_schema};
+use tally_model::{Hour, ResourceKind, ResourceState, RollupFileName};
 
 use crate::error::{Error, Result};
+use crate::fold::{self, Fold};
 use crate::month::BillingMonth;
 
 /// The set of states seen in one hour, bit `i` for [`ResourceState::index`] `i`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct StatesSeen(pub u8);
 
 impl StatesSeen {
@@ -60,7 +64,7 @@ impl StatesSeen {
 }
 
 /// Hours of one resource that saw the same states with the same GPU count.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HourBucket {
     pub states_seen: StatesSeen,
     pub gpus: u16,
@@ -70,7 +74,7 @@ pub struct HourBucket {
 }
 
 /// Minutes of one resource under one label set and GPU count.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MinuteBucket {
     /// Canonical label JSON text, or "" for none.
     pub labels: String,
@@ -199,17 +203,283 @@ pub fn popcount_udf() -> ScalarUDF {
     )
 }
 
-/// The month's filter on the partition column: only its files are opened.
-fn month_filter(month: &BillingMonth) -> String {
+/// The month's rollups in a [`MonthRollups`] session.
+const MONTH_TABLE: &str = "month_rollups";
+
+/// The rollup files of `month`: every Parquet file in its hour directories, and of each
+/// source partition only the highest generation (a restatement holds every row of the
+/// generation before it, which the aggregator removes once its manifest names the new
+/// one; a crash in between leaves both, and only the new one counts).
+pub fn month_files(lake: &Path, month: &BillingMonth) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut superseded = 0;
+    let mut hour = month.first_hour();
+    while hour < month.end_hour() {
+        let directory = lake
+            .join(ROLLUPS_DIR)
+            .join(format!("{PARTITION_KEY}={}", hour.partition_value()));
+        hour = hour.next();
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(Error::Io {
+                    action: format!("list {}", directory.display()),
+                    source,
+                });
+            }
+        };
+        let mut current: BTreeMap<(String, i32), (u32, PathBuf)> = BTreeMap::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|source| Error::Io {
+                    action: format!("list {}", directory.display()),
+                    source,
+                })?
+                .path();
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !name.ends_with(".parquet") {
+                continue;
+            }
+            // Files not named by the aggregator (an import, say) are read as they are.
+            let Some(parsed) = RollupFileName::parse(&name) else {
+                files.push(path);
+                continue;
+            };
+            let key = (parsed.source, parsed.partition);
+            match current.get(&key) {
+                Some((generation, _)) if *generation > parsed.generation => superseded += 1,
+                Some(_) => {
+                    superseded += 1;
+                    current.insert(key, (parsed.generation, path));
+                }
+                None => {
+                    current.insert(key, (parsed.generation, path));
+                }
+            }
+        }
+        files.extend(current.into_values().map(|(_, path)| path));
+    }
+    if superseded > 0 {
+        tracing::info!(
+            superseded,
+            month = %month.label,
+            "skipped superseded rollup generations (a restatement's old file not yet removed)"
+        );
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// One billing month of the rollup lake, ready to be summed: the month's files (see
+/// [`month_files`]) as the table `month_rollups`, with `popcount` and `resource_usage`.
+pub struct MonthRollups {
+    context: SessionContext,
+    month: BillingMonth,
+    files: usize,
+}
+
+impl MonthRollups {
+    pub async fn open(lake: &Path, month: &BillingMonth) -> Result<Self> {
+        if !lake.join(ROLLUPS_DIR).is_dir() {
+            return Err(Error::NoLake(lake.to_owned()));
+        }
+        let files = month_files(lake, month)?;
+        // Each file is read whole by one partition of the scan: `resource_usage` relies on
+        // the rows of a resource-hour coming next to each other (see `fold.rs`).
+        let config =
+            SessionConfig::new().set_bool("datafusion.optimizer.repartition_file_scans", false);
+        let context = SessionContext::new_with_config(config);
+        context.register_udf(popcount_udf());
+        let hours = usize::try_from(month.hours())
+            .map_err(|_| internal(format!("month {} has no hours", month.label)))?;
+        context.register_udaf(fold::resource_usage_udaf(
+            month.first_hour().unix_hours(),
+            hours,
+        ));
+        if !files.is_empty() {
+            let paths: Vec<String> = files
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect();
+            let schema = rollup_arrow_schema();
+            let options = ParquetReadOptions::default().schema(&schema);
+            let rollups = context.read_parquet(paths, options).await?;
+            context.register_table(MONTH_TABLE, rollups.into_view())?;
+        }
+        Ok(Self {
+            context,
+            month: month.clone(),
+            files: files.len(),
+        })
+    }
+
+    /// Every resource's usage in the month, sorted by account, resource, kind and SKU.
+    pub async fn usage(&self) -> Result<Vec<ResourceUsage>> {
+        if self.files == 0 {
+            return Ok(Vec::new());
+        }
+        match self.folded_usage().await {
+            Err(Error::DataFusion(error)) if fold::is_split_hour(&error) => {
+                tracing::warn!(
+                    %error,
+                    month = %self.month.label,
+                    "a resource-hour is spread over several files: summing the month with the exact two-step plan"
+                );
+                self.grouped_usage().await
+            }
+            Err(Error::DataFusion(error)) => Err(match fold::bad_row(&error) {
+                Some(bad) => Error::Usage {
+                    account_id: bad.account_id.clone(),
+                    resource_id: bad.resource_id.clone(),
+                    detail: bad.detail.clone(),
+                },
+                None => Error::DataFusion(error),
+            }),
+            other => other,
+        }
+    }
+
+    /// One scan, one group per resource: `resource_usage` folds the rows.
+    pub async fn folded_usage(&self) -> Result<Vec<ResourceUsage>> {
+        let batches = self
+            .context
+            .sql(&folded_usage_sql())
+            .await?
+            .collect()
+            .await?;
+        let mut usages = Vec::new();
+        for batch in &batches {
+            let columns = Columns::new(batch)?;
+            let folds = columns.typed::<BinaryArray>("usage")?;
+            for row in 0..batch.num_rows() {
+                let fold = Fold::from_bytes(folds.value(row))?;
+                let (account_id, resource_id, kind, sku) = columns.key(row)?;
+                usages.push(ResourceUsage {
+                    kind: columns.kind(row, &kind)?,
+                    account_id,
+                    resource_id,
+                    sku,
+                    zone: fold.zone,
+                    labels: fold.labels,
+                    max_gpus: fold.max_gpus,
+                    hour_buckets: fold.hour_buckets,
+                    minute_buckets: fold.minute_buckets,
+                    present_minutes: fold.present_minutes,
+                    out_external_bytes: fold.out_external_bytes,
+                    out_internal_bytes: fold.out_internal_bytes,
+                    in_bytes: fold.in_bytes,
+                    size_byte_minutes: fold.size_byte_minutes,
+                    first_hour: Hour::from_unix_hours(fold.first_hour),
+                    last_hour: Hour::from_unix_hours(fold.last_hour),
+                    rollup_rows: fold.rollup_rows,
+                });
+            }
+        }
+        Ok(usages)
+    }
+
+    /// The exact plan that assumes nothing about the layout: group by resource-hour
+    /// first (a minute in two rows counts once), then by resource. Slow for a large fleet.
+    pub async fn grouped_usage(&self) -> Result<Vec<ResourceUsage>> {
+        let hour_batches = self
+            .context
+            .sql(&hour_buckets_sql())
+            .await?
+            .collect()
+            .await?;
+        let minute_batches = self
+            .context
+            .sql(&minute_buckets_sql())
+            .await?
+            .collect()
+            .await?;
+        let usages = usages_from_buckets(&hour_batches, &minute_batches)?;
+        // The fold refuses hours outside the month; so does this plan.
+        if let Some(usage) = usages.iter().find(|usage| {
+            usage.first_hour < self.month.first_hour() || usage.last_hour >= self.month.end_hour()
+        }) {
+            return Err(Error::Usage {
+                account_id: usage.account_id.clone(),
+                resource_id: usage.resource_id.clone(),
+                detail: format!(
+                    "rows from {} to {} in the files of month {}: a file holds hours other than its directory's",
+                    usage.first_hour.partition_value(),
+                    usage.last_hour.partition_value(),
+                    self.month.label
+                ),
+            });
+        }
+        Ok(usages)
+    }
+
+    /// The hours, in order, of each of `resources` (id, SKU): what charges paid per
+    /// period of a contract (T2) need, since their periods do not follow the calendar.
+    /// Only the resources on such contracts are read hour by hour, all in one query.
+    pub async fn resource_hours(
+        &self,
+        resources: &[(String, String)],
+    ) -> Result<BTreeMap<(String, String), Vec<HourStates>>> {
+        let mut hours: BTreeMap<(String, String), Vec<HourStates>> = BTreeMap::new();
+        if resources.is_empty() || self.files == 0 {
+            return Ok(hours);
+        }
+        let quoted = |text: &str| format!("'{}'", text.replace('\'', "''"));
+        let wanted = resources
+            .iter()
+            .map(|(resource, sku)| format!("({}, {})", quoted(resource), quoted(sku)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let query = format!(
+            "WITH wanted(resource_id, sku) AS (VALUES {wanted})
+             SELECT r.resource_id, r.sku, r.hour_start, CAST(max(r.gpus) AS BIGINT) AS gpus,
+                    CAST((CASE WHEN bit_or(r.running_mask) <> 0 THEN 1 ELSE 0 END)
+                       + (CASE WHEN bit_or(r.stopped_mask) <> 0 THEN 2 ELSE 0 END)
+                       + (CASE WHEN bit_or(r.frozen_mask) <> 0 THEN 4 ELSE 0 END)
+                       + (CASE WHEN bit_or(r.active_mask) <> 0 THEN 8 ELSE 0 END) AS BIGINT)
+                      AS states_seen
+             FROM {MONTH_TABLE} r JOIN wanted w ON r.resource_id = w.resource_id AND r.sku = w.sku
+             GROUP BY r.resource_id, r.sku, r.hour_start
+             ORDER BY r.resource_id, r.sku, r.hour_start"
+        );
+        let batches = self.context.sql(&query).await?.collect().await?;
+        for batch in &batches {
+            let columns = Columns::new(batch)?;
+            for row in 0..batch.num_rows() {
+                let key = (
+                    columns.text("resource_id")?.value(row).to_owned(),
+                    columns.text("sku")?.value(row).to_owned(),
+                );
+                let states_seen = u8::try_from(columns.int("states_seen", row)?)
+                    .map_err(|_| columns.bad(row, "states_seen is out of range".to_owned()))?;
+                hours.entry(key).or_default().push(HourStates {
+                    hour: columns.hour("hour_start", row)?,
+                    states_seen: StatesSeen(states_seen),
+                    gpus: columns.gpus(row)?,
+                });
+            }
+        }
+        Ok(hours)
+    }
+}
+
+/// Per resource: its usage folded by `resource_usage`.
+pub fn folded_usage_sql() -> String {
     format!(
-        "{PARTITION_KEY} >= '{}' AND {PARTITION_KEY} < '{}'",
-        month.first_hour().partition_value(),
-        month.end_hour().partition_value(),
+        "SELECT account_id, resource_id, kind, sku, {name}({arguments}) AS usage
+         FROM {MONTH_TABLE}
+         GROUP BY account_id, resource_id, kind, sku
+         ORDER BY account_id, resource_id, kind, sku",
+        name = fold::NAME,
+        arguments = fold::ARGUMENTS.join(", "),
     )
 }
 
 /// Per resource and (states seen, GPU count): hours, minutes, meters and lineage.
-pub fn hour_buckets_sql(month: &BillingMonth) -> String {
+pub fn hour_buckets_sql() -> String {
     format!(
         "WITH resource_hours AS (
            SELECT account_id, resource_id, kind, sku, hour_start,
@@ -221,8 +491,7 @@ pub fn hour_buckets_sql(month: &BillingMonth) -> String {
                   sum(CAST(in_bytes AS DECIMAL(38, 0))) AS inbound,
                   sum(CAST(size_byte_minutes AS DECIMAL(38, 0))) AS size_minutes,
                   count(*) AS row_count
-           FROM rollups
-           WHERE {filter}
+           FROM {MONTH_TABLE}
            GROUP BY account_id, resource_id, kind, sku, hour_start),
          classified AS (
            SELECT *,
@@ -248,20 +517,18 @@ pub fn hour_buckets_sql(month: &BillingMonth) -> String {
                 sum(row_count) AS rollup_rows
          FROM classified
          GROUP BY account_id, resource_id, kind, sku, states_seen, gpus
-         ORDER BY account_id, resource_id, kind, sku, states_seen, gpus",
-        filter = month_filter(month),
+         ORDER BY account_id, resource_id, kind, sku, states_seen, gpus"
     )
 }
 
 /// Per resource, label set and GPU count: minutes per state (masks OR-ed per hour first).
-pub fn minute_buckets_sql(month: &BillingMonth) -> String {
+pub fn minute_buckets_sql() -> String {
     format!(
         "WITH label_hours AS (
            SELECT account_id, resource_id, kind, sku, labels, gpus, hour_start,
                   bit_or(running_mask) AS r, bit_or(stopped_mask) AS s,
                   bit_or(frozen_mask) AS f, bit_or(active_mask) AS a
-           FROM rollups
-           WHERE {filter}
+           FROM {MONTH_TABLE}
            GROUP BY account_id, resource_id, kind, sku, labels, gpus, hour_start)
          SELECT account_id, resource_id, kind, sku, labels, CAST(gpus AS BIGINT) AS gpus,
                 sum(popcount(r)) AS running_minutes,
@@ -270,8 +537,7 @@ pub fn minute_buckets_sql(month: &BillingMonth) -> String {
                 sum(popcount(a)) AS active_minutes
          FROM label_hours
          GROUP BY account_id, resource_id, kind, sku, labels, gpus
-         ORDER BY account_id, resource_id, kind, sku, labels, gpus",
-        filter = month_filter(month),
+         ORDER BY account_id, resource_id, kind, sku, labels, gpus"
     )
 }
 
@@ -281,58 +547,6 @@ pub struct HourStates {
     pub hour: Hour,
     pub states_seen: StatesSeen,
     pub gpus: u16,
-}
-
-/// The hours, in order, of each of `resources` (id, SKU) in `month`: what charges paid
-/// per period of a contract (T2) need, since their periods do not follow the calendar.
-/// Only the few resources on such contracts are read hour by hour.
-pub async fn resource_hours(
-    context: &SessionContext,
-    month: &BillingMonth,
-    resources: &[(String, String)],
-) -> Result<BTreeMap<(String, String), Vec<HourStates>>> {
-    let mut hours: BTreeMap<(String, String), Vec<HourStates>> = BTreeMap::new();
-    if resources.is_empty() {
-        return Ok(hours);
-    }
-    let quoted = |text: &str| format!("'{}'", text.replace('\'', "''"));
-    let wanted = resources
-        .iter()
-        .map(|(resource, sku)| format!("({}, {})", quoted(resource), quoted(sku)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let query = format!(
-        "WITH wanted(resource_id, sku) AS (VALUES {wanted})
-         SELECT r.resource_id, r.sku, r.hour_start, CAST(max(r.gpus) AS BIGINT) AS gpus,
-                CAST((CASE WHEN bit_or(r.running_mask) <> 0 THEN 1 ELSE 0 END)
-                   + (CASE WHEN bit_or(r.stopped_mask) <> 0 THEN 2 ELSE 0 END)
-                   + (CASE WHEN bit_or(r.frozen_mask) <> 0 THEN 4 ELSE 0 END)
-                   + (CASE WHEN bit_or(r.active_mask) <> 0 THEN 8 ELSE 0 END) AS BIGINT)
-                  AS states_seen
-         FROM rollups r JOIN wanted w ON r.resource_id = w.resource_id AND r.sku = w.sku
-         WHERE {filter}
-         GROUP BY r.resource_id, r.sku, r.hour_start
-         ORDER BY r.resource_id, r.sku, r.hour_start",
-        filter = month_filter(month).replace(PARTITION_KEY, &format!("r.{PARTITION_KEY}")),
-    );
-    let batches = context.sql(&query).await?.collect().await?;
-    for batch in &batches {
-        let columns = Columns::new(batch)?;
-        for row in 0..batch.num_rows() {
-            let key = (
-                columns.text("resource_id")?.value(row).to_owned(),
-                columns.text("sku")?.value(row).to_owned(),
-            );
-            let states_seen = u8::try_from(columns.int("states_seen", row)?)
-                .map_err(|_| columns.bad(row, "states_seen is out of range".to_owned()))?;
-            hours.entry(key).or_default().push(HourStates {
-                hour: columns.hour("hour_start", row)?,
-                states_seen: StatesSeen(states_seen),
-                gpus: columns.gpus(row)?,
-            });
-        }
-    }
-    Ok(hours)
 }
 
 /// The minute columns in [`ResourceState::ALL`] order.
@@ -346,24 +560,13 @@ const MINUTE_COLUMNS: [&str; ResourceState::COUNT] = [
 /// (account, resource, kind, sku): what identifies one usage.
 type UsageKey = (String, String, String, String);
 
-/// Every resource's usage in `month`, sorted by account, resource, kind and SKU.
-pub async fn month_usage(
-    context: &SessionContext,
-    month: &BillingMonth,
+/// Usage from the exact plan's hour and minute buckets, sorted by key.
+fn usages_from_buckets(
+    hour_batches: &[RecordBatch],
+    minute_batches: &[RecordBatch],
 ) -> Result<Vec<ResourceUsage>> {
-    let hour_batches = context
-        .sql(&hour_buckets_sql(month))
-        .await?
-        .collect()
-        .await?;
-    let minute_batches = context
-        .sql(&minute_buckets_sql(month))
-        .await?
-        .collect()
-        .await?;
-
     let mut usages: BTreeMap<UsageKey, ResourceUsage> = BTreeMap::new();
-    for batch in &hour_batches {
+    for batch in hour_batches {
         let columns = Columns::new(batch)?;
         for row in 0..batch.num_rows() {
             let key = columns.key(row)?;
@@ -382,16 +585,7 @@ pub async fn month_usage(
             let last_hour = columns.hour("last_hour", row)?;
             let zone = columns.text("last_zone")?.value(row).to_owned();
             let labels = columns.text("last_labels")?.value(row).to_owned();
-            let kind = ResourceKind::parse(&key.2).ok_or_else(|| {
-                columns.bad(
-                    row,
-                    format!(
-                        "kind '{}' is not one of {:?}",
-                        key.2,
-                        ResourceKind::ALL.map(ResourceKind::as_str)
-                    ),
-                )
-            })?;
+            let kind = columns.kind(row, &key.2)?;
             let usage = usages.entry(key.clone()).or_insert_with(|| ResourceUsage {
                 account_id: key.0.clone(),
                 resource_id: key.1.clone(),
@@ -441,7 +635,7 @@ pub async fn month_usage(
             usage.hour_buckets.push(bucket);
         }
     }
-    for batch in &minute_batches {
+    for batch in minute_batches {
         let columns = Columns::new(batch)?;
         for row in 0..batch.num_rows() {
             let key = columns.key(row)?;
@@ -516,6 +710,18 @@ impl<'a> Columns<'a> {
         self.texts
             .get(name)
             .ok_or_else(|| internal(format!("usage column {name} is missing")))
+    }
+
+    fn kind(&self, row: usize, kind: &str) -> Result<ResourceKind> {
+        ResourceKind::parse(kind).ok_or_else(|| {
+            self.bad(
+                row,
+                format!(
+                    "kind '{kind}' is not one of {:?}",
+                    ResourceKind::ALL.map(ResourceKind::as_str)
+                ),
+            )
+        })
     }
 
     fn key(&self, row: usize) -> Result<UsageKey> {

@@ -86,12 +86,17 @@ pub struct Layout {
     /// Each row is split into two rows of the same key (minutes dealt alternately,
     /// counters split in proportion), as restated late data would be.
     pub split_rows: bool,
+    /// Each file is also left behind as the generation before it (`-g0000` next to the
+    /// current `-g0001`), as a crash between a restatement's manifest update and the old
+    /// file's removal leaves it.
+    pub superseded: bool,
 }
 
 impl Layout {
     pub const ONE_FILE: Layout = Layout {
         files_per_hour: 1,
         split_rows: false,
+        superseded: false,
     };
 }
 
@@ -199,13 +204,15 @@ impl Lake {
                     continue;
                 }
                 let batch = rows_to_batch(&part).expect("batch");
-                let handle =
-                    std::fs::File::create(directory.join(format!("test-p{file:03}-g0000.parquet")))
-                        .expect("create");
-                let mut writer =
-                    ArrowWriter::try_new(handle, batch.schema(), None).expect("writer");
-                writer.write(&batch).expect("write");
-                writer.close().expect("close");
+                let generations: &[u32] = if layout.superseded { &[0, 1] } else { &[0] };
+                for generation in generations {
+                    let name = format!("test-p{file:03}-g{generation:04}.parquet");
+                    let handle = std::fs::File::create(directory.join(name)).expect("create");
+                    let mut writer =
+                        ArrowWriter::try_new(handle, batch.schema(), None).expect("writer");
+                    writer.write(&batch).expect("write");
+                    writer.close().expect("close");
+                }
             }
         }
     }

@@ -5,7 +5,10 @@ use proptest::prelude::*;
 use rust_decimal::{Decimal, RoundingStrategy};
 use tally_model::tariff::{Tier, TierMode};
 use tally_model::{Minute, ResourceKind, ResourceState};
+use tally_rating::fold::is_split_hour;
+use tally_rating::month::BillingMonth;
 use tally_rating::price::tiered_amount;
+use tally_rating::usage::{MonthRollups, ResourceUsage};
 
 use crate::lake::{
     Lake, Layout, Rated, Resource, dec, gpu_server, of_kind, rate_lake, server, with_os,
@@ -88,6 +91,32 @@ fn lake_from(plan: &[(usize, Vec<Segment>)]) -> Lake {
     lake
 }
 
+/// October's usage of `lake` laid out as `layout`: by the fold (or its error) and by the
+/// exact two-step plan, and what `usage` chose.
+type Plans = (
+    tally_rating::Result<Vec<ResourceUsage>>,
+    Vec<ResourceUsage>,
+    Vec<ResourceUsage>,
+);
+
+fn usage_blocking(lake: &Lake, layout: Layout) -> Plans {
+    let root = tempfile::tempdir().expect("tempdir");
+    lake.write(root.path(), layout);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
+        let rollups = MonthRollups::open(root.path(), &month).await.expect("open");
+        (
+            rollups.folded_usage().await,
+            rollups.grouped_usage().await.expect("exact plan"),
+            rollups.usage().await.expect("usage"),
+        )
+    })
+}
+
 fn rate_blocking(lake: &Lake, layout: Layout) -> Rated {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -105,8 +134,8 @@ fn segment() -> impl Strategy<Value = Segment> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
 
-    /// Dealing each hour's rows over several files (one per Kafka partition) gives
-    /// byte-identical output; splitting rows into several rows of the same key (late
+    /// Dealing each hour's rows over several files (one per Kafka partition), or leaving
+    /// a superseded generation next to each file, gives byte-identical output; splitting rows into several rows of the same key (late
     /// restatements) changes only the lineage, never an amount or quantity.
     #[test]
     fn rating_is_invariant_to_how_rollups_are_split(
@@ -115,12 +144,15 @@ proptest! {
     ) {
         let lake = lake_from(&plan);
         let baseline = rate_blocking(&lake, Layout::ONE_FILE);
-        let over_files = rate_blocking(&lake, Layout { files_per_hour: files, split_rows: false });
+        let over_files = rate_blocking(&lake, Layout { files_per_hour: files, split_rows: false, superseded: false });
         prop_assert_eq!(baseline.line_items_bytes(), over_files.line_items_bytes());
         prop_assert_eq!(&baseline.invoices, &over_files.invoices);
-        let split_rows = rate_blocking(&lake, Layout { files_per_hour: files, split_rows: true });
+        let split_rows = rate_blocking(&lake, Layout { files_per_hour: files, split_rows: true, superseded: false });
         prop_assert_eq!(&baseline.invoices, &split_rows.invoices);
         prop_assert_eq!(baseline.report.line_items, split_rows.report.line_items);
+        // A superseded generation left next to its successor is not counted again.
+        let superseded = rate_blocking(&lake, Layout { superseded: true, ..Layout::ONE_FILE });
+        prop_assert_eq!(baseline.line_items_bytes(), superseded.line_items_bytes());
         // H9: every invoice's total is its unrounded lines summed, rounded once, half-up.
         for (account, invoice) in &baseline.invoices {
             let sum: Decimal = baseline
@@ -131,6 +163,30 @@ proptest! {
             let rounded = sum.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
             prop_assert_eq!(baseline.total(account), rounded, "{}", invoice);
         }
+    }
+
+    /// The one-scan fold and the exact two-step plan sum the same usage. With every hour
+    /// in one file (rows of a resource-hour next to each other, as the aggregator writes
+    /// them) the fold must not give up; with a resource-hour's rows dealt over several
+    /// files it may only give up by reporting the split, and `usage` then takes the exact
+    /// plan.
+    #[test]
+    fn the_fold_sums_what_the_exact_plan_sums(
+        plan in proptest::collection::vec((0usize..12, proptest::collection::vec(segment(), 1..5)), 1..8),
+        files in 2usize..5,
+        split_rows in any::<bool>(),
+    ) {
+        let (folded, exact, chosen) = usage_blocking(&lake_from(&plan), Layout { files_per_hour: 1, split_rows, superseded: false });
+        prop_assert_eq!(folded.expect("one file per hour folds"), exact.clone());
+        prop_assert_eq!(chosen, exact);
+
+        let (folded, exact, chosen) = usage_blocking(&lake_from(&plan), Layout { files_per_hour: files, split_rows: true, superseded: false });
+        match folded {
+            Ok(folded) => prop_assert_eq!(folded, exact.clone()),
+            Err(tally_rating::Error::DataFusion(error)) => prop_assert!(is_split_hour(&error), "{}", error),
+            Err(other) => prop_assert!(false, "{}", other),
+        }
+        prop_assert_eq!(chosen, exact);
     }
 
     /// With one band, graduated and volume pricing agree, and both are quantity × price.

@@ -148,3 +148,46 @@ async fn c3_an_os_surcharge_follows_the_label_minute_by_minute() {
     );
     assert_eq!(rated.total("c"), dec("0.09"));
 }
+
+#[tokio::test]
+async fn a_resource_hour_the_fold_sees_twice_is_summed_by_the_exact_plan() {
+    // A file whose rows of one resource-hour are not next to each other (hour 00 as
+    // linux, hour 01, hour 00 as windows): the fold cannot prove it sees hour 00 once,
+    // says so, and `usage` takes the exact plan: two started hours, 90 minutes.
+    use tally_model::rollup::rows_to_batch;
+    use tally_rating::fold::is_split_hour;
+    use tally_rating::month::BillingMonth;
+    use tally_rating::usage::MonthRollups;
+
+    let mut lake = Lake::default();
+    let linux = with_os(server("n", "vps", "vps-s"), "linux");
+    let windows = with_os(server("n", "vps", "vps-s"), "windows");
+    lake.span(&linux, Running, "2026-10-01T00:00:00Z", 30, 0, 0)
+        .span(&windows, Running, "2026-10-01T00:30:00Z", 60, 0, 0);
+    // Sorted by key: 00 linux, 00 windows, 01 windows.
+    let mut rows = lake.rows();
+    assert_eq!(rows.len(), 3);
+    rows.swap(1, 2);
+    let root = tempfile::tempdir().expect("tempdir");
+    let directory = root.path().join("rollups/hour=2026-10-01T00");
+    std::fs::create_dir_all(&directory).expect("mkdir");
+    let batch = rows_to_batch(&rows).expect("batch");
+    let file = std::fs::File::create(directory.join("test-p000-g0000.parquet")).expect("create");
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+
+    let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
+    let rollups = MonthRollups::open(root.path(), &month).await.expect("open");
+    match rollups.folded_usage().await {
+        Err(tally_rating::Error::DataFusion(error)) => assert!(is_split_hour(&error), "{error}"),
+        other => panic!("the fold should report the split hour, not {other:?}"),
+    }
+    let usage = rollups.usage().await.expect("usage");
+    assert_eq!(usage, rollups.grouped_usage().await.expect("exact"));
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].hour_buckets.len(), 1);
+    assert_eq!(usage[0].hour_buckets[0].hours, 2);
+    assert_eq!(usage[0].present_minutes, 90);
+}
