@@ -1,331 +1,46 @@
-//! Rating benchmark: a month of hourly rollups for many resources, rated by `tally rate`
-//! (the whole job: usage on DataFusion, pricing, invoices, Parquet), against DuckDB
-//! running a simplified rating query (started hours × price with a monthly cap, per
-//! resource) on the same files in the same run. The same simplified query on DataFusion
-//! is reported too, so engine and job can be told apart.
+//! `cargo bench -p tally-benches --bench rating`: see `tally_benches::rating`.
 //!
 //! ```sh
 //! cargo bench -p tally-benches --bench rating -- --resources 100000 --runs 3
-//! cargo bench -p tally-benches --bench rating -- --smoke      # CI: 1,000 resources, 1 run
+//! cargo bench -p tally-benches --bench rating -- --smoke      # 1,000 resources, 1 run
 //! ```
 //!
-//! Generated data is kept under `${TALLY_CACHE_DIR:-~/.cache/tally}/bench-data/` and reused;
-//! DuckDB (PyPI `duckdb`, pinned) is installed into a venv there on first use.
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+//! Generated data is kept under `${TALLY_CACHE_DIR:-~/.cache/tally}/bench-data/` and reused.
+//! `RUST_LOG=info` shows the rating job's stages with timestamps.
 
 use anyhow::{Context, bail};
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use tally_benches::rollup_month::{MonthSpec, contracts_json, write_month};
-use tally_rating::month::BillingMonth;
+use tally_benches::rating::{Options, cache_dir, run};
 
-const DUCKDB_VERSION: &str = "1.4.4";
-const THREADS: usize = 2;
-const MONTH: &str = "2026-10";
-
-struct Args {
-    resources: usize,
-    runs: usize,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut args = Args {
+fn args() -> anyhow::Result<Options> {
+    let mut options = Options {
         resources: 100_000,
         runs: 3,
+        data_root: cache_dir().join("bench-data"),
     };
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
         match arg.as_str() {
-            "--resources" => args.resources = given.next().context("--resources N")?.parse()?,
-            "--runs" => args.runs = given.next().context("--runs N")?.parse()?,
+            "--resources" => options.resources = given.next().context("--resources N")?.parse()?,
+            "--runs" => options.runs = given.next().context("--runs N")?.parse()?,
             "--smoke" => {
-                args.resources = 1_000;
-                args.runs = 1;
+                options.resources = 1_000;
+                options.runs = 1;
             }
             // cargo bench passes --bench to harness-less targets.
             "--bench" => {}
             other => bail!("unknown argument {other}: use --resources N, --runs N or --smoke"),
         }
     }
-    Ok(args)
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("TALLY_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tally")
-        })
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    }
-}
-
-/// The simplified rating both engines run: per resource, the hours with any minute ×
-/// the SKU's hourly price, capped monthly.
-fn simplified_query(month: &BillingMonth) -> String {
-    // (sku, hourly price, monthly cap): BILLING.md's prices; without a published cap the
-    // month's hours × price.
-    const PRICES: [(&str, &str, &str); 17] = [
-        ("cx22", "0.006", "3.79"),
-        ("cx32", "0.0109", "6.80"),
-        ("primary-ipv4", "0.0008", "0.50"),
-        ("floating-ipv4", "0.004", "3.00"),
-        ("snapshot", "0.0001", "0.10"),
-        ("vps-s", "0.01", "6.72"),
-        ("vps-m", "0.02", "13.44"),
-        ("c2m4", "0.04", "29.80"),
-        ("c4m8", "0.08", "59.60"),
-        ("gpu-a100", "2.50", "1862.50"),
-        ("ha-feature", "0.005", "3.725"),
-        ("extra-ipv4", "0.003", "2.00"),
-        ("erkunder-a4000", "0.22", "125"),
-        ("powerai-4090", "0.65", "370"),
-        ("sparbox-3090", "0.35", "200"),
-        ("infinityai-a100", "7.67", "5240"),
-        ("novadrive-v100", "0.23", "130"),
-    ];
-    let values: Vec<String> = PRICES
-        .iter()
-        .map(|(sku, price, cap)| {
-            format!("('{sku}', CAST({price} AS DECIMAL(18, 6)), CAST({cap} AS DECIMAL(18, 6)))")
-        })
-        .collect();
-    format!(
-        "WITH prices(sku, price, cap) AS (VALUES {values})
-         SELECT r.resource_id, least(p.cap, count(*) * p.price) AS amount
-         FROM rollups r JOIN prices p ON r.sku = p.sku
-         WHERE r.hour >= '{first}' AND r.hour < '{end}'
-           AND (r.running_mask | r.stopped_mask | r.frozen_mask | r.active_mask) <> 0
-         GROUP BY r.resource_id, p.cap, p.price",
-        values = values.join(", "),
-        first = month.first_hour().partition_value(),
-        end = month.end_hour().partition_value(),
-    )
-}
-
-fn ensure_data(resources: usize, month: &BillingMonth) -> anyhow::Result<PathBuf> {
-    let directory = cache_dir()
-        .join("bench-data")
-        .join(format!("rating-{resources}-{MONTH}-v1"));
-    let done = directory.join("complete");
-    if done.exists() {
-        println!("data: reusing {}", directory.display());
-        return Ok(directory);
-    }
-    if directory.exists() {
-        std::fs::remove_dir_all(&directory)?;
-    }
-    std::fs::create_dir_all(&directory)?;
-    let spec = MonthSpec {
-        resources,
-        first: month.first_hour(),
-        end: month.end_hour(),
-        seed: 2026,
-    };
-    let started = Instant::now();
-    let generated = write_month(&directory, &spec)?;
-    std::fs::write(directory.join("contracts.json"), contracts_json(&spec))?;
-    let tariffs = directory.join("tariffs");
-    std::fs::create_dir_all(&tariffs)?;
-    for (name, text) in tally_rating::reference_tariffs() {
-        std::fs::write(tariffs.join(name), text)?;
-    }
-    let summary = format!(
-        "{} rows for {resources} resources in {} accounts, {} hourly files, {:.1} MiB, generated in {:.1} s\n",
-        generated.rows,
-        generated.accounts,
-        generated.files,
-        generated.bytes as f64 / f64::from(1 << 20),
-        started.elapsed().as_secs_f64()
-    );
-    std::fs::write(directory.join("generated.txt"), &summary)?;
-    std::fs::write(&done, "")?;
-    print!("data: {summary}");
-    Ok(directory)
-}
-
-fn duckdb_python() -> anyhow::Result<PathBuf> {
-    let venv = cache_dir().join(format!("duckdb-{DUCKDB_VERSION}-venv"));
-    let python = venv.join("bin/python");
-    if python.exists() {
-        return Ok(python);
-    }
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .context("python3 -m venv")?;
-    if !status.success() {
-        bail!(
-            "python3 -m venv {} failed (Debian: apt-get install python3-venv)",
-            venv.display()
-        );
-    }
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            &format!("duckdb=={DUCKDB_VERSION}"),
-        ])
-        .status()
-        .context("pip install duckdb")?;
-    if !status.success() {
-        bail!("pip install duckdb=={DUCKDB_VERSION} failed");
-    }
-    Ok(python)
-}
-
-fn duckdb_runs(lake: &Path, runs: usize, sql: &str) -> anyhow::Result<(String, Vec<f64>, u64)> {
-    let python = duckdb_python()?;
-    let sql_file = lake.join("simplified.sql");
-    std::fs::write(&sql_file, sql)?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/duckdb_query.py");
-    let output = Command::new(python)
-        .arg(script)
-        .arg(lake)
-        .arg(runs.to_string())
-        .arg(THREADS.to_string())
-        .arg(&sql_file)
-        .output()
-        .context("run duckdb")?;
-    if !output.status.success() {
-        bail!("duckdb failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let seconds = result["seconds"]
-        .as_array()
-        .context("seconds")?
-        .iter()
-        .filter_map(serde_json::Value::as_f64)
-        .collect();
-    Ok((
-        result["version"].as_str().unwrap_or("?").to_owned(),
-        seconds,
-        result["rows"].as_u64().unwrap_or(0),
-    ))
-}
-
-async fn datafusion_runs(lake: &Path, runs: usize, sql: &str) -> anyhow::Result<(Vec<f64>, usize)> {
-    let mut seconds = Vec::new();
-    let mut rows = 0;
-    for _ in 0..runs {
-        let started = Instant::now();
-        let context =
-            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(THREADS));
-        let options = ParquetReadOptions::default().table_partition_cols(vec![(
-            "hour".to_owned(),
-            datafusion::arrow::datatypes::DataType::Utf8,
-        )]);
-        context
-            .register_parquet("rollups", format!("{}/rollups/", lake.display()), options)
-            .await?;
-        let batches = context.sql(sql).await?.collect().await?;
-        rows = batches.iter().map(|batch| batch.num_rows()).sum();
-        seconds.push(started.elapsed().as_secs_f64());
-    }
-    Ok((seconds, rows))
-}
-
-async fn tally_runs(
-    data: &Path,
-    runs: usize,
-) -> anyhow::Result<(Vec<f64>, tally_rating::RateReport)> {
-    let mut tariffs: Vec<PathBuf> = std::fs::read_dir(data.join("tariffs"))?
-        .map(|entry| entry.map(|entry| entry.path()))
-        .collect::<Result<_, _>>()?;
-    tariffs.sort();
-    let mut seconds = Vec::new();
-    let mut last = None;
-    for _ in 0..runs {
-        let out = tempfile::tempdir_in(data)?;
-        let started = Instant::now();
-        let report = tally_rating::rate(&tally_rating::RateRequest {
-            lake: data.to_owned(),
-            month: MONTH.to_owned(),
-            tariffs: tariffs.clone(),
-            contracts: data.join("contracts.json"),
-            out: out.path().to_owned(),
-            issue: false,
-            explain: None,
-        })
-        .await?;
-        seconds.push(started.elapsed().as_secs_f64());
-        last = Some(report);
-    }
-    Ok((seconds, last.context("no run")?))
+    Ok(options)
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = args()?;
-    let month = BillingMonth::new(MONTH, chrono_tz::Europe::Berlin)?;
-    let data = ensure_data(args.resources, &month)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(THREADS)
-        .enable_all()
-        .build()?;
-    let sql = simplified_query(&month);
-
-    // Alternate the engines run by run, so drift on a noisy machine hits all of them.
-    let (mut tally, mut fusion, mut duck) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut report, mut duckdb_version, mut rows) = (None, String::new(), (0, 0));
-    for _ in 0..args.runs {
-        let (seconds, rated) = runtime.block_on(tally_runs(&data, 1))?;
-        tally.extend(seconds);
-        report = Some(rated);
-        let (seconds, fusion_rows) = runtime.block_on(datafusion_runs(&data, 1, &sql))?;
-        fusion.extend(seconds);
-        let (version, seconds, duck_rows) = duckdb_runs(&data, 1, &sql)?;
-        duck.extend(seconds);
-        duckdb_version = version;
-        rows = (fusion_rows, duck_rows);
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
     }
-    let report = report.context("no run")?;
-    if rows.0 as u64 != rows.1 {
-        bail!(
-            "the simplified query gave {} rows on DataFusion but {} on DuckDB",
-            rows.0,
-            rows.1
-        );
-    }
-    let (tally, fusion, duck) = (median(tally), median(fusion), median(duck));
-    println!(
-        "rating {MONTH} ({} h), {} resources, {} runs each, {THREADS} threads, medians:",
-        month.hours(),
-        args.resources,
-        args.runs
-    );
-    println!(
-        "  tally rate (whole job)                    {tally:8.2} s   {} line items, {} invoices",
-        report.line_items,
-        report.invoices.len()
-    );
-    println!(
-        "  simplified query, DataFusion              {fusion:8.2} s   {} rows",
-        rows.0
-    );
-    println!(
-        "  simplified query, DuckDB {duckdb_version:<16} {duck:8.2} s   {} rows",
-        rows.1
-    );
-    println!(
-        "  tally rate / DuckDB simplified            {:8.2}",
-        tally / duck
-    );
-    println!(
-        "  DataFusion / DuckDB, same query           {:8.2}",
-        fusion / duck
-    );
+    run(&args()?)?.print();
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! and a same-run baseline); `BENCHMARKS.md` at the repository root lists the figures and the
 //! command that reproduces each.
 //!
-//! [`rollup_month`] generates the input of the rating benchmark: a month of hourly rollups
+//! [`rating`] is the rating benchmark (run by `benches/benches/rating.rs`, and as a smoke
+//! test with 1,000 resources by `cargo test`). [`rollup_month`] generates the input of the rating benchmark: a month of hourly rollups
 //! for a large fleet, written exactly as the aggregator writes them.
 
+pub mod rating;
 pub mod rollup_month;

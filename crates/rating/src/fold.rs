@@ -673,19 +673,15 @@ impl GroupsAccumulator for FoldGroups {
         Ok(vec![Arc::new(builder.finish())])
     }
 
+    /// An estimate: DataFusion asks after every batch, so it must not walk the groups.
+    /// A fold holds its hour bitset, a few buckets and two short strings.
     fn size(&self) -> usize {
-        self.folds.capacity() * size_of::<Fold>()
-            + self
-                .folds
-                .iter()
-                .map(|fold| {
-                    fold.hours_seen.capacity() * 8
-                        + fold.hour_buckets.capacity() * size_of::<HourBucket>()
-                        + fold.minute_buckets.capacity() * size_of::<MinuteBucket>()
-                        + fold.zone.capacity()
-                        + fold.labels.capacity()
-                })
-                .sum::<usize>()
+        let per_fold = size_of::<Fold>()
+            + self.month.hours.div_ceil(64) * size_of::<u64>()
+            + 2 * size_of::<HourBucket>()
+            + 2 * size_of::<MinuteBucket>()
+            + 64;
+        self.folds.capacity() * per_fold
     }
 }
 

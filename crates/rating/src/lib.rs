@@ -249,6 +249,11 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
         invoices.push(invoice);
         line_items.extend(items);
     }
+    tracing::info!(
+        line_items = line_items.len(),
+        invoices = invoices.len(),
+        "priced"
+    );
     let billing: BTreeMap<&str, (&Tariff, &BillingMonth)> = billed
         .iter()
         .map(|(account_id, tariff, month)| (account_id.as_str(), (*tariff, *month)))
@@ -294,6 +299,7 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
                 )?);
             }
             report.invoices = invoices.iter().map(summary).collect();
+            tracing::info!(files = report.written.len(), "written");
         }
         Some(mut issued) => {
             // The issued files stay as they were: only differences are written (H8).

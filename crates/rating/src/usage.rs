@@ -289,9 +289,15 @@ impl MonthRollups {
         }
         let files = month_files(lake, month)?;
         // Each file is read whole by one partition of the scan: `resource_usage` relies on
-        // the rows of a resource-hour coming next to each other (see `fold.rs`).
-        let config =
-            SessionConfig::new().set_bool("datafusion.optimizer.repartition_file_scans", false);
+        // the rows of a resource-hour coming next to each other (see `fold.rs`). Partial
+        // aggregation is never skipped: the first hour has one row per resource, which
+        // looks like no reduction, but a month folds 745 rows into one.
+        let config = SessionConfig::new()
+            .set_bool("datafusion.optimizer.repartition_file_scans", false)
+            .set_str(
+                "datafusion.execution.skip_partial_aggregation_probe_ratio_threshold",
+                "1.0",
+            );
         let context = SessionContext::new_with_config(config);
         context.register_udf(popcount_udf());
         let hours = usize::try_from(month.hours())
