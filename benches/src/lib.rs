@@ -1,5 +1,5 @@
 //! Tally's benchmarks live in `benches/benches/` (harness-less binaries that print medians
-//! and a same-run baseline); `BENCHMARKS.md` at the repository root lists the figures and the
+//! and a same-run baseline); `benches/BENCHMARKS.md` lists the figures and the
 //! command that reproduces each.
 //!
 //! [`rating`] is the rating benchmark (run by `benches/benches/rating.rs`, and as a smoke
