@@ -1,5 +1,9 @@
 //! `resource_usage(...)`: a DataFusion aggregate that folds one resource's month of rollup
 //! rows into its usage, so the usage side of rating is one scan with one group per resource.
+//! The group key is the resource id alone (hashing one string column is several times
+//! cheaper than hashing four); account, kind and SKU are arguments, and the rare resource
+//! that changes one of them within the month gets one [`Fold`] per combination, exactly as
+//! grouping by all four would give ([`ResourceFolds`]).
 //!
 //! **Why a custom aggregate.** Rules that are not additive (every *started* hour, the
 //! largest state or GPU count of an hour) must see each resource-hour once, and one hour of
@@ -39,11 +43,13 @@ use crate::usage::{HourBucket, MinuteBucket, StatesSeen};
 /// The aggregate's name in SQL.
 pub const NAME: &str = "resource_usage";
 
-/// The arguments, in order: what identifies the row (for errors), the hour, what a tariff
+/// The arguments, in order: what identifies the row's usage, the hour, what a tariff
 /// prices by, the minute masks and the meters.
-pub const ARGUMENTS: [&str; 14] = [
+pub const ARGUMENTS: [&str; 16] = [
     "account_id",
     "resource_id",
+    "kind",
+    "sku",
     "hour_start",
     "gpus",
     "labels",
@@ -158,7 +164,7 @@ impl AggregateUDFImpl for ResourceUsageUdaf {
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(FoldAccumulator {
             month: self.month,
-            fold: Fold::default(),
+            fold: ResourceFolds::default(),
         }))
     }
 
@@ -202,6 +208,92 @@ pub struct Fold {
     pub rollup_rows: i64,
 }
 
+/// One resource's folds, one per (account, kind, SKU) it had in the month: almost always
+/// one. What the aggregate returns, serialised.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ResourceFolds {
+    pub parts: Vec<FoldPart>,
+    /// The part the last row went to: the next row almost always goes there too.
+    #[serde(skip)]
+    current: usize,
+}
+
+/// The usage of one resource under one account, kind and SKU.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FoldPart {
+    pub account_id: String,
+    pub kind: String,
+    pub sku: String,
+    pub fold: Fold,
+}
+
+impl FoldPart {
+    fn is(&self, account_id: &str, kind: &str, sku: &str) -> bool {
+        self.sku == sku && self.account_id == account_id && self.kind == kind
+    }
+}
+
+impl ResourceFolds {
+    fn add(&mut self, row: &Row) -> Result<()> {
+        let current = match self.parts.get(self.current) {
+            Some(part) if part.is(row.account_id, row.kind, row.sku) => self.current,
+            _ => self.part_of(row.account_id, row.kind, row.sku),
+        };
+        self.current = current;
+        self.parts[current].fold.add(row)
+    }
+
+    /// The index of the part for (account, kind, SKU), added if new.
+    fn part_of(&mut self, account_id: &str, kind: &str, sku: &str) -> usize {
+        match self
+            .parts
+            .iter()
+            .position(|part| part.is(account_id, kind, sku))
+        {
+            Some(index) => index,
+            None => {
+                self.parts.push(FoldPart {
+                    account_id: account_id.to_owned(),
+                    kind: kind.to_owned(),
+                    sku: sku.to_owned(),
+                    fold: Fold::default(),
+                });
+                self.parts.len() - 1
+            }
+        }
+    }
+
+    /// Adds another partial fold of the same resource.
+    fn merge(&mut self, other: ResourceFolds) -> Result<()> {
+        for part in other.parts {
+            let index = self.part_of(&part.account_id, &part.kind, &part.sku);
+            self.parts[index].fold.merge(part.fold)?;
+        }
+        Ok(())
+    }
+
+    /// The finished folds, sorted by account, kind and SKU.
+    fn finish(&mut self) {
+        for part in &mut self.parts {
+            part.fold.finish();
+        }
+        self.parts.sort_by(|a, b| {
+            (&a.account_id, &a.kind, &a.sku).cmp(&(&b.account_id, &b.kind, &b.sku))
+        });
+    }
+
+    fn encode(&mut self) -> Result<Vec<u8>> {
+        for part in &mut self.parts {
+            part.fold.close_hour();
+        }
+        serde_json::to_vec(self).map_err(|error| DataFusionError::External(Box::new(error)))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|error| DataFusionError::External(Box::new(error)))
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct OpenHour {
     index: usize,
@@ -213,6 +305,8 @@ struct OpenHour {
 struct Row<'a> {
     account_id: &'a str,
     resource_id: &'a str,
+    kind: &'a str,
+    sku: &'a str,
     /// Unix hours.
     hour: i64,
     hour_index: usize,
@@ -444,15 +538,6 @@ impl Fold {
         self.minute_buckets
             .sort_by(|a, b| (&a.labels, a.gpus).cmp(&(&b.labels, b.gpus)));
     }
-
-    fn encode(&mut self) -> Result<Vec<u8>> {
-        self.close_hour();
-        serde_json::to_vec(self).map_err(|error| DataFusionError::External(Box::new(error)))
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|error| DataFusionError::External(Box::new(error)))
-    }
 }
 
 fn add_minutes(sum: &mut [i64; ResourceState::COUNT], add: &[i64; ResourceState::COUNT]) {
@@ -504,6 +589,8 @@ fn typed<T: 'static>(values: &[ArrayRef], position: usize) -> Result<&T> {
 struct Inputs<'a> {
     account_id: Texts<'a>,
     resource_id: Texts<'a>,
+    kind: Texts<'a>,
+    sku: Texts<'a>,
     hour_start: &'a TimestampMicrosecondArray,
     gpus: &'a UInt16Array,
     labels: Texts<'a>,
@@ -522,24 +609,27 @@ impl<'a> Inputs<'a> {
                 values.len()
             )));
         }
+        let text = |position: usize| Texts::new(&values[position], ARGUMENTS[position]);
         let inputs = Self {
-            account_id: Texts::new(&values[0], ARGUMENTS[0])?,
-            resource_id: Texts::new(&values[1], ARGUMENTS[1])?,
-            hour_start: typed(values, 2)?,
-            gpus: typed(values, 3)?,
-            labels: Texts::new(&values[4], ARGUMENTS[4])?,
-            zone: Texts::new(&values[5], ARGUMENTS[5])?,
+            account_id: text(0)?,
+            resource_id: text(1)?,
+            kind: text(2)?,
+            sku: text(3)?,
+            hour_start: typed(values, 4)?,
+            gpus: typed(values, 5)?,
+            labels: text(6)?,
+            zone: text(7)?,
             masks: [
-                typed(values, 6)?,
-                typed(values, 7)?,
                 typed(values, 8)?,
                 typed(values, 9)?,
-            ],
-            meters: [
                 typed(values, 10)?,
                 typed(values, 11)?,
+            ],
+            meters: [
                 typed(values, 12)?,
                 typed(values, 13)?,
+                typed(values, 14)?,
+                typed(values, 15)?,
             ],
         };
         // Rollup v1 columns are all non-null; a null is a broken file, not a zero.
@@ -560,6 +650,8 @@ impl<'a> Inputs<'a> {
         let mut read = Row {
             account_id: self.account_id.value(row),
             resource_id: self.resource_id.value(row),
+            kind: self.kind.value(row),
+            sku: self.sku.value(row),
             hour: 0,
             hour_index: 0,
             gpus: self.gpus.value(row),
@@ -591,7 +683,7 @@ impl<'a> Inputs<'a> {
 /// Folds of many groups: what the hash aggregation drives.
 struct FoldGroups {
     month: MonthHours,
-    folds: Vec<Fold>,
+    folds: Vec<ResourceFolds>,
 }
 
 impl fmt::Debug for FoldGroups {
@@ -600,7 +692,7 @@ impl fmt::Debug for FoldGroups {
     }
 }
 
-fn binary(folds: Vec<Fold>, finish: bool) -> Result<ArrayRef> {
+fn binary(folds: Vec<ResourceFolds>, finish: bool) -> Result<ArrayRef> {
     let mut builder = BinaryBuilder::new();
     for mut fold in folds {
         if finish {
@@ -619,7 +711,8 @@ impl GroupsAccumulator for FoldGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.folds.resize_with(total_num_groups, Fold::default);
+        self.folds
+            .resize_with(total_num_groups, ResourceFolds::default);
         let inputs = Inputs::new(values)?;
         for (row, &group) in group_indices.iter().enumerate() {
             if opt_filter.is_some_and(|filter| !filter.is_valid(row) || !filter.value(row)) {
@@ -644,13 +737,14 @@ impl GroupsAccumulator for FoldGroups {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.folds.resize_with(total_num_groups, Fold::default);
+        self.folds
+            .resize_with(total_num_groups, ResourceFolds::default);
         let states = values
             .first()
             .and_then(|column| column.as_any().downcast_ref::<BinaryArray>())
             .ok_or_else(|| DataFusionError::Internal(format!("{NAME}: state is not binary")))?;
         for (row, &group) in group_indices.iter().enumerate() {
-            self.folds[group].merge(Fold::from_bytes(states.value(row))?)?;
+            self.folds[group].merge(ResourceFolds::from_bytes(states.value(row))?)?;
         }
         Ok(())
     }
@@ -665,7 +759,7 @@ impl GroupsAccumulator for FoldGroups {
         let inputs = Inputs::new(values)?;
         let mut builder = BinaryBuilder::new();
         for row in 0..values.first().map_or(0, |column| column.len()) {
-            let mut fold = Fold::default();
+            let mut fold = ResourceFolds::default();
             if !opt_filter.is_some_and(|filter| !filter.is_valid(row) || !filter.value(row)) {
                 fold.add(&inputs.row(row, self.month)?)?;
             }
@@ -675,9 +769,10 @@ impl GroupsAccumulator for FoldGroups {
     }
 
     /// An estimate: DataFusion asks after every batch, so it must not walk the groups.
-    /// A fold holds its hour bitset, a few buckets and two short strings.
+    /// A resource holds one fold: its hour bitset, a few buckets and five short strings.
     fn size(&self) -> usize {
-        let per_fold = size_of::<Fold>()
+        let per_fold = size_of::<ResourceFolds>()
+            + size_of::<FoldPart>()
             + self.month.hours.div_ceil(64) * size_of::<u64>()
             + 2 * size_of::<HourBucket>()
             + 2 * size_of::<MinuteBucket>()
@@ -690,7 +785,7 @@ impl GroupsAccumulator for FoldGroups {
 #[derive(Debug)]
 struct FoldAccumulator {
     month: MonthHours,
-    fold: Fold,
+    fold: ResourceFolds,
 }
 
 impl Accumulator for FoldAccumulator {
@@ -721,7 +816,8 @@ impl Accumulator for FoldAccumulator {
             .and_then(|column| column.as_any().downcast_ref::<BinaryArray>())
             .ok_or_else(|| DataFusionError::Internal(format!("{NAME}: state is not binary")))?;
         for row in 0..states.len() {
-            self.fold.merge(Fold::from_bytes(states.value(row))?)?;
+            self.fold
+                .merge(ResourceFolds::from_bytes(states.value(row))?)?;
         }
         Ok(())
     }

@@ -42,7 +42,7 @@ use tally_model::rollup::{PARTITION_KEY, ROLLUPS_DIR, rollup_arrow_schema};
 use tally_model::{Hour, ResourceKind, ResourceState, RollupFileName};
 
 use crate::error::{Error, Result};
-use crate::fold::{self, Fold};
+use crate::fold::{self, ResourceFolds};
 use crate::month::BillingMonth;
 
 /// The set of states seen in one hour, bit `i` for [`ResourceState::index`] `i`.
@@ -361,30 +361,48 @@ impl MonthRollups {
         for batch in &batches {
             let columns = Columns::new(batch)?;
             let folds = columns.typed::<BinaryArray>("usage")?;
+            let resource_ids = columns.text("resource_id")?;
             for row in 0..batch.num_rows() {
-                let fold = Fold::from_bytes(folds.value(row))?;
-                let (account_id, resource_id, kind, sku) = columns.key(row)?;
-                usages.push(ResourceUsage {
-                    kind: columns.kind(row, &kind)?,
-                    account_id,
-                    resource_id,
-                    sku,
-                    zone: fold.zone,
-                    labels: fold.labels,
-                    max_gpus: fold.max_gpus,
-                    hour_buckets: fold.hour_buckets,
-                    minute_buckets: fold.minute_buckets,
-                    present_minutes: fold.present_minutes,
-                    out_external_bytes: fold.out_external_bytes,
-                    out_internal_bytes: fold.out_internal_bytes,
-                    in_bytes: fold.in_bytes,
-                    size_byte_minutes: fold.size_byte_minutes,
-                    first_hour: Hour::from_unix_hours(fold.first_hour),
-                    last_hour: Hour::from_unix_hours(fold.last_hour),
-                    rollup_rows: fold.rollup_rows,
-                });
+                for part in ResourceFolds::from_bytes(folds.value(row))?.parts {
+                    let fold = part.fold;
+                    let resource_id = resource_ids.value(row).to_owned();
+                    let Some(kind) = ResourceKind::parse(&part.kind) else {
+                        return Err(Error::Usage {
+                            account_id: part.account_id,
+                            resource_id,
+                            detail: unknown_kind(&part.kind),
+                        });
+                    };
+                    usages.push(ResourceUsage {
+                        kind,
+                        account_id: part.account_id,
+                        resource_id,
+                        sku: part.sku,
+                        zone: fold.zone,
+                        labels: fold.labels,
+                        max_gpus: fold.max_gpus,
+                        hour_buckets: fold.hour_buckets,
+                        minute_buckets: fold.minute_buckets,
+                        present_minutes: fold.present_minutes,
+                        out_external_bytes: fold.out_external_bytes,
+                        out_internal_bytes: fold.out_internal_bytes,
+                        in_bytes: fold.in_bytes,
+                        size_byte_minutes: fold.size_byte_minutes,
+                        first_hour: Hour::from_unix_hours(fold.first_hour),
+                        last_hour: Hour::from_unix_hours(fold.last_hour),
+                        rollup_rows: fold.rollup_rows,
+                    });
+                }
             }
         }
+        usages.sort_unstable_by(|a, b| {
+            (&a.account_id, &a.resource_id, a.kind.as_str(), &a.sku).cmp(&(
+                &b.account_id,
+                &b.resource_id,
+                b.kind.as_str(),
+                &b.sku,
+            ))
+        });
         Ok(usages)
     }
 
@@ -472,13 +490,12 @@ impl MonthRollups {
     }
 }
 
-/// Per resource: its usage folded by `resource_usage`.
+/// Per resource: its usage folded by `resource_usage` (sorted by the caller).
 pub fn folded_usage_sql() -> String {
     format!(
-        "SELECT account_id, resource_id, kind, sku, {name}({arguments}) AS usage
+        "SELECT resource_id, {name}({arguments}) AS usage
          FROM {MONTH_TABLE}
-         GROUP BY account_id, resource_id, kind, sku
-         ORDER BY account_id, resource_id, kind, sku",
+         GROUP BY resource_id",
         name = fold::NAME,
         arguments = fold::ARGUMENTS.join(", "),
     )
@@ -719,15 +736,7 @@ impl<'a> Columns<'a> {
     }
 
     fn kind(&self, row: usize, kind: &str) -> Result<ResourceKind> {
-        ResourceKind::parse(kind).ok_or_else(|| {
-            self.bad(
-                row,
-                format!(
-                    "kind '{kind}' is not one of {:?}",
-                    ResourceKind::ALL.map(ResourceKind::as_str)
-                ),
-            )
-        })
+        ResourceKind::parse(kind).ok_or_else(|| self.bad(row, unknown_kind(kind)))
     }
 
     fn key(&self, row: usize) -> Result<UsageKey> {
@@ -792,6 +801,13 @@ impl<'a> Columns<'a> {
             detail,
         }
     }
+}
+
+fn unknown_kind(kind: &str) -> String {
+    format!(
+        "kind '{kind}' is not one of {:?}",
+        ResourceKind::ALL.map(ResourceKind::as_str)
+    )
 }
 
 fn internal(detail: String) -> Error {

@@ -191,3 +191,44 @@ async fn a_resource_hour_the_fold_sees_twice_is_summed_by_the_exact_plan() {
     assert_eq!(usage[0].hour_buckets[0].hours, 2);
     assert_eq!(usage[0].present_minutes, 90);
 }
+
+#[tokio::test]
+async fn a_resize_within_an_hour_is_a_started_hour_of_each_plan() {
+    // cx22 until 14:30, cx32 from then: hour 14 is a started hour of both plans, as the
+    // exact plan (one group per resource, SKU and hour) counts it. The fold groups by
+    // resource alone and keeps one fold per SKU, so it must agree without a fallback.
+    use tally_rating::month::BillingMonth;
+    use tally_rating::usage::MonthRollups;
+
+    let mut lake = Lake::default();
+    lake.span(
+        &server("h", "web", "cx22"),
+        Running,
+        "2026-10-17T12:00:00Z",
+        150,
+        0,
+        0,
+    )
+    .span(
+        &server("h", "web", "cx32"),
+        Running,
+        "2026-10-17T14:30:00Z",
+        90,
+        0,
+        0,
+    );
+    let root = tempfile::tempdir().expect("tempdir");
+    lake.write(root.path(), Layout::ONE_FILE);
+    let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
+    let rollups = MonthRollups::open(root.path(), &month).await.expect("open");
+    let folded = rollups.folded_usage().await.expect("no split hour");
+    assert_eq!(folded, rollups.grouped_usage().await.expect("exact"));
+    let hours: Vec<(&str, i64)> = folded
+        .iter()
+        .map(|usage| {
+            let hours = usage.hour_buckets.iter().map(|bucket| bucket.hours).sum();
+            (usage.sku.as_str(), hours)
+        })
+        .collect();
+    assert_eq!(hours, vec![("cx22", 3), ("cx32", 2)]);
+}
