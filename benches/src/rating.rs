@@ -87,8 +87,12 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
         line_items: 0,
         invoices: 0,
     };
+    // Every run's output is kept until the last run is done: removing a run's 20,000
+    // invoice files makes ext4 slow to create the next run's for minutes (it avoids
+    // recently freed inodes), which a month's rating does not meet in operation.
+    let mut outs = Vec::new();
     for _ in 0..options.runs {
-        let (seconds, report) = runtime.block_on(tally_runs(&data, 1))?;
+        let (seconds, report) = runtime.block_on(tally_runs(&data, 1, &mut outs))?;
         figures.tally.extend(seconds);
         figures.line_items = report.line_items;
         figures.invoices = report.invoices.len();
@@ -99,6 +103,7 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
         figures.duckdb_version = version;
         figures.simplified_rows = (fusion_rows, duck_rows);
     }
+    drop(outs);
     let (fusion_rows, duck_rows) = figures.simplified_rows;
     if fusion_rows as u64 != duck_rows {
         bail!(
@@ -313,9 +318,11 @@ async fn datafusion_runs(lake: &Path, runs: usize, sql: &str) -> anyhow::Result<
     Ok((seconds, rows))
 }
 
+/// `runs` runs of `tally rate`, each into a new directory under `data` added to `outs`.
 async fn tally_runs(
     data: &Path,
     runs: usize,
+    outs: &mut Vec<tempfile::TempDir>,
 ) -> anyhow::Result<(Vec<f64>, tally_rating::RateReport)> {
     let mut tariffs: Vec<PathBuf> = std::fs::read_dir(data.join("tariffs"))?
         .map(|entry| entry.map(|entry| entry.path()))
@@ -338,6 +345,7 @@ async fn tally_runs(
         .await?;
         seconds.push(started.elapsed().as_secs_f64());
         last = Some(report);
+        outs.push(out);
     }
     Ok((seconds, last.context("no run")?))
 }

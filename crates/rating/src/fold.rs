@@ -21,6 +21,7 @@
 //! exact two-step plan (see `usage.rs`). Minutes within the open hour are OR-ed, so a
 //! minute in two rows of the hour still counts once.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -164,7 +165,8 @@ impl AggregateUDFImpl for ResourceUsageUdaf {
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(FoldAccumulator {
             month: self.month,
-            fold: ResourceFolds::default(),
+            texts: Texts::default(),
+            sums: ResourceSums::default(),
         }))
     }
 
@@ -178,19 +180,19 @@ impl AggregateUDFImpl for ResourceUsageUdaf {
     ) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(FoldGroups {
             month: self.month,
-            folds: Vec::new(),
+            texts: Texts::default(),
+            groups: Vec::new(),
         }))
     }
 }
 
-/// A resource's usage so far: what [`crate::usage::ResourceUsage`] is built from.
+/// A resource's usage under one account, kind and SKU: what
+/// [`crate::usage::ResourceUsage`] is built from, and (with the other parts of its
+/// resource) the aggregate's state between partial and final aggregation.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Fold {
     /// Bit `i` of word `i / 64`: hour `i` of the month was seen.
     hours_seen: Vec<u64>,
-    /// The hour rows are being added to, closed into `hour_buckets` when another starts.
-    #[serde(skip)]
-    open: Option<OpenHour>,
     pub hour_buckets: Vec<HourBucket>,
     pub minute_buckets: Vec<MinuteBucket>,
     pub present_minutes: i64,
@@ -208,14 +210,11 @@ pub struct Fold {
     pub rollup_rows: i64,
 }
 
-/// One resource's folds, one per (account, kind, SKU) it had in the month: almost always
-/// one. What the aggregate returns, serialised.
+/// One resource's folds, one per (account, kind, SKU) it had in the month (almost always
+/// one): what the aggregate returns, serialised, parts sorted.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ResourceFolds {
     pub parts: Vec<FoldPart>,
-    /// The part the last row went to: the next row almost always goes there too.
-    #[serde(skip)]
-    current: usize,
 }
 
 /// The usage of one resource under one account, kind and SKU.
@@ -227,71 +226,190 @@ pub struct FoldPart {
     pub fold: Fold,
 }
 
-impl FoldPart {
-    fn is(&self, account_id: &str, kind: &str, sku: &str) -> bool {
-        self.sku == sku && self.account_id == account_id && self.kind == kind
+impl ResourceFolds {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|error| DataFusionError::External(Box::new(error)))
+    }
+
+    fn to_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|error| DataFusionError::External(Box::new(error)))
     }
 }
 
-impl ResourceFolds {
-    fn add(&mut self, row: &Row) -> Result<()> {
-        let current = match self.parts.get(self.current) {
-            Some(part) if part.is(row.account_id, row.kind, row.sku) => self.current,
-            _ => self.part_of(row.account_id, row.kind, row.sku),
-        };
-        self.current = current;
-        self.parts[current].fold.add(row)
+/// The text values one accumulator has seen, each stored once; sums refer to them by id.
+/// **Why.** Every row names its account, kind, SKU, zone and labels, and a resource's sums
+/// are revisited once per hour file: comparing a row's text with a copy kept in each
+/// resource's sums cost a cache miss per text per row, most of the fold's time. This table
+/// is small (a few values per account) and stays in cache; a row's text is compared with
+/// the value its resource had, and only a changed value is looked up.
+#[derive(Debug, Default)]
+struct Texts {
+    ids: HashMap<Box<str>, u32>,
+    values: Vec<Box<str>>,
+}
+
+impl Texts {
+    fn id(&mut self, text: &str) -> u32 {
+        if let Some(id) = self.ids.get(text) {
+            return *id;
+        }
+        // More than 4 billion distinct texts in one month would need more memory than
+        // the aggregation has long before this saturates.
+        let id = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
+        self.values.push(text.into());
+        self.ids.insert(text.into(), id);
+        id
     }
 
-    /// The index of the part for (account, kind, SKU), added if new.
-    fn part_of(&mut self, account_id: &str, kind: &str, sku: &str) -> usize {
-        match self
-            .parts
-            .iter()
-            .position(|part| part.is(account_id, kind, sku))
-        {
-            Some(index) => index,
-            None => {
-                self.parts.push(FoldPart {
-                    account_id: account_id.to_owned(),
-                    kind: kind.to_owned(),
-                    sku: sku.to_owned(),
-                    fold: Fold::default(),
-                });
-                self.parts.len() - 1
-            }
+    fn get(&self, id: u32) -> &str {
+        self.values.get(id as usize).map_or("", |text| text)
+    }
+
+    fn is(&self, id: u32, text: &str) -> bool {
+        self.values
+            .get(id as usize)
+            .is_some_and(|value| **value == *text)
+    }
+
+    /// `id` if it stands for `text`, else the id of `text`.
+    fn keep_or_find(&mut self, id: u32, text: &str) -> u32 {
+        if self.is(id, text) { id } else { self.id(text) }
+    }
+}
+
+/// What a resource's usage is summed under: account, kind and SKU, as text ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    account_id: u32,
+    kind: u32,
+    sku: u32,
+}
+
+impl Identity {
+    fn of(row: &Row, texts: &mut Texts) -> Self {
+        Self {
+            account_id: texts.id(row.account_id),
+            kind: texts.id(row.kind),
+            sku: texts.id(row.sku),
         }
     }
 
-    /// Adds another partial fold of the same resource.
-    fn merge(&mut self, other: ResourceFolds) -> Result<()> {
+    fn matches(self, row: &Row, texts: &Texts) -> bool {
+        texts.is(self.sku, row.sku)
+            && texts.is(self.account_id, row.account_id)
+            && texts.is(self.kind, row.kind)
+    }
+}
+
+/// A resource's sums in one accumulator: under its first (account, kind, SKU) inline,
+/// under any other (a plan change within the month) after it.
+#[derive(Debug, Default)]
+struct ResourceSums {
+    first: Option<(Identity, Sums)>,
+    others: Vec<(Identity, Sums)>,
+}
+
+impl ResourceSums {
+    fn add(&mut self, row: &Row, texts: &mut Texts) -> Result<()> {
+        if let Some((identity, sums)) = &mut self.first
+            && identity.matches(row, texts)
+        {
+            return sums.add(row, texts);
+        }
+        if let Some((_, sums)) = self
+            .others
+            .iter_mut()
+            .find(|(identity, _)| identity.matches(row, texts))
+        {
+            return sums.add(row, texts);
+        }
+        let identity = Identity::of(row, texts);
+        self.sums_of(identity).add(row, texts)
+    }
+
+    /// The sums under `identity`, new if there are none yet.
+    fn sums_of(&mut self, identity: Identity) -> &mut Sums {
+        let first = self
+            .first
+            .get_or_insert_with(|| (identity, Sums::default()));
+        if first.0 == identity {
+            return &mut first.1;
+        }
+        let index = match self.others.iter().position(|(other, _)| *other == identity) {
+            Some(index) => index,
+            None => {
+                self.others.push((identity, Sums::default()));
+                self.others.len() - 1
+            }
+        };
+        &mut self.others[index].1
+    }
+
+    /// Adds another accumulator's folds of the same resource.
+    fn merge(&mut self, other: ResourceFolds, texts: &mut Texts) -> Result<()> {
         for part in other.parts {
-            let index = self.part_of(&part.account_id, &part.kind, &part.sku);
-            self.parts[index].fold.merge(part.fold)?;
+            let identity = Identity {
+                account_id: texts.id(&part.account_id),
+                kind: texts.id(&part.kind),
+                sku: texts.id(&part.sku),
+            };
+            let theirs = Sums::from_fold(part.fold, texts)?;
+            self.sums_of(identity).merge(theirs, texts)?;
         }
         Ok(())
     }
 
-    /// The finished folds, sorted by account, kind and SKU.
-    fn finish(&mut self) {
-        for part in &mut self.parts {
-            part.fold.finish();
+    /// The sums as text; `finish` also sorts parts and buckets (the final result).
+    fn closed_folds(&mut self, texts: &Texts, finish: bool) -> ResourceFolds {
+        let mut parts: Vec<FoldPart> = self
+            .first
+            .iter_mut()
+            .chain(&mut self.others)
+            .map(|(identity, sums)| FoldPart {
+                account_id: texts.get(identity.account_id).to_owned(),
+                kind: texts.get(identity.kind).to_owned(),
+                sku: texts.get(identity.sku).to_owned(),
+                fold: sums.closed_fold(texts, finish),
+            })
+            .collect();
+        if finish {
+            parts.sort_by(|a, b| {
+                (&a.account_id, &a.kind, &a.sku).cmp(&(&b.account_id, &b.kind, &b.sku))
+            });
         }
-        self.parts.sort_by(|a, b| {
-            (&a.account_id, &a.kind, &a.sku).cmp(&(&b.account_id, &b.kind, &b.sku))
-        });
+        ResourceFolds { parts }
     }
+}
 
-    fn encode(&mut self) -> Result<Vec<u8>> {
-        for part in &mut self.parts {
-            part.fold.close_hour();
-        }
-        serde_json::to_vec(self).map_err(|error| DataFusionError::External(Box::new(error)))
-    }
+/// Words of the hours-seen bitset: 768 hours, more than the longest month (745).
+const HOUR_WORDS: usize = 12;
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|error| DataFusionError::External(Box::new(error)))
-    }
+/// The sums of one resource under one identity while rows are added: a [`Fold`] with its
+/// texts as ids and its hour bitset inline, so adding a row stays within the sums.
+#[derive(Debug, Default)]
+struct Sums {
+    hours_seen: [u64; HOUR_WORDS],
+    /// The hour rows are being added to, closed into `hour_buckets` when another starts.
+    open: Option<OpenHour>,
+    hour_buckets: Vec<HourBucket>,
+    minute_buckets: Vec<LabelMinutes>,
+    present_minutes: i64,
+    /// Outbound external, outbound internal, inbound bytes and size-byte-minutes.
+    meters: [i128; 4],
+    first_hour: i64,
+    last_hour: i64,
+    zone: u32,
+    labels: u32,
+    max_gpus: u16,
+    rollup_rows: i64,
+}
+
+/// A [`MinuteBucket`] with its labels as a text id.
+#[derive(Clone, Copy, Debug)]
+struct LabelMinutes {
+    labels: u32,
+    gpus: u16,
+    minutes: [i64; ResourceState::COUNT],
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -327,7 +445,7 @@ impl Row<'_> {
     }
 }
 
-impl Fold {
+impl Sums {
     fn is_empty(&self) -> bool {
         self.rollup_rows == 0
     }
@@ -338,14 +456,7 @@ impl Fold {
             .is_some_and(|word| word & (1 << (index % 64)) != 0)
     }
 
-    fn mark_seen(&mut self, index: usize) {
-        if self.hours_seen.len() <= index / 64 {
-            self.hours_seen.resize(index / 64 + 1, 0);
-        }
-        self.hours_seen[index / 64] |= 1 << (index % 64);
-    }
-
-    fn add(&mut self, row: &Row) -> Result<()> {
+    fn add(&mut self, row: &Row, texts: &mut Texts) -> Result<()> {
         match &mut self.open {
             Some(open) if open.index == row.hour_index => {
                 for (mask, add) in open.masks.iter_mut().zip(row.masks) {
@@ -361,7 +472,13 @@ impl Fold {
                         hour_index: row.hour_index,
                     })));
                 }
-                self.mark_seen(row.hour_index);
+                let word = self
+                    .hours_seen
+                    .get_mut(row.hour_index / 64)
+                    .ok_or_else(|| {
+                        row.bad(format!("hour {} is beyond any month", row.hour_index))
+                    })?;
+                *word |= 1 << (row.hour_index % 64);
                 self.open = Some(OpenHour {
                     index: row.hour_index,
                     masks: row.masks,
@@ -371,40 +488,35 @@ impl Fold {
         }
 
         let minutes = row.masks.map(|mask| i64::from(mask.count_ones()));
+        let labels = texts.keep_or_find(self.labels, row.labels);
         match self
             .minute_buckets
             .iter_mut()
-            .find(|bucket| bucket.gpus == row.gpus && bucket.labels == row.labels)
+            .find(|bucket| bucket.gpus == row.gpus && bucket.labels == labels)
         {
             Some(bucket) => add_minutes(&mut bucket.minutes, &minutes),
-            None => self.minute_buckets.push(MinuteBucket {
-                labels: row.labels.to_owned(),
+            None => self.minute_buckets.push(LabelMinutes {
+                labels,
                 gpus: row.gpus,
                 minutes,
             }),
         }
 
-        let overflow = || row.bad("a monthly sum overflows".to_owned());
-        for (sum, meter) in [
-            &mut self.out_external_bytes,
-            &mut self.out_internal_bytes,
-            &mut self.in_bytes,
-            &mut self.size_byte_minutes,
-        ]
-        .into_iter()
-        .zip(row.meters)
-        {
-            *sum = sum.checked_add(i128::from(meter)).ok_or_else(overflow)?;
+        for (sum, meter) in self.meters.iter_mut().zip(row.meters) {
+            *sum = sum
+                .checked_add(i128::from(meter))
+                .ok_or_else(|| row.bad("a monthly sum overflows".to_owned()))?;
         }
 
+        let zone = texts.keep_or_find(self.zone, row.zone);
         if self.is_empty() {
             self.first_hour = row.hour;
             self.last_hour = row.hour;
-            row.zone.clone_into(&mut self.zone);
-            row.labels.clone_into(&mut self.labels);
+            self.zone = zone;
+            self.labels = labels;
         } else {
             self.first_hour = self.first_hour.min(row.hour);
-            self.take_last(row.hour, row.zone, row.labels);
+            self.take_last(row.hour, zone, labels, texts);
         }
         self.max_gpus = self.max_gpus.max(row.gpus);
         self.rollup_rows += 1;
@@ -412,21 +524,17 @@ impl Fold {
     }
 
     /// Keeps the zone and labels of the latest hour; within one hour, the largest.
-    fn take_last(&mut self, hour: i64, zone: &str, labels: &str) {
+    fn take_last(&mut self, hour: i64, zone: u32, labels: u32, texts: &Texts) {
         if hour > self.last_hour {
             self.last_hour = hour;
-            if self.zone != zone {
-                zone.clone_into(&mut self.zone);
-            }
-            if self.labels != labels {
-                labels.clone_into(&mut self.labels);
-            }
+            self.zone = zone;
+            self.labels = labels;
         } else if hour == self.last_hour {
-            if zone > self.zone.as_str() {
-                zone.clone_into(&mut self.zone);
+            if texts.get(zone) > texts.get(self.zone) {
+                self.zone = zone;
             }
-            if labels > self.labels.as_str() {
-                labels.clone_into(&mut self.labels);
+            if texts.get(labels) > texts.get(self.labels) {
+                self.labels = labels;
             }
         }
     }
@@ -464,8 +572,8 @@ impl Fold {
         }
     }
 
-    /// Adds another partial fold of the same resource.
-    fn merge(&mut self, mut other: Fold) -> Result<()> {
+    /// Adds another accumulator's sums of the same resource and identity.
+    fn merge(&mut self, mut other: Sums, texts: &Texts) -> Result<()> {
         other.close_hour();
         if other.is_empty() {
             return Ok(());
@@ -483,9 +591,6 @@ impl Fold {
                     hour_index: index * 64 + both.trailing_zeros() as usize,
                 })));
             }
-        }
-        if self.hours_seen.len() < other.hours_seen.len() {
-            self.hours_seen.resize(other.hours_seen.len(), 0);
         }
         for (mine, theirs) in self.hours_seen.iter_mut().zip(&other.hours_seen) {
             *mine |= theirs;
@@ -514,29 +619,97 @@ impl Fold {
             }
         }
         self.present_minutes += other.present_minutes;
-        let overflow = || DataFusionError::Execution("a monthly usage sum overflows".to_owned());
-        for (sum, add) in [
-            (&mut self.out_external_bytes, other.out_external_bytes),
-            (&mut self.out_internal_bytes, other.out_internal_bytes),
-            (&mut self.in_bytes, other.in_bytes),
-            (&mut self.size_byte_minutes, other.size_byte_minutes),
-        ] {
-            *sum = sum.checked_add(add).ok_or_else(overflow)?;
+        for (sum, add) in self.meters.iter_mut().zip(other.meters) {
+            *sum = sum.checked_add(add).ok_or_else(|| {
+                DataFusionError::Execution("a monthly usage sum overflows".to_owned())
+            })?;
         }
         self.first_hour = self.first_hour.min(other.first_hour);
-        self.take_last(other.last_hour, &other.zone, &other.labels);
+        self.take_last(other.last_hour, other.zone, other.labels, texts);
         self.max_gpus = self.max_gpus.max(other.max_gpus);
         self.rollup_rows += other.rollup_rows;
         Ok(())
     }
 
-    /// The finished fold, buckets sorted.
-    fn finish(&mut self) {
+    /// The sums as a [`Fold`], the open hour closed; `finish` sorts the buckets.
+    fn closed_fold(&mut self, texts: &Texts, finish: bool) -> Fold {
         self.close_hour();
-        self.hour_buckets
-            .sort_by_key(|bucket| (bucket.states_seen, bucket.gpus));
-        self.minute_buckets
-            .sort_by(|a, b| (&a.labels, a.gpus).cmp(&(&b.labels, b.gpus)));
+        let words = self
+            .hours_seen
+            .iter()
+            .rposition(|word| *word != 0)
+            .map_or(0, |last| last + 1);
+        let mut fold = Fold {
+            hours_seen: self.hours_seen[..words].to_vec(),
+            hour_buckets: self.hour_buckets.clone(),
+            minute_buckets: self
+                .minute_buckets
+                .iter()
+                .map(|bucket| MinuteBucket {
+                    labels: texts.get(bucket.labels).to_owned(),
+                    gpus: bucket.gpus,
+                    minutes: bucket.minutes,
+                })
+                .collect(),
+            present_minutes: self.present_minutes,
+            out_external_bytes: self.meters[0],
+            out_internal_bytes: self.meters[1],
+            in_bytes: self.meters[2],
+            size_byte_minutes: self.meters[3],
+            first_hour: self.first_hour,
+            last_hour: self.last_hour,
+            zone: texts.get(self.zone).to_owned(),
+            labels: texts.get(self.labels).to_owned(),
+            max_gpus: self.max_gpus,
+            rollup_rows: self.rollup_rows,
+        };
+        if finish {
+            fold.hour_buckets
+                .sort_by_key(|bucket| (bucket.states_seen, bucket.gpus));
+            fold.minute_buckets
+                .sort_by(|a, b| (&a.labels, a.gpus).cmp(&(&b.labels, b.gpus)));
+        }
+        fold
+    }
+
+    fn from_fold(fold: Fold, texts: &mut Texts) -> Result<Self> {
+        let mut hours_seen = [0; HOUR_WORDS];
+        hours_seen
+            .get_mut(..fold.hours_seen.len())
+            .ok_or_else(|| {
+                DataFusionError::Internal(format!(
+                    "{NAME}: a state with {} hour words, more than a month's {HOUR_WORDS}",
+                    fold.hours_seen.len()
+                ))
+            })?
+            .copy_from_slice(&fold.hours_seen);
+        Ok(Self {
+            hours_seen,
+            open: None,
+            hour_buckets: fold.hour_buckets,
+            minute_buckets: fold
+                .minute_buckets
+                .iter()
+                .map(|bucket| LabelMinutes {
+                    labels: texts.id(&bucket.labels),
+                    gpus: bucket.gpus,
+                    minutes: bucket.minutes,
+                })
+                .collect(),
+            present_minutes: fold.present_minutes,
+            meters: [
+                fold.out_external_bytes,
+                fold.out_internal_bytes,
+                fold.in_bytes,
+                fold.size_byte_minutes,
+            ],
+            first_hour: fold.first_hour,
+            last_hour: fold.last_hour,
+            zone: texts.id(&fold.zone),
+            labels: texts.id(&fold.labels),
+            max_gpus: fold.max_gpus,
+            rollup_rows: fold.rollup_rows,
+        })
     }
 }
 
@@ -547,12 +720,12 @@ fn add_minutes(sum: &mut [i64; ResourceState::COUNT], add: &[i64; ResourceState:
 }
 
 /// Text columns arrive as Utf8 or Utf8View, depending on the reader.
-enum Texts<'a> {
+enum TextColumn<'a> {
     Utf8(&'a StringArray),
     View(&'a StringViewArray),
 }
 
-impl<'a> Texts<'a> {
+impl<'a> TextColumn<'a> {
     fn new(array: &'a ArrayRef, name: &str) -> Result<Self> {
         if let Some(strings) = array.as_string_opt::<i32>() {
             Ok(Self::Utf8(strings))
@@ -587,14 +760,14 @@ fn typed<T: 'static>(values: &[ArrayRef], position: usize) -> Result<&T> {
 
 /// The argument columns of one batch.
 struct Inputs<'a> {
-    account_id: Texts<'a>,
-    resource_id: Texts<'a>,
-    kind: Texts<'a>,
-    sku: Texts<'a>,
+    account_id: TextColumn<'a>,
+    resource_id: TextColumn<'a>,
+    kind: TextColumn<'a>,
+    sku: TextColumn<'a>,
     hour_start: &'a TimestampMicrosecondArray,
     gpus: &'a UInt16Array,
-    labels: Texts<'a>,
-    zone: Texts<'a>,
+    labels: TextColumn<'a>,
+    zone: TextColumn<'a>,
     masks: [&'a UInt64Array; ResourceState::COUNT],
     meters: [&'a UInt64Array; 4],
 }
@@ -609,7 +782,7 @@ impl<'a> Inputs<'a> {
                 values.len()
             )));
         }
-        let text = |position: usize| Texts::new(&values[position], ARGUMENTS[position]);
+        let text = |position: usize| TextColumn::new(&values[position], ARGUMENTS[position]);
         let inputs = Self {
             account_id: text(0)?,
             resource_id: text(1)?,
@@ -680,27 +853,36 @@ impl<'a> Inputs<'a> {
     }
 }
 
-/// Folds of many groups: what the hash aggregation drives.
+/// Sums of many groups: what the hash aggregation drives.
 struct FoldGroups {
     month: MonthHours,
-    folds: Vec<ResourceFolds>,
+    texts: Texts,
+    groups: Vec<ResourceSums>,
 }
 
 impl fmt::Debug for FoldGroups {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FoldGroups({} groups)", self.folds.len())
+        write!(f, "FoldGroups({} groups)", self.groups.len())
     }
 }
 
-fn binary(folds: Vec<ResourceFolds>, finish: bool) -> Result<ArrayRef> {
+fn binary(groups: Vec<ResourceSums>, texts: &Texts, finish: bool) -> Result<ArrayRef> {
     let mut builder = BinaryBuilder::new();
-    for mut fold in folds {
-        if finish {
-            fold.finish();
-        }
-        builder.append_value(fold.encode()?);
+    for mut group in groups {
+        builder.append_value(group.closed_folds(texts, finish).to_bytes()?);
     }
     Ok(Arc::new(builder.finish()))
+}
+
+fn binary_states(states: &[ArrayRef]) -> Result<&BinaryArray> {
+    states
+        .first()
+        .and_then(|column| column.as_any().downcast_ref::<BinaryArray>())
+        .ok_or_else(|| DataFusionError::Internal(format!("{NAME}: state is not binary")))
+}
+
+fn filtered_out(filter: Option<&BooleanArray>, row: usize) -> bool {
+    filter.is_some_and(|filter| !filter.is_valid(row) || !filter.value(row))
 }
 
 impl GroupsAccumulator for FoldGroups {
@@ -711,24 +893,24 @@ impl GroupsAccumulator for FoldGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.folds
-            .resize_with(total_num_groups, ResourceFolds::default);
+        self.groups
+            .resize_with(total_num_groups, ResourceSums::default);
         let inputs = Inputs::new(values)?;
         for (row, &group) in group_indices.iter().enumerate() {
-            if opt_filter.is_some_and(|filter| !filter.is_valid(row) || !filter.value(row)) {
-                continue;
+            if !filtered_out(opt_filter, row) {
+                self.groups[group].add(&inputs.row(row, self.month)?, &mut self.texts)?;
             }
-            self.folds[group].add(&inputs.row(row, self.month)?)?;
         }
         Ok(())
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        binary(emit_to.take_needed(&mut self.folds), true)
+        binary(emit_to.take_needed(&mut self.groups), &self.texts, true)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        Ok(vec![binary(emit_to.take_needed(&mut self.folds), false)?])
+        let groups = emit_to.take_needed(&mut self.groups);
+        Ok(vec![binary(groups, &self.texts, false)?])
     }
 
     fn merge_batch(
@@ -737,14 +919,12 @@ impl GroupsAccumulator for FoldGroups {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.folds
-            .resize_with(total_num_groups, ResourceFolds::default);
-        let states = values
-            .first()
-            .and_then(|column| column.as_any().downcast_ref::<BinaryArray>())
-            .ok_or_else(|| DataFusionError::Internal(format!("{NAME}: state is not binary")))?;
+        self.groups
+            .resize_with(total_num_groups, ResourceSums::default);
+        let states = binary_states(values)?;
         for (row, &group) in group_indices.iter().enumerate() {
-            self.folds[group].merge(ResourceFolds::from_bytes(states.value(row))?)?;
+            let theirs = ResourceFolds::from_bytes(states.value(row))?;
+            self.groups[group].merge(theirs, &mut self.texts)?;
         }
         Ok(())
     }
@@ -757,49 +937,48 @@ impl GroupsAccumulator for FoldGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
         let inputs = Inputs::new(values)?;
+        let mut texts = Texts::default();
         let mut builder = BinaryBuilder::new();
         for row in 0..values.first().map_or(0, |column| column.len()) {
-            let mut fold = ResourceFolds::default();
-            if !opt_filter.is_some_and(|filter| !filter.is_valid(row) || !filter.value(row)) {
-                fold.add(&inputs.row(row, self.month)?)?;
+            let mut sums = ResourceSums::default();
+            if !filtered_out(opt_filter, row) {
+                sums.add(&inputs.row(row, self.month)?, &mut texts)?;
             }
-            builder.append_value(fold.encode()?);
+            builder.append_value(sums.closed_folds(&texts, false).to_bytes()?);
         }
         Ok(vec![Arc::new(builder.finish())])
     }
 
     /// An estimate: DataFusion asks after every batch, so it must not walk the groups.
-    /// A resource holds one fold: its hour bitset, a few buckets and five short strings.
+    /// A resource holds one set of sums with a few buckets; the text table is small.
     fn size(&self) -> usize {
-        let per_fold = size_of::<ResourceFolds>()
-            + size_of::<FoldPart>()
-            + self.month.hours.div_ceil(64) * size_of::<u64>()
-            + 2 * size_of::<HourBucket>()
-            + 2 * size_of::<MinuteBucket>()
-            + 64;
-        self.folds.capacity() * per_fold
+        let per_group =
+            size_of::<ResourceSums>() + 2 * size_of::<HourBucket>() + size_of::<LabelMinutes>();
+        self.groups.capacity() * per_group + self.texts.values.len() * 64
     }
 }
 
-/// One group's fold, for plans that aggregate without group indices.
+/// One group's sums, for plans that aggregate without group indices.
 #[derive(Debug)]
 struct FoldAccumulator {
     month: MonthHours,
-    fold: ResourceFolds,
+    texts: Texts,
+    sums: ResourceSums,
 }
 
 impl Accumulator for FoldAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         let inputs = Inputs::new(values)?;
         for row in 0..values.first().map_or(0, |column| column.len()) {
-            self.fold.add(&inputs.row(row, self.month)?)?;
+            self.sums
+                .add(&inputs.row(row, self.month)?, &mut self.texts)?;
         }
         Ok(())
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.fold.finish();
-        Ok(ScalarValue::Binary(Some(self.fold.encode()?)))
+        let folds = self.sums.closed_folds(&self.texts, true);
+        Ok(ScalarValue::Binary(Some(folds.to_bytes()?)))
     }
 
     fn size(&self) -> usize {
@@ -807,17 +986,15 @@ impl Accumulator for FoldAccumulator {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::Binary(Some(self.fold.encode()?))])
+        let folds = self.sums.closed_folds(&self.texts, false);
+        Ok(vec![ScalarValue::Binary(Some(folds.to_bytes()?))])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let states = states
-            .first()
-            .and_then(|column| column.as_any().downcast_ref::<BinaryArray>())
-            .ok_or_else(|| DataFusionError::Internal(format!("{NAME}: state is not binary")))?;
+        let states = binary_states(states)?;
         for row in 0..states.len() {
-            self.fold
-                .merge(ResourceFolds::from_bytes(states.value(row))?)?;
+            let theirs = ResourceFolds::from_bytes(states.value(row))?;
+            self.sums.merge(theirs, &mut self.texts)?;
         }
         Ok(())
     }
