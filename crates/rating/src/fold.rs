@@ -289,11 +289,11 @@ struct Identity {
 }
 
 impl Identity {
-    fn of(row: &Row, texts: &mut Texts) -> Self {
+    fn of(account_id: &str, kind: &str, sku: &str, texts: &mut Texts) -> Self {
         Self {
-            account_id: texts.id(row.account_id),
-            kind: texts.id(row.kind),
-            sku: texts.id(row.sku),
+            account_id: texts.id(account_id),
+            kind: texts.id(kind),
+            sku: texts.id(sku),
         }
     }
 
@@ -326,7 +326,7 @@ impl ResourceSums {
         {
             return sums.add(row, texts);
         }
-        let identity = Identity::of(row, texts);
+        let identity = Identity::of(row.account_id, row.kind, row.sku, texts);
         self.sums_of(identity).add(row, texts)
     }
 
@@ -351,11 +351,7 @@ impl ResourceSums {
     /// Adds another accumulator's folds of the same resource.
     fn merge(&mut self, other: ResourceFolds, texts: &mut Texts) -> Result<()> {
         for part in other.parts {
-            let identity = Identity {
-                account_id: texts.id(&part.account_id),
-                kind: texts.id(&part.kind),
-                sku: texts.id(&part.sku),
-            };
+            let identity = Identity::of(&part.account_id, &part.kind, &part.sku, texts);
             let theirs = Sums::from_fold(part.fold, texts)?;
             self.sums_of(identity).merge(theirs, texts)?;
         }
