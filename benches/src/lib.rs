@@ -6,5 +6,6 @@
 //! test with 1,000 resources by `cargo test`). [`rollup_month`] generates the input of the rating benchmark: a month of hourly rollups
 //! for a large fleet, written exactly as the aggregator writes them.
 
+pub mod aggregate;
 pub mod rating;
 pub mod rollup_month;

@@ -1,17 +1,21 @@
 //! Decoding a Kafka message into samples, by its `content-type` header.
 
-use tally_model::RejectReason;
 use tally_model::validate::Rejection;
 use tally_model::wire::{Decoded, Encoding};
+use tally_model::{RejectReason, Sample};
 
 /// The samples of one message, or why the whole message is unusable.
 ///
 /// A message without a `content-type` header is read as JSON when it starts with `{`
 /// (hand-written exporters often send no headers); anything else needs the header.
+/// The samples go to `decoded`, filled into `spare` ones where there are any (see
+/// [`Encoding::decode_reusing`]).
 pub fn decode_message(
     content_type: Option<&str>,
     payload: &[u8],
-) -> Result<Vec<Decoded>, Rejection> {
+    spare: &mut Vec<Sample>,
+    decoded: &mut Vec<Decoded>,
+) -> Result<(), Rejection> {
     let encoding = match content_type {
         Some(content_type) => Encoding::from_content_type(content_type).ok_or_else(|| {
             Rejection::new(
@@ -31,7 +35,7 @@ pub fn decode_message(
             ));
         }
     };
-    encoding.decode(payload)
+    encoding.decode_reusing(payload, spare, decoded)
 }
 
 #[cfg(test)]
@@ -40,12 +44,14 @@ mod tests {
 
     #[test]
     fn unknown_content_types_are_named() {
-        let rejection = decode_message(Some("text/csv"), b"a,b").expect_err("csv");
+        let rejection = decode_message(Some("text/csv"), b"a,b", &mut Vec::new(), &mut Vec::new())
+            .expect_err("csv");
         assert_eq!(rejection.reason, RejectReason::UnknownEncoding);
         assert!(rejection.detail.contains("text/csv"));
-        assert!(decode_message(None, b"\x00\x01").is_err());
+        assert!(decode_message(None, b"\x00\x01", &mut Vec::new(), &mut Vec::new()).is_err());
+        let mut decoded = Vec::new();
         assert_eq!(
-            decode_message(None, b"  \n").map(|d| d.len()),
+            decode_message(None, b"  \n", &mut Vec::new(), &mut decoded),
             Err(Rejection::new(
                 RejectReason::UnknownEncoding,
                 "the message has no content-type header and is not JSON"

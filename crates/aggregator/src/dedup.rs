@@ -15,12 +15,15 @@ use tally_model::Sample;
 pub struct MinuteLedger {
     seen: u64,
     /// Fingerprint per minute of the hour; [`UNKNOWN`] where the minute came from a
-    /// sealed file (restated hours know their minutes, not the samples' values).
-    fingerprints: Box<[u64; 60]>,
+    /// sealed file (restated hours know their minutes, not the samples' values). Inline
+    /// and 32 bits wide: every sample reads it, and two different samples of one minute
+    /// share a fingerprint with odds of 1 in 4 billion, in which case the second is
+    /// counted as a duplicate instead of a conflict (the first is kept either way).
+    fingerprints: [u32; 60],
 }
 
 /// The fingerprint of a minute whose original sample is no longer known.
-pub const UNKNOWN: u64 = 0;
+pub const UNKNOWN: u32 = 0;
 
 /// What to do with a sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +37,7 @@ impl MinuteLedger {
     pub fn new() -> Self {
         Self {
             seen: 0,
-            fingerprints: Box::new([UNKNOWN; 60]),
+            fingerprints: [UNKNOWN; 60],
         }
     }
 
@@ -42,7 +45,7 @@ impl MinuteLedger {
     pub fn with_known_minutes(seen: u64) -> Self {
         Self {
             seen,
-            fingerprints: Box::new([UNKNOWN; 60]),
+            fingerprints: [UNKNOWN; 60],
         }
     }
 
@@ -74,33 +77,52 @@ impl Default for MinuteLedger {
     }
 }
 
-/// FNV-1a over every field but `host`, stable across builds and platforms. Never
-/// [`UNKNOWN`].
-pub fn fingerprint(sample: &Sample) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    let mut eat = |bytes: &[u8]| {
-        for byte in bytes.iter().chain(&[0xff]) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(&sample.minute.unix_minutes().to_le_bytes());
-    eat(sample.account_id.as_bytes());
-    eat(sample.resource_id.as_bytes());
-    eat(sample.kind.as_str().as_bytes());
-    eat(sample.sku.as_bytes());
-    eat(sample.zone.as_bytes());
-    eat(sample.state.as_str().as_bytes());
-    eat(&sample.gpus.to_le_bytes());
-    eat(&sample.out_external_bytes.to_le_bytes());
-    eat(&sample.out_internal_bytes.to_le_bytes());
-    eat(&sample.in_bytes.to_le_bytes());
-    eat(&sample.size_bytes.to_le_bytes());
+/// A hash of every field but `host`, eight bytes at a time (it runs once per sample),
+/// stable across builds and platforms. Never [`UNKNOWN`].
+pub fn fingerprint(sample: &Sample) -> u32 {
+    let mut hash = Fingerprint(0xcbf2_9ce4_8422_2325);
+    hash.word(sample.minute.unix_minutes() as u64);
+    hash.text(&sample.account_id);
+    hash.text(&sample.resource_id);
+    hash.word(sample.kind as u64);
+    hash.text(&sample.sku);
+    hash.text(&sample.zone);
+    hash.word(((sample.state.index() as u64) << 16) | u64::from(sample.gpus));
+    hash.word(sample.out_external_bytes);
+    hash.word(sample.out_internal_bytes);
+    hash.word(sample.in_bytes);
+    hash.word(sample.size_bytes);
     for (key, value) in &sample.labels {
-        eat(key.as_bytes());
-        eat(value.as_bytes());
+        hash.text(key);
+        hash.text(value);
     }
-    hash.max(1)
+    // The high half has had the most mixing; it is folded into the low one.
+    ((hash.0 >> 32) as u32 ^ hash.0 as u32).max(1)
+}
+
+struct Fingerprint(u64);
+
+impl Fingerprint {
+    fn word(&mut self, word: u64) {
+        self.0 = (self.0 ^ word)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+
+    /// The text's bytes, then its length: `("ab", "c")` and `("a", "bc")` differ.
+    fn text(&mut self, text: &str) {
+        let mut chunks = text.as_bytes().chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.word(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        let mut word = [0; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        self.word(u64::from_le_bytes(word));
+        self.word(text.len() as u64);
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,10 @@ pub enum Error {
         "manifest {path} is unreadable: {detail}; it is written only by the aggregator, restore it from a backup or remove the partition's files and replay"
     )]
     Manifest { path: PathBuf, detail: String },
+    #[error(
+        "sealed rollup file {path} cannot be reopened for a restatement: {detail}; it is written only by the aggregator, restore it from a backup or replay its hour"
+    )]
+    SealedFile { path: PathBuf, detail: String },
     #[error("kafka ({context}): {source}")]
     Kafka {
         context: String,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use tally_model::clock::Clock;
 use tally_model::validate::validate;
-use tally_model::{Minute, RejectReason, ValidationLimits};
+use tally_model::wire::Decoded;
+use tally_model::{Minute, RejectReason, Sample, ValidationLimits};
 
 use crate::deadletter::{DeadLetter, DeadLetterCounts, DeadLetterSink};
 use crate::decode::decode_message;
@@ -80,8 +81,15 @@ pub struct Ingest<'sink> {
     partitions: BTreeMap<i32, PartitionState>,
     dead_letters: &'sink mut dyn DeadLetterSink,
     unflushed_dead_letters: bool,
+    /// Samples already processed, whose buffers the next message's decoding reuses.
+    spare: Vec<Sample>,
+    /// The current message's samples (a buffer kept from message to message).
+    decoded: Vec<Decoded>,
     pub report: AggregateReport,
 }
+
+/// Enough spare samples for the largest message the collector sends (4,096 samples).
+const MAX_SPARE_SAMPLES: usize = 8_192;
 
 impl<'sink> Ingest<'sink> {
     /// `source` names the input in file names and manifests (the topic, or the file).
@@ -96,6 +104,8 @@ impl<'sink> Ingest<'sink> {
             partitions: BTreeMap::new(),
             dead_letters,
             unflushed_dead_letters: false,
+            spare: Vec::new(),
+            decoded: Vec::new(),
             report: AggregateReport::default(),
         }
     }
@@ -127,31 +137,35 @@ impl<'sink> Ingest<'sink> {
     ) -> Result<()> {
         self.open_partition(partition)?;
         self.report.messages += 1;
-        let letter = |reason: RejectReason,
-                      detail: String,
-                      item: Option<usize>,
-                      payload: Vec<u8>| DeadLetter {
-            reason,
-            detail,
-            source_topic: topic.to_owned(),
-            source_partition: partition,
-            source_offset: offset,
-            item,
-            payload,
+        let origin = Origin {
+            topic,
+            partition,
+            offset,
         };
-        let decoded = match decode_message(content_type, payload) {
-            Ok(decoded) => decoded,
-            Err(rejection) => {
-                return self.dead_letter(letter(
-                    rejection.reason,
-                    rejection.detail,
-                    None,
-                    payload.to_vec(),
-                ));
-            }
+        let mut decoded = std::mem::take(&mut self.decoded);
+        let result = match decode_message(content_type, payload, &mut self.spare, &mut decoded) {
+            Ok(()) => self.process_samples(&origin, payload, &mut decoded),
+            Err(rejection) => self.dead_letter(origin.letter(
+                rejection.reason,
+                rejection.detail,
+                None,
+                payload.to_vec(),
+            )),
         };
+        self.decoded = decoded;
+        result
+    }
+
+    fn process_samples(
+        &mut self,
+        origin: &Origin<'_>,
+        payload: &[u8],
+        decoded: &mut Vec<Decoded>,
+    ) -> Result<()> {
+        let partition = origin.partition;
+        let offset = origin.offset;
         let now = Minute::containing(self.config.clock.now());
-        for item in decoded {
+        for item in decoded.drain(..) {
             let sample = match item {
                 Ok(sample) => sample,
                 Err(error) => {
@@ -164,7 +178,7 @@ impl<'sink> Ingest<'sink> {
                         "{} {}: {}",
                         error.unit, error.position, error.rejection.detail
                     );
-                    self.dead_letter(letter(
+                    self.dead_letter(origin.letter(
                         error.rejection.reason,
                         detail,
                         Some(error.position),
@@ -180,7 +194,8 @@ impl<'sink> Ingest<'sink> {
                     "resource {} minute {}: {}",
                     sample.resource_id, sample.minute, rejection.detail
                 );
-                self.dead_letter(letter(rejection.reason, detail, None, json))?;
+                self.dead_letter(origin.letter(rejection.reason, detail, None, json))?;
+                self.recycle(sample);
                 continue;
             }
             let state = self
@@ -197,11 +212,18 @@ impl<'sink> Ingest<'sink> {
                         "resource {} minute {} was already counted with different values; the first sample is kept",
                         sample.resource_id, sample.minute
                     );
-                    self.dead_letter(letter(RejectReason::Conflict, detail, None, json))?;
+                    self.dead_letter(origin.letter(RejectReason::Conflict, detail, None, json))?;
                 }
             }
+            self.recycle(sample);
         }
         Ok(())
+    }
+
+    fn recycle(&mut self, sample: Sample) {
+        if self.spare.len() < MAX_SPARE_SAMPLES {
+            self.spare.push(sample);
+        }
     }
 
     fn dead_letter(&mut self, letter: DeadLetter) -> Result<()> {
@@ -250,6 +272,33 @@ impl<'sink> Ingest<'sink> {
 
     pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
         self.partitions.keys().copied()
+    }
+}
+
+/// Where a message came from: what its dead letters name.
+struct Origin<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+impl Origin<'_> {
+    fn letter(
+        &self,
+        reason: RejectReason,
+        detail: String,
+        item: Option<usize>,
+        payload: Vec<u8>,
+    ) -> DeadLetter {
+        DeadLetter {
+            reason,
+            detail,
+            source_topic: self.topic.to_owned(),
+            source_partition: self.partition,
+            source_offset: self.offset,
+            item,
+            payload,
+        }
     }
 }
 

@@ -66,10 +66,11 @@ impl PartitionState {
         if !self.open.contains_key(&hour) {
             let reopened = match self.manifest.sealed_hour(hour) {
                 Some(sealed) => {
-                    let rows = read_rows(&self.lake.join(&sealed.file))?;
-                    OpenHour::restore(rows, sealed.generation + 1)
+                    let path = self.lake.join(&sealed.file);
+                    let rows = read_rows(&path)?;
+                    OpenHour::restore(hour, rows, sealed.generation + 1, &path)?
                 }
-                None => OpenHour::new(),
+                None => OpenHour::new(hour),
             };
             self.open.insert(hour, reopened);
         }

@@ -1,20 +1,34 @@
 //! Rolling samples up into one hour's rows.
 //!
-//! An [`OpenHour`] holds the rows of one hour while it can still change: one
-//! [`RollupMeters`] per [`RollupKey`], and per resource the [`MinuteLedger`] that keeps
-//! a minute from being counted twice.
+//! An [`OpenHour`] holds the rows of one hour while it can still change. It is keyed by
+//! resource: each resource has the [`MinuteLedger`] that keeps a minute from being
+//! counted twice and its rows, usually one (more when its account, SKU, zone, GPU count
+//! or labels changed within the hour). A sample is matched against its resource's rows
+//! field by field, so the hot path allocates only for a resource-hour's first sample.
 
 use std::collections::HashMap;
+use std::path::Path;
 
-use tally_model::{RollupKey, RollupMeters, RollupRow, Sample};
+use smallvec::SmallVec;
+use tally_model::sample::labels_from_text;
+use tally_model::{Hour, ResourceKind, RollupKey, RollupMeters, RollupRow, Sample};
 
 use crate::dedup::{MinuteLedger, Verdict};
+use crate::error::{Error, Result};
+
+/// Resource ids come from the fleet's own collectors; foldhash is seeded per process.
+type ResourceMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 /// One hour's rows while the hour is open (or reopened for a restatement).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OpenHour {
-    rows: HashMap<RollupKey, RollupMeters>,
-    ledgers: HashMap<String, MinuteLedger>,
+    hour: Hour,
+    /// Resource id → position in `resources`: a small table that stays in the CPU's
+    /// cache, apart from the larger resource-hours it points to.
+    index: ResourceMap<usize>,
+    resources: Vec<ResourceHour>,
+    /// The current sample's [`RowTexts`], kept to reuse its buffer.
+    texts: RowTexts,
     /// Lowest source offset whose samples are in this hour: where to resume after a
     /// crash so that nothing held only in memory is lost.
     pub first_offset: Option<i64>,
@@ -25,63 +39,213 @@ pub struct OpenHour {
     pub samples_added: u64,
 }
 
-impl OpenHour {
-    pub fn new() -> Self {
-        Self::default()
+#[derive(Debug)]
+struct ResourceHour {
+    ledger: MinuteLedger,
+    /// Inline, as nearly every resource-hour has one row: no second place in memory to
+    /// read per sample.
+    rows: SmallVec<[OpenRow; 1]>,
+}
+
+/// A row's key without the resource and hour, and its meters.
+#[derive(Debug)]
+struct OpenRow {
+    /// Account, SKU and zone in one allocation (see [`RowTexts`]): matching a sample
+    /// reads one place in memory instead of three.
+    texts: Box<str>,
+    kind: ResourceKind,
+    gpus: u16,
+    /// Sorted by key, as the sample's map iterates.
+    labels: Vec<(String, String)>,
+    meters: RollupMeters,
+}
+
+/// Account, SKU and zone joined by a control character, which validation keeps out of
+/// every text, so the joined form names exactly one triple.
+#[derive(Debug, Default)]
+struct RowTexts(String);
+
+const TEXT_SEPARATOR: char = '\u{1f}';
+
+impl RowTexts {
+    fn of(&mut self, account_id: &str, sku: &str, zone: &str) -> &str {
+        self.0.clear();
+        for (index, text) in [account_id, sku, zone].into_iter().enumerate() {
+            if index > 0 {
+                self.0.push(TEXT_SEPARATOR);
+            }
+            self.0.push_str(text);
+        }
+        &self.0
+    }
+}
+
+impl OpenRow {
+    fn of(sample: &Sample, texts: &str) -> Self {
+        Self {
+            texts: texts.into(),
+            kind: sample.kind,
+            gpus: sample.gpus,
+            labels: sample
+                .labels
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            meters: RollupMeters::default(),
+        }
     }
 
-    /// Reopens a sealed hour from its rows, to restate it as generation `generation`.
-    pub fn restore(rows: Vec<RollupRow>, generation: u32) -> Self {
-        let mut hour = Self {
+    fn holds(&self, sample: &Sample, texts: &str) -> bool {
+        self.gpus == sample.gpus
+            && self.kind == sample.kind
+            && *self.texts == *texts
+            && self.labels.len() == sample.labels.len()
+            && self.labels.iter().zip(&sample.labels).all(
+                |((key, value), (sample_key, sample_value))| {
+                    key == sample_key && value == sample_value
+                },
+            )
+    }
+}
+
+impl OpenHour {
+    pub fn new(hour: Hour) -> Self {
+        Self {
+            hour,
+            index: ResourceMap::default(),
+            resources: Vec::new(),
+            texts: RowTexts::default(),
+            first_offset: None,
+            generation: 0,
+            samples_added: 0,
+        }
+    }
+
+    /// Reopens a sealed hour from the rows of its file `path`, to restate it as
+    /// generation `generation`.
+    pub fn restore(hour: Hour, rows: Vec<RollupRow>, generation: u32, path: &Path) -> Result<Self> {
+        let mut open = Self {
             generation,
-            ..Self::default()
+            ..Self::new(hour)
         };
         for row in rows {
-            let minutes = row.meters.all_minutes();
-            let ledger = hour
-                .ledgers
-                .entry(row.key.resource_id.clone())
-                .or_insert_with(|| MinuteLedger::with_known_minutes(0));
-            *ledger = MinuteLedger::with_known_minutes(ledger.seen() | minutes);
-            hour.rows.insert(row.key, row.meters);
+            let labels = labels_from_text(&row.key.labels).map_err(|error| Error::SealedFile {
+                path: path.to_owned(),
+                detail: format!(
+                    "resource {}: labels '{}' are not a JSON object of strings: {error}",
+                    row.key.resource_id, row.key.labels
+                ),
+            })?;
+            let position = open.position(&row.key.resource_id);
+            let resource = &mut open.resources[position];
+            resource.ledger =
+                MinuteLedger::with_known_minutes(resource.ledger.seen() | row.meters.all_minutes());
+            let texts = open
+                .texts
+                .of(&row.key.account_id, &row.key.sku, &row.key.zone);
+            resource.rows.push(OpenRow {
+                texts: texts.into(),
+                kind: row.key.kind,
+                gpus: row.key.gpus,
+                labels: labels.into_iter().collect(),
+                meters: row.meters,
+            });
         }
-        hour
+        Ok(open)
     }
 
     /// Adds `sample` (read at `offset`) unless its `(resource_id, minute)` is already here.
     pub fn add(&mut self, sample: &Sample, offset: i64) -> Verdict {
-        let verdict = match self.ledgers.get_mut(sample.resource_id.as_str()) {
-            Some(ledger) => ledger.check_and_record(sample),
-            None => {
-                let mut ledger = MinuteLedger::new();
-                let verdict = ledger.check_and_record(sample);
-                self.ledgers.insert(sample.resource_id.clone(), ledger);
-                verdict
-            }
-        };
+        debug_assert_eq!(sample.minute.hour(), self.hour);
+        let position = self.position(&sample.resource_id);
+        let resource = &mut self.resources[position];
+        let verdict = resource.ledger.check_and_record(sample);
         if verdict == Verdict::New {
-            self.rows
-                .entry(RollupKey::of(sample))
-                .or_default()
-                .add(sample);
+            let texts = self.texts.of(&sample.account_id, &sample.sku, &sample.zone);
+            let row = match resource
+                .rows
+                .iter()
+                .position(|row| row.holds(sample, texts))
+            {
+                Some(index) => &mut resource.rows[index],
+                None => {
+                    resource.rows.push(OpenRow::of(sample, texts));
+                    let last = resource.rows.len() - 1;
+                    &mut resource.rows[last]
+                }
+            };
+            row.meters.add(sample);
             self.samples_added += 1;
             self.first_offset = Some(self.first_offset.map_or(offset, |first| first.min(offset)));
         }
         verdict
     }
 
+    /// Where the resource-hour of `resource_id` is in `resources`, added if new.
+    fn position(&mut self, resource_id: &str) -> usize {
+        if let Some(&position) = self.index.get(resource_id) {
+            return position;
+        }
+        self.index
+            .insert(resource_id.to_owned(), self.resources.len());
+        self.resources.push(ResourceHour {
+            ledger: MinuteLedger::new(),
+            rows: SmallVec::new(),
+        });
+        self.resources.len() - 1
+    }
+
     pub fn row_count(&self) -> usize {
-        self.rows.len()
+        self.resources
+            .iter()
+            .map(|resource| resource.rows.len())
+            .sum()
     }
 
     /// The rows in the lake's order (account, resource, then the rest of the key).
     pub fn into_sorted_rows(self) -> Vec<RollupRow> {
+        let hour = self.hour;
+        let mut resources = self.resources;
         let mut rows: Vec<RollupRow> = self
-            .rows
+            .index
             .into_iter()
-            .map(|(key, meters)| RollupRow { key, meters })
+            .flat_map(|(resource_id, position)| {
+                std::mem::take(&mut resources[position].rows)
+                    .into_iter()
+                    .map(move |row| {
+                        let mut texts = row.texts.split(TEXT_SEPARATOR).map(str::to_owned);
+                        let mut next = || texts.next().unwrap_or_default();
+                        let (account_id, sku, zone) = (next(), next(), next());
+                        RollupRow {
+                            key: RollupKey {
+                                account_id,
+                                resource_id: resource_id.clone(),
+                                hour,
+                                kind: row.kind,
+                                sku,
+                                zone,
+                                gpus: row.gpus,
+                                labels: labels_text(&row.labels),
+                            },
+                            meters: row.meters,
+                        }
+                    })
+            })
             .collect();
-        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         rows
     }
+}
+
+/// The canonical label text of sorted pairs: what [`tally_model::sample::labels_to_text`]
+/// makes of the map they came from.
+fn labels_text(labels: &[(String, String)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let map: std::collections::BTreeMap<&str, &str> = labels
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    serde_json::to_string(&map).unwrap_or_default()
 }

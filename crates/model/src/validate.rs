@@ -212,7 +212,11 @@ fn check_text(
             ),
         ));
     }
-    if value.chars().any(char::is_control) {
+    // Most ids are printable ASCII, which one byte scan shows; other text is checked by
+    // character (C1 control characters are two bytes in UTF-8).
+    let plain_ascii = value.bytes().all(|byte| (0x20..0x7f).contains(&byte));
+    let control = !plain_ascii && value.chars().any(char::is_control);
+    if control {
         return Err(Rejection::new(
             RejectReason::InvalidField,
             format!("{field} contains a control character"),

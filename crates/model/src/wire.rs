@@ -57,9 +57,27 @@ impl Encoding {
     }
 
     pub fn decode(self, bytes: &[u8]) -> Result<Vec<Decoded>, Rejection> {
+        let mut decoded = Vec::new();
+        self.decode_reusing(bytes, &mut Vec::new(), &mut decoded)?;
+        Ok(decoded)
+    }
+
+    /// [`Self::decode`] into `decoded` (cleared first), filling samples taken from
+    /// `spare` (used ones handed back by the caller): a consumer decoding message after
+    /// message reuses the buffers instead of allocating per sample and per message.
+    pub fn decode_reusing(
+        self,
+        bytes: &[u8],
+        spare: &mut Vec<Sample>,
+        decoded: &mut Vec<Decoded>,
+    ) -> Result<(), Rejection> {
+        decoded.clear();
         match self {
-            Encoding::Json => Ok(decode_json(bytes)),
-            Encoding::Arrow => decode_arrow(bytes),
+            Encoding::Json => {
+                decoded.extend(decode_json(bytes));
+                Ok(())
+            }
+            Encoding::Arrow => decode_arrow_reusing(bytes, spare, decoded),
         }
     }
 }
@@ -190,15 +208,24 @@ pub fn samples_to_batch(samples: &[Sample]) -> Result<RecordBatch, ArrowError> {
 /// schema is not sample v1, is rejected whole; a row with an unknown kind or state or an
 /// unaligned minute is rejected alone.
 pub fn decode_arrow(bytes: &[u8]) -> Result<Vec<Decoded>, Rejection> {
+    let mut decoded = Vec::new();
+    decode_arrow_reusing(bytes, &mut Vec::new(), &mut decoded)?;
+    Ok(decoded)
+}
+
+fn decode_arrow_reusing(
+    bytes: &[u8],
+    spare: &mut Vec<Sample>,
+    decoded: &mut Vec<Decoded>,
+) -> Result<(), Rejection> {
     let malformed = |error: ArrowError| Rejection::new(RejectReason::Malformed, error.to_string());
     let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(malformed)?;
-    let mut decoded = Vec::new();
     for batch in reader {
         let batch = batch.map_err(malformed)?;
         check_schema(&batch)?;
-        decode_batch(&batch, decoded.len(), &mut decoded)?;
+        decode_batch(&batch, decoded.len(), decoded, spare)?;
     }
-    Ok(decoded)
+    Ok(())
 }
 
 fn check_schema(batch: &RecordBatch) -> Result<(), Rejection> {
@@ -229,6 +256,7 @@ fn decode_batch(
     batch: &RecordBatch,
     first_row: usize,
     decoded: &mut Vec<Decoded>,
+    spare: &mut Vec<Sample>,
 ) -> Result<(), Rejection> {
     let column = |name: &str| -> Result<&ArrayRef, Rejection> {
         batch.column_by_name(name).ok_or_else(|| {
@@ -283,6 +311,7 @@ fn decode_batch(
         size,
         labels,
     ];
+    let mut previous_labels: Option<(&str, BTreeMap<String, String>)> = None;
     for row in 0..batch.num_rows() {
         let row_error = |detail: String| ItemError {
             unit: "row",
@@ -316,31 +345,55 @@ fn decode_batch(
             ))));
             continue;
         };
-        let labels_value: BTreeMap<String, String> = match labels_from_text(labels.value(row)) {
-            Ok(labels_value) => labels_value,
-            Err(error) => {
-                decoded.push(Err(row_error(format!(
-                    "labels are not a JSON object of strings: {error}"
-                ))));
-                continue;
-            }
+        // A host's rows mostly repeat a few label sets: parse each run of them once.
+        let labels_text = labels.value(row);
+        let labels_value = match &previous_labels {
+            Some((text, map)) if *text == labels_text => map.clone(),
+            _ => match labels_from_text(labels_text) {
+                Ok(map) => {
+                    previous_labels = Some((labels_text, map.clone()));
+                    map
+                }
+                Err(error) => {
+                    decoded.push(Err(row_error(format!(
+                        "labels are not a JSON object of strings: {error}"
+                    ))));
+                    continue;
+                }
+            },
         };
-        decoded.push(Ok(Sample {
-            minute: Minute::from_unix_minutes(seconds.div_euclid(60)),
-            host: host.value(row).to_owned(),
-            account_id: account.value(row).to_owned(),
-            resource_id: resource.value(row).to_owned(),
+        let mut sample = spare.pop().unwrap_or_else(|| Sample {
+            minute: Minute::from_unix_minutes(0),
+            host: String::new(),
+            account_id: String::new(),
+            resource_id: String::new(),
             kind: kind_value,
-            sku: sku.value(row).to_owned(),
-            zone: zone.value(row).to_owned(),
+            sku: String::new(),
+            zone: String::new(),
             state: state_value,
-            gpus: gpus.value(row),
-            out_external_bytes: out_external.value(row),
-            out_internal_bytes: out_internal.value(row),
-            in_bytes: inbound.value(row),
-            size_bytes: size.value(row),
-            labels: labels_value,
-        }));
+            gpus: 0,
+            out_external_bytes: 0,
+            out_internal_bytes: 0,
+            in_bytes: 0,
+            size_bytes: 0,
+            labels: BTreeMap::new(),
+        });
+        // Every field is set: a spare sample keeps nothing of its last use but buffers.
+        sample.minute = Minute::from_unix_minutes(seconds.div_euclid(60));
+        host.value(row).clone_into(&mut sample.host);
+        account.value(row).clone_into(&mut sample.account_id);
+        resource.value(row).clone_into(&mut sample.resource_id);
+        sample.kind = kind_value;
+        sku.value(row).clone_into(&mut sample.sku);
+        zone.value(row).clone_into(&mut sample.zone);
+        sample.state = state_value;
+        sample.gpus = gpus.value(row);
+        sample.out_external_bytes = out_external.value(row);
+        sample.out_internal_bytes = out_internal.value(row);
+        sample.in_bytes = inbound.value(row);
+        sample.size_bytes = size.value(row);
+        sample.labels = labels_value;
+        decoded.push(Ok(sample));
     }
     Ok(())
 }
