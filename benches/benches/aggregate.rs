@@ -3,12 +3,21 @@
 //! ```sh
 //! cargo bench -p tally-benches --bench aggregate -- --fleet-copies 170 --hours 4 --runs 9
 //! cargo bench -p tally-benches --bench aggregate -- --smoke     # 1 copy, 2 hours, 1 run
+//! cargo bench -p tally-benches --bench aggregate -- --open-state 1000000
 //! ```
+//!
+//! `--open-state N` measures memory instead of speed: the resident set of N resources
+//! with two open hours, in a process of its own so nothing else is resident.
 
 use anyhow::{Context, bail};
-use tally_benches::aggregate::{Options, run};
+use tally_benches::aggregate::{Options, open_state, run};
 
-fn args() -> anyhow::Result<Options> {
+enum Mode {
+    Speed(Options),
+    OpenState(usize),
+}
+
+fn args() -> anyhow::Result<Mode> {
     let mut options = Options {
         fleet_copies: 170,
         hours: 4,
@@ -27,17 +36,25 @@ fn args() -> anyhow::Result<Options> {
                 options.hours = 2;
                 options.runs = 1;
             }
+            "--open-state" => {
+                return Ok(Mode::OpenState(
+                    given.next().context("--open-state N")?.parse()?,
+                ));
+            }
             // cargo bench passes --bench to harness-less targets.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other}: use --fleet-copies N, --hours N, --runs N or --smoke"
+                "unknown argument {other}: use --fleet-copies N, --hours N, --runs N, --smoke or --open-state N"
             ),
         }
     }
-    Ok(options)
+    Ok(Mode::Speed(options))
 }
 
 fn main() -> anyhow::Result<()> {
-    run(&args()?)?.print();
+    match args()? {
+        Mode::Speed(options) => run(&options)?.print(),
+        Mode::OpenState(resources) => open_state(resources, 2)?.print(),
+    }
     Ok(())
 }

@@ -194,3 +194,125 @@ impl Figures {
         );
     }
 }
+
+/// What holding many resources' open hours costs in memory.
+#[derive(Clone, Debug)]
+pub struct OpenStateFigures {
+    pub resources: usize,
+    pub open_hours: usize,
+    /// Resident set size before the first sample and after the last, and its peak.
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub rss_peak: u64,
+}
+
+/// Opens `open_hours` hours for each of `resources` resources (one sample per
+/// resource-hour: the state of a resource-hour has the same size whatever its number of
+/// minutes) and reads the process's resident memory from `/proc/self/status`. Samples
+/// are made and sent message by message, so the input adds almost nothing.
+pub fn open_state(resources: usize, open_hours: usize) -> anyhow::Result<OpenStateFigures> {
+    let start = Minute::from_unix_minutes(29_846_880);
+    let lake = tempfile::tempdir()?;
+    let mut config = AggregateConfig::new(lake.path());
+    config.clock = Arc::new(FixedClock(
+        start.plus(60 * i64::try_from(open_hours)?).to_datetime(),
+    ));
+    // Lateness beyond the hours opened: nothing is sealed while measuring.
+    config.lateness_minutes = 60 * i64::try_from(open_hours + 1)?;
+    let mut dead_letters = CollectedDeadLetters::default();
+    let mut ingest = Ingest::new(config, "samples", &mut dead_letters);
+    ingest.open_partition(0)?;
+    let rss_before = memory_status("VmRSS")?;
+    let mut batch = Vec::with_capacity(SAMPLES_PER_MESSAGE);
+    let mut offset = 0;
+    for hour in 0..open_hours {
+        let minute = start.plus(60 * i64::try_from(hour)? + 7);
+        for resource in 0..resources {
+            batch.push(synthetic_sample(resource, minute));
+            if batch.len() == SAMPLES_PER_MESSAGE || resource + 1 == resources {
+                let message = Encoding::Arrow.encode(&batch)?;
+                ingest.process(
+                    "samples",
+                    0,
+                    offset,
+                    Some(Encoding::Arrow.content_type()),
+                    &message,
+                )?;
+                offset += 1;
+                batch.clear();
+            }
+        }
+    }
+    let expected = resources * open_hours;
+    ensure!(
+        ingest.report.accepted == expected as u64,
+        "accepted {} of {expected} samples",
+        ingest.report.accepted
+    );
+    let rss_after = memory_status("VmRSS")?;
+    let rss_peak = memory_status("VmHWM")?;
+    drop(ingest);
+    Ok(OpenStateFigures {
+        resources,
+        open_hours,
+        rss_before,
+        rss_after,
+        rss_peak,
+    })
+}
+
+impl OpenStateFigures {
+    pub fn print(&self) {
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        let held = self.rss_after.saturating_sub(self.rss_before);
+        println!(
+            "open state of {} resources x {} open hours: RSS {:.0} MiB after (peak {:.0} MiB), {:.0} MiB more than before the first sample = {:.0} bytes per resource-hour",
+            self.resources,
+            self.open_hours,
+            mib(self.rss_after),
+            mib(self.rss_peak),
+            mib(held),
+            held as f64 / (self.resources * self.open_hours) as f64
+        );
+    }
+}
+
+/// A server as a collector reports it, with ids as long as the simulator's.
+fn synthetic_sample(resource: usize, minute: Minute) -> Sample {
+    let mut labels = std::collections::BTreeMap::new();
+    if resource.is_multiple_of(4) {
+        labels.insert("os".to_owned(), "windows".to_owned());
+    }
+    Sample {
+        minute,
+        host: format!("hv-{:05}", resource / 1000),
+        account_id: format!("acct-{:06}", resource / 10),
+        resource_id: format!("vm-{resource:08}"),
+        kind: tally_model::ResourceKind::Server,
+        sku: ["cx22", "cx32", "c2m4"][resource % 3].to_owned(),
+        zone: "fsn1".to_owned(),
+        state: tally_model::ResourceState::Running,
+        gpus: 0,
+        out_external_bytes: 1_000_000 + resource as u64,
+        out_internal_bytes: 0,
+        in_bytes: 0,
+        size_bytes: 0,
+        labels,
+    }
+}
+
+/// A `kB` line of `/proc/self/status`, in bytes.
+fn memory_status(field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(field) && line[field.len()..].starts_with(':'))
+        .with_context(|| format!("no {field} in /proc/self/status"))?;
+    let kib: u64 = line[field.len() + 1..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("unreadable line '{line}'"))?;
+    Ok(kib * 1024)
+}

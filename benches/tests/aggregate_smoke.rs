@@ -15,5 +15,8 @@ fn the_aggregator_benchmark_runs_and_takes_every_sample() {
     .expect("benchmark");
     figures.print();
     assert!(figures.samples > 5_000, "{} samples", figures.samples);
-    assert!(figures.rows > 0 && figures.bytes > 0, "sealing wrote nothing");
+    assert!(
+        figures.rows > 0 && figures.bytes > 0,
+        "sealing wrote nothing"
+    );
 }
