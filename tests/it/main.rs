@@ -1,4 +1,5 @@
 //! Integration tests: one binary, one module per area.
 
+mod aggregator_crash;
 mod broker_pipeline;
 mod demo;
