@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_aggregator::{AggregateConfig, KafkaInput};
+use tally_aggregator::{AggregateConfig, KafkaInput, Ownership};
 use tally_collector::{Fleet, FleetSpec, GroundTruth, ShipConfig, Shipper};
 use tally_model::clock::FixedClock;
 use tally_tests::{broker, create_topic, read_dead_letters, unique_topic};
@@ -44,6 +44,9 @@ fn aggregator_child() -> anyhow::Result<()> {
     let mut input = KafkaInput::new(&brokers, &topic);
     input.dead_letter_topic = std::env::var("TALLY_CRASH_DEAD_LETTERS")?;
     input.until_drained = true;
+    // One aggregator restarted in place (a group would first wait out the session of
+    // the instance just killed); `aggregator_groups` covers hand-overs between instances.
+    input.ownership = Ownership::AllPartitions;
     tally_aggregator::run_kafka(&config, &input)?;
     Ok(())
 }

@@ -57,6 +57,7 @@ async fn hourly_totals_through_tansu_equal_the_ground_truth() -> anyhow::Result<
     let mut input = KafkaInput::new(&brokers, &topic);
     input.dead_letter_topic = dead_letter_topic.clone();
     input.until_drained = true;
+    input.group_id = unique_topic("aggregators");
     let aggregate = {
         let (config, input) = (config.clone(), input.clone());
         tokio::task::spawn_blocking(move || tally_aggregator::run_kafka(&config, &input)).await??

@@ -1,31 +1,48 @@
 //! Reading the samples topic.
 //!
-//! Every partition of the topic is assigned to this instance and read from the resume
-//! offset its manifest names, not from Kafka's committed offsets: the manifest is written
-//! with the data, so the two can never disagree. (Consumer-group ownership with
-//! hand-over through the lake is the next step; see the README.)
+//! The aggregator is a member of a consumer group: each partition is owned by one
+//! instance at a time, and read from the resume offset its manifest in the lake names,
+//! not from Kafka's committed offsets: the manifest is written with the data, so the two
+//! can never disagree, and a partition moves to another instance through the lake (see
+//! [`ConsumerEvents`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tally_model::wire::CONTENT_TYPE_HEADER;
 
 use crate::deadletter::{DEFAULT_TOPIC, KafkaDeadLetters};
 use crate::error::{Error, Result};
 use crate::ingest::{AggregateConfig, AggregateReport, Ingest};
+use crate::manifest::Manifest;
+
+/// Which partitions of the topic an instance reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Those the consumer group `group_id` gives it; they move between instances as
+    /// instances come and go (many aggregators on one topic).
+    Group,
+    /// Every partition, without a group: one aggregator for the topic, restarted in
+    /// place. A restart reads at once, where a group member would first wait for the
+    /// group to notice that its killed predecessor is gone (the session timeout).
+    AllPartitions,
+}
 
 /// Where to read samples from.
 #[derive(Clone, Debug)]
 pub struct KafkaInput {
     pub brokers: String,
     pub topic: String,
+    pub ownership: Ownership,
     pub group_id: String,
     pub dead_letter_topic: String,
     /// Stop once every partition is read to its end, and seal all open hours (backfills,
@@ -46,6 +63,7 @@ impl KafkaInput {
         Self {
             brokers: brokers.into(),
             topic: topic.into(),
+            ownership: Ownership::Group,
             group_id: "tally-aggregator".to_owned(),
             dead_letter_topic: DEFAULT_TOPIC.to_owned(),
             until_drained: false,
@@ -56,30 +74,173 @@ impl KafkaInput {
     }
 }
 
-/// Reports client errors, except the end of a partition: with `enable.partition.eof`
-/// that is how a drained run knows it is done, not an error.
-struct ConsumerEvents;
+/// The consumer's context: reports client errors, and takes part in the group's
+/// rebalances.
+///
+/// On assignment each partition starts at the resume offset its manifest in the lake
+/// names (Kafka's committed offsets are not used): whichever instance owned it before
+/// left everything before that offset sealed, and everything after it is read again. On
+/// revocation nothing is sealed or written: the partitions are noted, and the main loop
+/// drops their in-memory state before it touches anything else, so an instance never
+/// writes for a partition it no longer owns (short of being paused past the group's
+/// session timeout; fencing such a stale owner is not built yet).
+struct ConsumerEvents {
+    lake: PathBuf,
+    source: String,
+    changes: Mutex<Vec<Change>>,
+}
+
+#[derive(Debug)]
+enum Change {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+    /// A manifest could not be read while assigning: the run stops with this error.
+    Failed(Error),
+}
+
+impl ConsumerEvents {
+    fn note(&self, change: Change) {
+        if let Ok(mut changes) = self.changes.lock() {
+            changes.push(change);
+        }
+    }
+
+    fn take_changes(&self) -> Vec<Change> {
+        self.changes
+            .lock()
+            .map(|mut changes| std::mem::take(&mut *changes))
+            .unwrap_or_default()
+    }
+
+    /// Starts reading `partitions`, each at the resume offset of its manifest.
+    fn take_partitions(
+        &self,
+        consumer: &BaseConsumer<ConsumerEvents>,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let numbers: Vec<(String, i32)> = partitions
+            .elements()
+            .iter()
+            .map(|element| (element.topic().to_owned(), element.partition()))
+            .collect();
+        for (topic, partition) in &numbers {
+            let resume = match Manifest::load(&self.lake, &self.source, *partition) {
+                Ok(manifest) => manifest.resume_offset,
+                Err(error) => {
+                    self.note(Change::Failed(error));
+                    continue;
+                }
+            };
+            if let Err(source) =
+                partitions.set_partition_offset(topic, *partition, Offset::Offset(resume))
+            {
+                self.note(Change::Failed(Error::Kafka {
+                    context: format!("starting partition {partition} at its resume offset"),
+                    source,
+                }));
+            }
+        }
+        if let Err(source) = consumer.assign(partitions) {
+            self.note(Change::Failed(Error::Kafka {
+                context: "taking the assigned partitions".to_owned(),
+                source,
+            }));
+        }
+        let numbers: Vec<i32> = numbers
+            .into_iter()
+            .map(|(_, partition)| partition)
+            .collect();
+        tracing::info!(partitions = ?numbers, "partitions assigned");
+        self.note(Change::Assigned(numbers));
+    }
+}
 
 impl ClientContext for ConsumerEvents {
     fn error(&self, error: KafkaError, reason: &str) {
+        // With `enable.partition.eof` the end of a partition is how a drained run knows
+        // it is done, not an error.
         if !matches!(error, KafkaError::PartitionEOF(_)) {
             tracing::error!(%error, reason, "kafka consumer error");
         }
     }
 }
 
-impl ConsumerContext for ConsumerEvents {}
+impl ConsumerContext for ConsumerEvents {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        error: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let numbers: Vec<i32> = partitions
+            .elements()
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.take_partitions(consumer, partitions);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.note(Change::Revoked(numbers.clone()));
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "cannot give the revoked partitions up");
+                }
+                tracing::info!(partitions = ?numbers, "partitions revoked");
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "cannot give the partitions up after a failed rebalance");
+                }
+                self.note(Change::Revoked(numbers));
+            }
+        }
+    }
+}
+
+/// Takes every partition of `topic`, each at its manifest's resume offset, as a group's
+/// assignment would.
+fn assign_all(consumer: &BaseConsumer<ConsumerEvents>, topic: &str) -> Result<()> {
+    let kafka = |context: String| move |source: KafkaError| Error::Kafka { context, source };
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .map_err(kafka(format!("reading the partitions of topic '{topic}'")))?;
+    let mut partitions = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .filter(|found| found.name() == topic && found.error().is_none())
+        .flat_map(|found| found.partitions())
+    {
+        partitions.add_partition(topic, partition.id());
+    }
+    if partitions.count() == 0 {
+        return Err(Error::Kafka {
+            context: format!("topic '{topic}'"),
+            source: KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition),
+        });
+    }
+    consumer
+        .context()
+        .take_partitions(consumer, &mut partitions);
+    Ok(())
+}
 
 /// Messages between two checks of the watermark.
 const SEAL_CHECK_INTERVAL: u64 = 64;
 
-/// Consumes `input` into the lake of `config`.
+/// Consumes `input` into the lake of `config`, as one member of the consumer group
+/// `input.group_id`: the partitions this instance owns change as members come and go.
 pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<AggregateReport> {
     let kafka = |context: String| move |source: KafkaError| Error::Kafka { context, source };
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &input.brokers)
         .set("group.id", &input.group_id)
+        // Eager rebalancing: all of an instance's partitions are revoked before any is
+        // assigned elsewhere, which the hand-over through the lake relies on.
+        .set("partition.assignment.strategy", "range")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
@@ -88,53 +249,53 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
     for (key, value) in &input.librdkafka {
         client.set(key, value);
     }
+    let events = ConsumerEvents {
+        lake: config.lake.clone(),
+        source: crate::ingest::source_name(&input.topic),
+        changes: Mutex::new(Vec::new()),
+    };
     let consumer: BaseConsumer<ConsumerEvents> = client
-        .create_with_context(ConsumerEvents)
+        .create_with_context(events)
         .map_err(kafka(format!("creating a consumer for {}", input.brokers)))?;
-    let metadata = consumer
-        .fetch_metadata(Some(&input.topic), Duration::from_secs(30))
-        .map_err(kafka(format!(
-            "reading the partitions of topic '{}'",
-            input.topic
-        )))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|topic| topic.name() == input.topic && topic.error().is_none())
-        .flat_map(|topic| topic.partitions().iter().map(|partition| partition.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(Error::Kafka {
-            context: format!("topic '{}' on {}", input.topic, input.brokers),
-            source: KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            ),
-        });
+    match input.ownership {
+        Ownership::Group => consumer
+            .subscribe(&[input.topic.as_str()])
+            .map_err(kafka(format!("subscribing to '{}'", input.topic)))?,
+        Ownership::AllPartitions => assign_all(&consumer, &input.topic)?,
     }
 
     let mut dead_letters =
         KafkaDeadLetters::connect(&input.brokers, &input.dead_letter_topic, &input.librdkafka)?;
     let mut ingest = Ingest::new(config.clone(), &input.topic, &mut dead_letters);
-    let mut assignment = TopicPartitionList::new();
-    let mut next_offsets = BTreeMap::new();
-    for partition in &partitions {
-        let resume = ingest.open_partition(*partition)?;
-        next_offsets.insert(*partition, resume);
-        assignment
-            .add_partition_offset(&input.topic, *partition, Offset::Offset(resume))
-            .map_err(kafka(format!("assigning partition {partition}")))?;
-        tracing::info!(topic = %input.topic, partition, resume, "assigned partition");
-    }
-    consumer.assign(&assignment).map_err(kafka(format!(
-        "assigning the partitions of '{}'",
-        input.topic
-    )))?;
-
+    // Partitions owned now, with the offset after the last message processed.
+    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut since_check: BTreeMap<i32, u64> = BTreeMap::new();
     loop {
+        for change in consumer.context().take_changes() {
+            match change {
+                Change::Failed(error) => return Err(error),
+                Change::Revoked(partitions) => {
+                    for partition in partitions {
+                        ingest.close_partition(partition);
+                        next_offsets.remove(&partition);
+                        at_end.remove(&partition);
+                        since_check.remove(&partition);
+                    }
+                }
+                Change::Assigned(partitions) => {
+                    for partition in partitions {
+                        let resume = ingest.open_partition(partition)?;
+                        next_offsets.insert(partition, resume);
+                        at_end.remove(&partition);
+                        tracing::info!(topic = %input.topic, partition, resume, "reading partition");
+                    }
+                }
+            }
+        }
         let stop_raised = input.stop.as_ref().map(|stop| stop.load(Ordering::Acquire));
-        let drained = at_end.len() == partitions.len();
+        // Drained: owning partitions, and at the end of every one of them.
+        let drained = !next_offsets.is_empty() && next_offsets.keys().all(|p| at_end.contains(p));
         let finished = if input.until_drained {
             drained && stop_raised.unwrap_or(true)
         } else {
@@ -154,6 +315,10 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
             }
             Some(Ok(message)) => {
                 let partition = message.partition();
+                if !next_offsets.contains_key(&partition) {
+                    // Fetched before a revocation the loop has not applied yet.
+                    continue;
+                }
                 at_end.remove(&partition);
                 let content_type = message.headers().and_then(|headers| {
                     headers

@@ -100,7 +100,7 @@ impl<'sink> Ingest<'sink> {
     ) -> Self {
         Self {
             config,
-            source: sanitize(source),
+            source: source_name(source),
             partitions: BTreeMap::new(),
             dead_letters,
             unflushed_dead_letters: false,
@@ -124,6 +124,18 @@ impl<'sink> Ingest<'sink> {
         let resume = state.resume_offset();
         self.partitions.insert(partition, state);
         Ok(resume)
+    }
+
+    /// Drops a partition's state without sealing anything: another instance owns it
+    /// now, and resumes from its manifest.
+    pub fn close_partition(&mut self, partition: i32) {
+        if let Some(state) = self.partitions.remove(&partition) {
+            tracing::info!(
+                partition,
+                open_hours = state.open_hours(),
+                "partition handed over; its open hours are read again by the next owner"
+            );
+        }
     }
 
     /// Processes one message read from `topic`/`partition` at `offset`.
@@ -309,8 +321,9 @@ fn missing(partition: i32) -> crate::error::Error {
     }
 }
 
-/// Keeps a source name safe as a file name part.
-fn sanitize(source: &str) -> String {
+/// The name an input has in file names and manifests: `source` with anything but
+/// letters, digits, `-` and `.` replaced by `_`.
+pub fn source_name(source: &str) -> String {
     source
         .chars()
         .map(|c| {

@@ -24,6 +24,6 @@ pub mod rollup;
 pub mod write;
 
 pub use backfill::run_file;
-pub use consume::{KafkaInput, run_kafka};
+pub use consume::{KafkaInput, Ownership, run_kafka};
 pub use error::{Error, Result};
 pub use ingest::{AggregateConfig, AggregateReport};

@@ -66,6 +66,14 @@ enum Command {
         topic: String,
         #[arg(long, default_value = "tally.deadletter")]
         dead_letter_topic: String,
+        /// The consumer group: its instances share the topic's partitions, which move
+        /// between them through the lake as instances come and go.
+        #[arg(long, default_value = "tally-aggregator")]
+        group: String,
+        /// Read every partition without joining a group: a single instance, which a
+        /// restart puts back to work at once (no wait for the group's session timeout).
+        #[arg(long)]
+        all_partitions: bool,
         /// Stop once every partition is read to its end and seal all open hours.
         #[arg(long)]
         until_drained: bool,
@@ -194,6 +202,8 @@ fn main() -> Result<()> {
             brokers,
             topic,
             dead_letter_topic,
+            group,
+            all_partitions,
             until_drained,
             from_file,
             lateness_minutes,
@@ -216,6 +226,10 @@ fn main() -> Result<()> {
                 let brokers = brokers.context("--brokers is required without --from-file")?;
                 let mut input = tally_aggregator::KafkaInput::new(brokers, topic);
                 input.dead_letter_topic = dead_letter_topic;
+                input.group_id = group;
+                if all_partitions {
+                    input.ownership = tally_aggregator::Ownership::AllPartitions;
+                }
                 input.until_drained = until_drained;
                 // As a service, SIGINT/SIGTERM stop it gracefully: it seals what the
                 // watermark allows and writes its manifests; a later start resumes there.
