@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per area.
 
+mod aggregator_bad_input;
 mod aggregator_crash;
 mod aggregator_groups;
 mod broker_pipeline;
