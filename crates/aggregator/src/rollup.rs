@@ -11,9 +11,9 @@ use std::path::Path;
 
 use smallvec::SmallVec;
 use tally_model::sample::labels_from_text;
-use tally_model::{Hour, ResourceKind, RollupKey, RollupMeters, RollupRow, Sample};
+use tally_model::{Hour, ResourceKind, ResourceState, RollupKey, RollupMeters, RollupRow, Sample};
 
-use crate::dedup::{MinuteLedger, Verdict};
+use crate::dedup::{MinuteKey, MinuteLedger, Verdict, key_fingerprint};
 use crate::error::{Error, Result};
 
 /// Resource ids come from the fleet's own collectors; foldhash is seeded per process.
@@ -138,8 +138,22 @@ impl OpenHour {
             })?;
             let position = open.position(&row.key.resource_id);
             let resource = &mut open.resources[position];
-            resource.ledger =
-                MinuteLedger::with_known_minutes(resource.ledger.seen() | row.meters.all_minutes());
+            for (state, minutes) in ResourceState::ALL.into_iter().zip(row.meters.state_masks) {
+                if minutes != 0 {
+                    let key = MinuteKey {
+                        account_id: &row.key.account_id,
+                        kind: row.key.kind,
+                        sku: &row.key.sku,
+                        zone: &row.key.zone,
+                        gpus: row.key.gpus,
+                        state,
+                        labels: labels
+                            .iter()
+                            .map(|(name, value)| (name.as_str(), value.as_str())),
+                    };
+                    resource.ledger.restore(minutes, key_fingerprint(key));
+                }
+            }
             let texts = open
                 .texts
                 .of(&row.key.account_id, &row.key.sku, &row.key.zone);
