@@ -6,7 +6,7 @@
 //! behind `tally aggregate`, on the lake and topic the parent names. The parent kills it
 //! at random moments (a seeded generator, so a failure can be replayed), restarts it, and
 //! after the last kill lets it drain the topic. Every restart resumes from the manifests
-//! in the lake, as a new instance on another machine would.
+//! and checkpoints in the lake, as a new instance on another machine would.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -41,6 +41,8 @@ fn aggregator_child() -> anyhow::Result<()> {
     let topic = std::env::var("TALLY_CRASH_TOPIC")?;
     let mut config = AggregateConfig::new(lake);
     config.clock = Arc::new(FixedClock(fleet_spec().end.to_datetime()));
+    // Checkpoints of the open hours often enough that kills land in and between them.
+    config.checkpoint_interval = Duration::from_millis(150);
     let mut input = KafkaInput::new(&brokers, &topic);
     input.dead_letter_topic = std::env::var("TALLY_CRASH_DEAD_LETTERS")?;
     input.until_drained = true;
@@ -82,7 +84,11 @@ fn resume_offsets(lake: &Path) -> anyhow::Result<i64> {
                 .is_some_and(|extension| extension == "json")
             {
                 let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-                sum += manifest["resume_offset"].as_i64().unwrap_or_default();
+                // Past the checkpoint of the open hours if there is one.
+                let resume = manifest["checkpoint"]["next_offset"]
+                    .as_i64()
+                    .or_else(|| manifest["resume_offset"].as_i64());
+                sum += resume.unwrap_or_default();
             }
         }
     }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -271,6 +271,7 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut since_check: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut last_checkpoint = Instant::now();
     loop {
         for change in consumer.context().take_changes() {
             match change {
@@ -345,12 +346,19 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
                 }
             }
         }
+        if last_checkpoint.elapsed() >= config.checkpoint_interval {
+            for (&partition, &next_offset) in &next_offsets {
+                ingest.checkpoint(partition, next_offset)?;
+            }
+            last_checkpoint = Instant::now();
+        }
     }
     for (partition, next_offset) in next_offsets {
         if input.until_drained {
             ingest.seal_all(partition, next_offset)?;
         } else {
             ingest.seal_ready(partition, next_offset)?;
+            ingest.checkpoint(partition, next_offset)?;
         }
     }
     Ok(ingest.report)

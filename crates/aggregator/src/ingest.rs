@@ -26,6 +26,9 @@ pub struct AggregateConfig {
     pub lateness_minutes: i64,
     pub limits: ValidationLimits,
     pub clock: Arc<dyn Clock>,
+    /// How often the Kafka consumer saves each partition's open hours (and at a
+    /// graceful stop): what a restart reads again is at most this much.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl AggregateConfig {
@@ -35,6 +38,7 @@ impl AggregateConfig {
             lateness_minutes: default_lateness_minutes(),
             limits: ValidationLimits::default(),
             clock: tally_model::clock::system_clock(),
+            checkpoint_interval: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct AggregateReport {
     pub restatements: u64,
     pub rows_written: u64,
     pub bytes_written: u64,
+    pub checkpoints: u64,
 }
 
 impl AggregateReport {
@@ -270,6 +275,18 @@ impl<'sink> Ingest<'sink> {
             .ok_or_else(|| missing(partition))?;
         let seal = state.seal_all(next_offset)?;
         self.report.add_seal(seal);
+        Ok(())
+    }
+
+    /// Saves `partition`'s open hours so that reading resumes at `next_offset`.
+    pub fn checkpoint(&mut self, partition: i32, next_offset: i64) -> Result<()> {
+        self.flush_dead_letters()?;
+        let state = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or_else(|| missing(partition))?;
+        state.checkpoint(next_offset)?;
+        self.report.checkpoints += 1;
         Ok(())
     }
 

@@ -2,7 +2,8 @@
 //! and where to resume reading it.
 //!
 //! It lives in the lake next to the data (`_state/<source>/p<partition>.json`), so
-//! whichever instance owns the partition next finds it there. It is replaced atomically
+//! whichever instance owns the partition next finds it there. It may name a checkpoint
+//! of the open hours (`_state/<source>/p<partition>.open-<offset>.parquet`). It is replaced atomically
 //! (temp file, fsync, rename, directory fsync). Files of the partition that it does not
 //! name (a crash between writing a file and recording it, or a superseded generation not
 //! yet removed) are deleted when the partition is opened.
@@ -32,6 +33,32 @@ pub struct Manifest {
     pub resume_offset: i64,
     /// Sealed hours (`YYYY-MM-DDTHH`) and their current file.
     pub sealed: BTreeMap<String, SealedHour>,
+    /// The open hours as of a later offset, if checkpointed since the last seal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// The partition's open hours, saved so that a restart (or the next owner) resumes at
+/// `next_offset` instead of reading the open hours' samples again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// The open hours' rows, in the rollup format (path relative to the lake root).
+    pub file: PathBuf,
+    /// Every message before it is in a sealed file or in the checkpoint's rows.
+    pub next_offset: i64,
+    /// The latest minute seen on the partition (the watermark's base), unix minutes.
+    pub latest_minute: Option<i64>,
+    /// Per open hour (`YYYY-MM-DDTHH`): what its rows alone do not say.
+    pub hours: BTreeMap<String, OpenHourState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenHourState {
+    pub generation: u32,
+    pub samples_added: u64,
+    pub first_offset: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +93,7 @@ impl Manifest {
                 partition,
                 resume_offset: 0,
                 sealed: BTreeMap::new(),
+                checkpoint: None,
             }),
             Err(source) => Err(Error::Io {
                 action: format!("read {}", path.display()),
@@ -93,6 +121,47 @@ impl Manifest {
             .map_err(|e| io_error("write", e))?;
         fs::rename(&temp, &path).map_err(|e| io_error("rename into place", e))?;
         sync_dir(directory)
+    }
+
+    /// Where to read the partition from: after the checkpoint if there is one.
+    pub fn next_offset(&self) -> i64 {
+        self.checkpoint
+            .as_ref()
+            .map_or(self.resume_offset, |checkpoint| checkpoint.next_offset)
+    }
+
+    /// The relative path of a checkpoint of this partition taken at `next_offset`.
+    pub fn checkpoint_file(&self, next_offset: i64) -> PathBuf {
+        Path::new(STATE_DIR).join(&self.source).join(format!(
+            "{}{next_offset}.parquet",
+            checkpoint_prefix(self.partition)
+        ))
+    }
+
+    /// Deletes checkpoint files of this partition other than the one the manifest names.
+    pub fn remove_stale_checkpoints(&self, lake: &Path) -> Result<usize> {
+        let directory = lake.join(STATE_DIR).join(&self.source);
+        let Ok(files) = fs::read_dir(&directory) else {
+            return Ok(0);
+        };
+        let prefix = checkpoint_prefix(self.partition);
+        let current = self
+            .checkpoint
+            .as_ref()
+            .map(|checkpoint| lake.join(&checkpoint.file));
+        let mut removed = 0;
+        for file in files.flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&prefix) || current.as_ref() == Some(&file.path()) {
+                continue;
+            }
+            fs::remove_file(file.path()).map_err(|source| Error::Io {
+                action: format!("remove stale checkpoint {}", file.path().display()),
+                source,
+            })?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     pub fn sealed_hour(&self, hour: Hour) -> Option<&SealedHour> {
@@ -138,4 +207,9 @@ impl Manifest {
         }
         Ok(removed)
     }
+}
+
+/// Checkpoint files of a partition start with this (`p007.open-`).
+fn checkpoint_prefix(partition: i32) -> String {
+    format!("p{partition:03}.open-")
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use tally_model::{Hour, Minute, Sample};
 
 use crate::dedup::Verdict;
-use crate::error::Result;
-use crate::manifest::{Manifest, SealedHour};
+use crate::error::{Error, Result};
+use crate::manifest::{Checkpoint, Manifest, OpenHourState, SealedHour};
 use crate::rollup::OpenHour;
 use crate::write::{read_rows, write_rows};
 
@@ -34,22 +34,91 @@ pub struct SealReport {
 }
 
 impl PartitionState {
-    /// Opens a partition's state from its manifest, removing files it does not name.
+    /// Opens a partition's state from its manifest, removing files it does not name,
+    /// with the open hours of its checkpoint if it has one.
     pub fn open(lake: &Path, source: &str, partition: i32, lateness_minutes: i64) -> Result<Self> {
         let manifest = Manifest::load(lake, source, partition)?;
         manifest.remove_unrecorded_files(lake)?;
-        Ok(Self {
+        manifest.remove_stale_checkpoints(lake)?;
+        let mut state = Self {
             lake: lake.to_owned(),
             lateness_minutes,
             open: BTreeMap::new(),
             latest_minute: None,
             manifest,
-        })
+        };
+        if let Some(checkpoint) = state.manifest.checkpoint.clone() {
+            let path = lake.join(&checkpoint.file);
+            let mut rows_by_hour: BTreeMap<Hour, Vec<_>> = BTreeMap::new();
+            for row in read_rows(&path)? {
+                rows_by_hour.entry(row.key.hour).or_default().push(row);
+            }
+            for (hour, saved) in &checkpoint.hours {
+                let hour = Hour::parse_partition_value(hour).map_err(|error| Error::Manifest {
+                    path: Manifest::path(lake, source, partition),
+                    detail: format!("checkpoint hour '{hour}': {error}"),
+                })?;
+                let rows = rows_by_hour.remove(&hour).unwrap_or_default();
+                let mut open = OpenHour::restore(hour, rows, saved.generation, &path)?;
+                open.samples_added = saved.samples_added;
+                open.first_offset = saved.first_offset;
+                state.open.insert(hour, open);
+            }
+            if let Some((hour, _)) = rows_by_hour.first_key_value() {
+                return Err(Error::Manifest {
+                    path: Manifest::path(lake, source, partition),
+                    detail: format!(
+                        "checkpoint {} has rows of hour {hour}, which the manifest does not list",
+                        path.display()
+                    ),
+                });
+            }
+            state.latest_minute = checkpoint.latest_minute.map(Minute::from_unix_minutes);
+        }
+        Ok(state)
     }
 
     /// Where to start reading this partition.
     pub fn resume_offset(&self) -> i64 {
-        self.manifest.resume_offset
+        self.manifest.next_offset()
+    }
+
+    /// Saves the open hours, so that reading resumes at `next_offset` (the offset after
+    /// the last message processed) instead of at their first samples.
+    pub fn checkpoint(&mut self, next_offset: i64) -> Result<()> {
+        if next_offset == self.manifest.next_offset() {
+            return Ok(()); // nothing read since
+        }
+        if self.open.is_empty() {
+            self.manifest.checkpoint = None;
+            self.manifest.resume_offset = next_offset;
+        } else {
+            let file = self.manifest.checkpoint_file(next_offset);
+            let rows: Vec<_> = self.open.values().flat_map(OpenHour::sorted_rows).collect();
+            write_rows(&self.lake, &file, &rows)?;
+            self.manifest.checkpoint = Some(Checkpoint {
+                file,
+                next_offset,
+                latest_minute: self.latest_minute.map(Minute::unix_minutes),
+                hours: self
+                    .open
+                    .iter()
+                    .map(|(hour, open)| {
+                        (
+                            hour.partition_value(),
+                            OpenHourState {
+                                generation: open.generation,
+                                samples_added: open.samples_added,
+                                first_offset: open.first_offset,
+                            },
+                        )
+                    })
+                    .collect(),
+            });
+        }
+        self.manifest.store(&self.lake)?;
+        self.manifest.remove_stale_checkpoints(&self.lake)?;
+        Ok(())
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -119,7 +188,7 @@ impl PartitionState {
             }
             let generation = open.generation;
             let samples_added = open.samples_added;
-            let rows = open.into_sorted_rows();
+            let rows = open.sorted_rows();
             let file = self.manifest.file_for(hour, generation);
             let bytes = write_rows(&self.lake, &file, &rows)?;
             let samples = rows
@@ -154,8 +223,13 @@ impl PartitionState {
             .unwrap_or(next_offset);
         let changed = report.hours > 0 || resume != self.manifest.resume_offset;
         self.manifest.resume_offset = resume;
+        if report.hours > 0 {
+            // The checkpoint holds hours sealed just now: a restart reads from `resume`.
+            self.manifest.checkpoint = None;
+        }
         if changed {
             self.manifest.store(&self.lake)?;
+            self.manifest.remove_stale_checkpoints(&self.lake)?;
         }
         // Only once the manifest names the new generations may the old ones go.
         for file in superseded {

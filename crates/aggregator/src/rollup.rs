@@ -217,33 +217,29 @@ impl OpenHour {
     }
 
     /// The rows in the lake's order (account, resource, then the rest of the key).
-    pub fn into_sorted_rows(self) -> Vec<RollupRow> {
-        let hour = self.hour;
-        let mut resources = self.resources;
+    pub fn sorted_rows(&self) -> Vec<RollupRow> {
         let mut rows: Vec<RollupRow> = self
             .index
-            .into_iter()
-            .flat_map(|(resource_id, position)| {
-                std::mem::take(&mut resources[position].rows)
-                    .into_iter()
-                    .map(move |row| {
-                        let mut texts = row.texts.split(TEXT_SEPARATOR).map(str::to_owned);
-                        let mut next = || texts.next().unwrap_or_default();
-                        let (account_id, sku, zone) = (next(), next(), next());
-                        RollupRow {
-                            key: RollupKey {
-                                account_id,
-                                resource_id: resource_id.clone(),
-                                hour,
-                                kind: row.kind,
-                                sku,
-                                zone,
-                                gpus: row.gpus,
-                                labels: labels_text(&row.labels),
-                            },
-                            meters: row.meters,
-                        }
-                    })
+            .iter()
+            .flat_map(|(resource_id, &position)| {
+                self.resources[position].rows.iter().map(move |row| {
+                    let mut texts = row.texts.split(TEXT_SEPARATOR).map(str::to_owned);
+                    let mut next = || texts.next().unwrap_or_default();
+                    let (account_id, sku, zone) = (next(), next(), next());
+                    RollupRow {
+                        key: RollupKey {
+                            account_id,
+                            resource_id: resource_id.clone(),
+                            hour: self.hour,
+                            kind: row.kind,
+                            sku,
+                            zone,
+                            gpus: row.gpus,
+                            labels: labels_text(&row.labels),
+                        },
+                        meters: row.meters,
+                    }
+                })
             })
             .collect();
         rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));

@@ -3,8 +3,8 @@
 //! sealed lake equals a naive rollup of the stream's distinct samples.
 //!
 //! A restart here is what a crash leaves: the in-memory state is dropped, the partition
-//! is reopened from the lake (its manifest) and the stream is read again from the
-//! manifest's resume offset, as Kafka would deliver it.
+//! is reopened from the lake (its manifest, and the checkpoint of open hours it names) and
+//! the stream is read again from where the manifest says, as Kafka would deliver it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -122,6 +122,9 @@ struct Scenario {
     crashes: BTreeSet<usize>,
     /// Messages between two seal checks, as the Kafka loop does every 64.
     seal_every: usize,
+    /// Messages between two checkpoints of the open hours, as the Kafka loop takes every
+    /// minute.
+    checkpoint_every: usize,
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -130,13 +133,17 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         proptest::collection::vec(1usize..6, 1..8),
         proptest::collection::btree_set(0usize..200, 0..6),
         1usize..8,
+        1usize..12,
     )
-        .prop_map(|(samples, message_sizes, crashes, seal_every)| Scenario {
-            samples,
-            message_sizes,
-            crashes,
-            seal_every,
-        })
+        .prop_map(
+            |(samples, message_sizes, crashes, seal_every, checkpoint_every)| Scenario {
+                samples,
+                message_sizes,
+                crashes,
+                seal_every,
+                checkpoint_every,
+            },
+        )
 }
 
 /// The stream as Kafka would hold it: messages of samples, each with its encoding.
@@ -221,6 +228,9 @@ fn aggregate(lake: &Path, scenario: &Scenario, messages: &[(Encoding, Vec<u8>)])
             offset += 1;
             if index % scenario.seal_every == 0 {
                 ingest.seal_ready(0, offset).expect("seal ready");
+            }
+            if index % scenario.checkpoint_every == 0 {
+                ingest.checkpoint(0, offset).expect("checkpoint");
             }
             if crashes.remove(&index) {
                 crashed = true;

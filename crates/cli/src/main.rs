@@ -82,6 +82,10 @@ enum Command {
         from_file: Option<PathBuf>,
         #[arg(long, default_value_t = tally_aggregator::ingest::default_lateness_minutes())]
         lateness_minutes: i64,
+        /// How often each partition's open hours are saved to the lake (and at a
+        /// graceful stop): what a restart reads again is at most this much.
+        #[arg(long, default_value_t = 60)]
+        checkpoint_seconds: u64,
     },
     /// Rate a month of rollups into line items and invoices.
     Rate {
@@ -207,9 +211,11 @@ fn main() -> Result<()> {
             until_drained,
             from_file,
             lateness_minutes,
+            checkpoint_seconds,
         } => {
             let mut config = tally_aggregator::AggregateConfig::new(lake);
             config.lateness_minutes = lateness_minutes;
+            config.checkpoint_interval = std::time::Duration::from_secs(checkpoint_seconds);
             let report = if let Some(path) = from_file {
                 let (report, dead_letters) = tally_aggregator::run_file(&config, &path)?;
                 for letter in &dead_letters {
