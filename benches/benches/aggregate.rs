@@ -4,17 +4,22 @@
 //! cargo bench -p tally-benches --bench aggregate -- --fleet-copies 170 --hours 4 --runs 9
 //! cargo bench -p tally-benches --bench aggregate -- --smoke     # 1 copy, 2 hours, 1 run
 //! cargo bench -p tally-benches --bench aggregate -- --open-state 1000000
+//! cargo bench -p tally-benches --bench aggregate -- --through-broker --fleet-copies 70 --hours 4 --runs 5
 //! ```
 //!
 //! `--open-state N` measures memory instead of speed: the resident set of N resources
 //! with two open hours, in a process of its own so nothing else is resident.
+//! `--through-broker` drains a topic on Tansu (started for the run, from the cache
+//! `tests/run` installs it into) with a bare consumer and with the aggregator.
 
 use anyhow::{Context, bail};
 use tally_benches::aggregate::{Options, open_state, run};
+use tally_benches::broker::through_broker;
 
 enum Mode {
     Speed(Options),
     OpenState(usize),
+    ThroughBroker(Options),
 }
 
 fn args() -> anyhow::Result<Mode> {
@@ -23,6 +28,7 @@ fn args() -> anyhow::Result<Mode> {
         hours: 4,
         runs: 9,
     };
+    let mut broker = false;
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
         match arg.as_str() {
@@ -36,6 +42,7 @@ fn args() -> anyhow::Result<Mode> {
                 options.hours = 2;
                 options.runs = 1;
             }
+            "--through-broker" => broker = true,
             "--open-state" => {
                 return Ok(Mode::OpenState(
                     given.next().context("--open-state N")?.parse()?,
@@ -44,17 +51,24 @@ fn args() -> anyhow::Result<Mode> {
             // cargo bench passes --bench to harness-less targets.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other}: use --fleet-copies N, --hours N, --runs N, --smoke or --open-state N"
+                "unknown argument {other}: use --fleet-copies N, --hours N, --runs N, --smoke, --through-broker or --open-state N"
             ),
         }
     }
-    Ok(Mode::Speed(options))
+    Ok(if broker {
+        Mode::ThroughBroker(options)
+    } else {
+        Mode::Speed(options)
+    })
 }
 
 fn main() -> anyhow::Result<()> {
     match args()? {
         Mode::Speed(options) => run(&options)?.print(),
         Mode::OpenState(resources) => open_state(resources, 2)?.print(),
+        Mode::ThroughBroker(options) => {
+            through_broker(options.fleet_copies, options.hours, options.runs)?.print();
+        }
     }
     Ok(())
 }

@@ -7,5 +7,6 @@
 //! for a large fleet, written exactly as the aggregator writes them.
 
 pub mod aggregate;
+pub mod broker;
 pub mod rating;
 pub mod rollup_month;
