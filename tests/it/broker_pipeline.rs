@@ -58,6 +58,8 @@ async fn hourly_totals_through_tansu_equal_the_ground_truth() -> anyhow::Result<
     input.dead_letter_topic = dead_letter_topic.clone();
     input.until_drained = true;
     input.group_id = unique_topic("aggregators");
+    let metrics = lake.path().join("aggregator.prom");
+    input.metrics_file = Some(metrics.clone());
     let aggregate = {
         let (config, input) = (config.clone(), input.clone());
         tokio::task::spawn_blocking(move || tally_aggregator::run_kafka(&config, &input)).await??
@@ -74,6 +76,25 @@ async fn hourly_totals_through_tansu_equal_the_ground_truth() -> anyhow::Result<
     assert_eq!(aggregate.hours_sealed, 26 * 3, "26 hours on 3 partitions");
     tally_demo::check_against_truth(lake.path(), &truth)?;
     assert_eq!(truth.totals().samples as usize, shipped);
+
+    // The metrics file says what the report says.
+    let text = std::fs::read_to_string(&metrics)?;
+    let figure = |name: &str| {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit_once(' '))
+            .map(|(_, value)| value.to_owned())
+    };
+    assert_eq!(
+        figure("tally_aggregator_accepted_total{").as_deref(),
+        Some(shipped.to_string().as_str()),
+        "{text}"
+    );
+    assert_eq!(
+        figure("tally_aggregator_dead_letters_total{topic=\"").as_deref(),
+        Some("1"),
+        "the first reason listed is malformed: {text}"
+    );
 
     let letters = read_dead_letters(&brokers, &dead_letter_topic)?;
     assert_eq!(letters.len(), 1, "{letters:?}");

@@ -56,6 +56,8 @@ pub struct KafkaInput {
     pub processed: Arc<AtomicU64>,
     /// librdkafka settings applied last (TLS, SASL/SCRAM, fetch sizes).
     pub librdkafka: BTreeMap<String, String>,
+    /// Where to keep the metrics in the Prometheus text format (see [`crate::metrics`]).
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl KafkaInput {
@@ -70,6 +72,7 @@ impl KafkaInput {
             stop: None,
             processed: Arc::new(AtomicU64::new(0)),
             librdkafka: BTreeMap::new(),
+            metrics_file: None,
         }
     }
 }
@@ -350,6 +353,7 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
             for (&partition, &next_offset) in &next_offsets {
                 ingest.checkpoint(partition, next_offset)?;
             }
+            report_metrics(&consumer, input, &ingest.report, &next_offsets)?;
             last_checkpoint = Instant::now();
         }
     }
@@ -361,5 +365,49 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
             ingest.checkpoint(partition, next_offset)?;
         }
     }
-    Ok(ingest.report)
+    let report = ingest.report;
+    report_metrics(&consumer, input, &report, &BTreeMap::new())?;
+    Ok(report)
+}
+
+/// Logs the metrics as one structured line and writes them to the metrics file.
+fn report_metrics(
+    consumer: &BaseConsumer<ConsumerEvents>,
+    input: &KafkaInput,
+    report: &AggregateReport,
+    next_offsets: &BTreeMap<i32, i64>,
+) -> Result<()> {
+    // One request per partition owned, once an interval; a partition whose end the
+    // broker does not tell in time is left out rather than holding the loop up.
+    let lag: BTreeMap<i32, i64> = next_offsets
+        .iter()
+        .filter_map(|(&partition, &next)| {
+            let (_, end) = consumer
+                .fetch_watermarks(&input.topic, partition, Duration::from_millis(500))
+                .ok()?;
+            Some((partition, (end - next).max(0)))
+        })
+        .collect();
+    tracing::info!(
+        topic = %input.topic,
+        messages = report.messages,
+        accepted = report.accepted,
+        duplicates = report.duplicates,
+        conflicts = report.conflicts,
+        dead_letters = ?report.dead_letters,
+        late_samples = report.late_samples,
+        hours_sealed = report.hours_sealed,
+        restatements = report.restatements,
+        max_restatement_lag_minutes = report.max_restatement_lag_minutes,
+        last_checkpoint_micros = report.last_checkpoint_micros,
+        lag = ?lag,
+        "aggregator metrics"
+    );
+    match &input.metrics_file {
+        Some(path) => crate::metrics::write_file(
+            path,
+            &crate::metrics::prometheus_text(&input.topic, report, &lag),
+        ),
+        None => Ok(()),
+    }
 }

@@ -59,17 +59,25 @@ pub struct AggregateReport {
     pub duplicates: u64,
     pub conflicts: u64,
     pub dead_letters: DeadLetterCounts,
+    /// Samples added to an hour already sealed (restated into it).
+    pub late_samples: u64,
     pub hours_sealed: u64,
     pub restatements: u64,
+    pub max_restatement_lag_minutes: i64,
     pub rows_written: u64,
     pub bytes_written: u64,
     pub checkpoints: u64,
+    /// How long the last checkpoint took to write.
+    pub last_checkpoint_micros: u64,
 }
 
 impl AggregateReport {
     fn add_seal(&mut self, seal: SealReport) {
         self.hours_sealed += seal.hours;
         self.restatements += seal.restatements;
+        self.max_restatement_lag_minutes = self
+            .max_restatement_lag_minutes
+            .max(seal.max_restatement_lag_minutes);
         self.rows_written += seal.rows;
         self.bytes_written += seal.bytes;
     }
@@ -219,8 +227,12 @@ impl<'sink> Ingest<'sink> {
                 .partitions
                 .get_mut(&partition)
                 .ok_or_else(|| missing(partition))?;
-            match state.accept(&sample, offset)? {
-                Verdict::New => self.report.accepted += 1,
+            let (verdict, late) = state.accept(&sample, offset)?;
+            match verdict {
+                Verdict::New => {
+                    self.report.accepted += 1;
+                    self.report.late_samples += u64::from(late);
+                }
                 Verdict::Duplicate => self.report.duplicates += 1,
                 Verdict::Conflict => {
                     self.report.conflicts += 1;
@@ -285,8 +297,11 @@ impl<'sink> Ingest<'sink> {
             .partitions
             .get_mut(&partition)
             .ok_or_else(|| missing(partition))?;
+        let started = std::time::Instant::now();
         state.checkpoint(next_offset)?;
         self.report.checkpoints += 1;
+        self.report.last_checkpoint_micros =
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         Ok(())
     }
 

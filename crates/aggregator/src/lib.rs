@@ -19,6 +19,7 @@ pub mod dedup;
 pub mod error;
 pub mod ingest;
 pub mod manifest;
+pub mod metrics;
 pub mod partition;
 pub mod rollup;
 pub mod write;

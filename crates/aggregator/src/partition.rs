@@ -29,6 +29,9 @@ pub struct PartitionState {
 pub struct SealReport {
     pub hours: u64,
     pub restatements: u64,
+    /// Of the hours restated: the most minutes between an hour's end and the latest
+    /// minute seen on the partition when it was sealed again.
+    pub max_restatement_lag_minutes: i64,
     pub rows: u64,
     pub bytes: u64,
 }
@@ -129,8 +132,9 @@ impl PartitionState {
         self.open.len()
     }
 
-    /// Adds a valid sample read at `offset`.
-    pub fn accept(&mut self, sample: &Sample, offset: i64) -> Result<Verdict> {
+    /// Adds a valid sample read at `offset`; says what it was, and whether it is late
+    /// (for an hour already sealed).
+    pub fn accept(&mut self, sample: &Sample, offset: i64) -> Result<(Verdict, bool)> {
         let hour = sample.minute.hour();
         if !self.open.contains_key(&hour) {
             let reopened = match self.manifest.sealed_hour(hour) {
@@ -151,7 +155,7 @@ impl PartitionState {
             .open
             .get_mut(&hour)
             .ok_or_else(|| unreachable_open(hour))?;
-        Ok(open.add(sample, offset))
+        Ok((open.add(sample, offset), open.generation > 0))
     }
 
     /// Seals the hours the watermark has passed; `next_offset` is the offset after the
@@ -209,7 +213,12 @@ impl PartitionState {
             if let Some(previous) = previous {
                 superseded.push(previous.file);
                 report.restatements += 1;
-                tracing::info!(%hour, generation, "restated a sealed hour with late samples");
+                // How far the partition's stream had moved past the hour: event time.
+                let lag = self.latest_minute.map_or(0, |latest| {
+                    latest.unix_minutes() - hour.end_minute().unix_minutes()
+                });
+                report.max_restatement_lag_minutes = report.max_restatement_lag_minutes.max(lag);
+                tracing::info!(%hour, generation, lag_minutes = lag, "restated a sealed hour with late samples");
             }
             report.hours += 1;
             report.rows += rows.len() as u64;

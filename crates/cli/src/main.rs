@@ -86,6 +86,10 @@ enum Command {
         /// graceful stop): what a restart reads again is at most this much.
         #[arg(long, default_value_t = 60)]
         checkpoint_seconds: u64,
+        /// Keep the metrics in this file, in the Prometheus text format (rewritten every
+        /// checkpoint interval and at exit; for node_exporter's textfile collector).
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
     },
     /// Rate a month of rollups into line items and invoices.
     Rate {
@@ -212,6 +216,7 @@ fn main() -> Result<()> {
             from_file,
             lateness_minutes,
             checkpoint_seconds,
+            metrics_file,
         } => {
             let mut config = tally_aggregator::AggregateConfig::new(lake);
             config.lateness_minutes = lateness_minutes;
@@ -233,6 +238,7 @@ fn main() -> Result<()> {
                 let mut input = tally_aggregator::KafkaInput::new(brokers, topic);
                 input.dead_letter_topic = dead_letter_topic;
                 input.group_id = group;
+                input.metrics_file = metrics_file;
                 if all_partitions {
                     input.ownership = tally_aggregator::Ownership::AllPartitions;
                 }
