@@ -7,6 +7,7 @@
 //! for a large fleet, written exactly as the aggregator writes them.
 
 pub mod aggregate;
+pub mod backfill;
 pub mod broker;
 pub mod rating;
 pub mod rollup_month;

@@ -234,7 +234,8 @@ fn ensure_data(
     Ok(directory)
 }
 
-fn duckdb_python() -> anyhow::Result<PathBuf> {
+/// The venv's Python with DuckDB installed (on first use).
+pub fn duckdb_python() -> anyhow::Result<PathBuf> {
     let venv = cache_dir().join(format!("duckdb-{DUCKDB_VERSION}-venv"));
     let python = venv.join("bin/python");
     if python.exists() {
