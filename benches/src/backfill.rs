@@ -118,7 +118,7 @@ impl BackfillFigures {
             self.runs
         );
         println!(
-            "  tally aggregate --from-file (1 thread)   {tally:7.3} s  {} rollup rows",
+            "  tally aggregate --from-file              {tally:7.3} s  {} rollup rows",
             self.tally_rows
         );
         println!(

@@ -1,18 +1,34 @@
 //! `tally aggregate --from-file`: rolls up an NDJSON sample file through the same path
 //! as Kafka messages (decode, validate, dedup, rollup, seal), for imports and tests.
 //!
-//! The file is read in chunks of lines; each chunk counts as one message whose offset is
-//! its first line's number, so dead letters name the exact line.
+//! The file is cut into blocks of whole lines, each of which counts as one message whose
+//! offset is its first line's number; dead letters name the line (`item` is the line
+//! number in the file). Decoding JSON is most of the work, so the blocks are decoded on
+//! every core at once while this thread rolls them up in file order: a reader thread cuts
+//! the blocks and deals them out round-robin, and the results are taken back in the same
+//! order.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
+use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use tally_model::wire::{Decoded, decode_json};
 
 use crate::deadletter::{CollectedDeadLetters, DeadLetter};
 use crate::error::{Error, Result};
 use crate::ingest::{AggregateConfig, AggregateReport, Ingest};
 
-const LINES_PER_CHUNK: usize = 4096;
+/// About 4,000 samples a block: large enough to keep the decoders busy, small enough
+/// that the seal checks between blocks come often.
+const BLOCK_BYTES: u64 = 1 << 20;
+
+/// A block of whole lines and the number of its first line.
+struct Block {
+    first_line: i64,
+    bytes: Vec<u8>,
+}
 
 /// Rolls up `path` into the lake and seals every hour. Returns the report and the dead
 /// letters (the caller decides where they go).
@@ -31,29 +47,102 @@ pub fn run_file(
             .unwrap_or_default()
     );
     let topic = path.display().to_string();
-    let reader = BufReader::new(File::open(path).map_err(input_error)?);
+    let file = File::open(path).map_err(input_error)?;
+    let decoders = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     let mut dead_letters = CollectedDeadLetters::default();
     let mut ingest = Ingest::new(config.clone(), &source, &mut dead_letters);
     ingest.open_partition(0)?;
-    let mut chunk = Vec::new();
-    let mut chunk_first_line = 1i64;
-    let mut line_number = 0i64;
-    for line in reader.split(b'\n') {
-        let line = line.map_err(input_error)?;
-        line_number += 1;
-        chunk.extend_from_slice(&line);
-        chunk.push(b'\n');
-        if line_number - chunk_first_line + 1 >= LINES_PER_CHUNK as i64 {
-            ingest.process(&topic, 0, chunk_first_line, None, &chunk)?;
-            ingest.seal_ready(0, line_number + 1)?;
-            chunk.clear();
-            chunk_first_line = line_number + 1;
+    let mut next_line = 1;
+    std::thread::scope(|scope| -> Result<()> {
+        let mut to_decoders = Vec::new();
+        let mut from_decoders = Vec::new();
+        for _ in 0..decoders {
+            let (blocks, block_receiver) = sync_channel::<std::io::Result<Block>>(2);
+            let (decoded_sender, decoded) = sync_channel(2);
+            scope.spawn(move || decode_blocks(&block_receiver, &decoded_sender));
+            to_decoders.push(blocks);
+            from_decoders.push(decoded);
         }
-    }
-    if !chunk.is_empty() {
-        ingest.process(&topic, 0, chunk_first_line, None, &chunk)?;
-    }
-    ingest.seal_all(0, line_number + 1)?;
+        scope.spawn(move || cut_blocks(file, &to_decoders));
+        // Block k went to decoder k % n; a decoder that has hung up got no block k.
+        for decoded in (0..decoders).cycle().map(|decoder| &from_decoders[decoder]) {
+            let Ok(result) = decoded.recv() else {
+                break;
+            };
+            let (block, mut items) = result.map_err(input_error)?;
+            ingest.process_decoded(&topic, 0, block.first_line, &block.bytes, &mut items)?;
+            next_line = block.first_line + count_lines(&block.bytes);
+            ingest.seal_ready(0, next_line)?;
+        }
+        Ok(())
+    })?;
+    ingest.seal_all(0, next_line)?;
     let report = ingest.report;
     Ok((report, dead_letters.letters))
+}
+
+/// Reads `file` in blocks that end at a line's end, numbered, dealt out round-robin.
+fn cut_blocks(mut file: File, decoders: &[SyncSender<std::io::Result<Block>>]) {
+    let mut first_line = 1;
+    let mut carry = Vec::new();
+    for decoder in decoders.iter().cycle() {
+        let mut bytes = std::mem::take(&mut carry);
+        let mut at_end = false;
+        let read = loop {
+            match (&mut file).take(BLOCK_BYTES).read_to_end(&mut bytes) {
+                Err(error) => break Err(error),
+                // What is left is the last line, without its newline.
+                Ok(0) => {
+                    at_end = true;
+                    break Ok(());
+                }
+                Ok(_) => {
+                    if let Some(end) = bytes.iter().rposition(|byte| *byte == b'\n') {
+                        carry = bytes.split_off(end + 1);
+                        break Ok(());
+                    } // else a line longer than a block: read on
+                }
+            }
+        };
+        let block = match read {
+            Err(error) => Err(error),
+            Ok(()) if bytes.is_empty() => return,
+            Ok(()) => {
+                let block = Block { first_line, bytes };
+                first_line += count_lines(&block.bytes);
+                Ok(block)
+            }
+        };
+        let last = at_end || block.is_err();
+        if decoder.send(block).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Decodes each block it is given; line numbers in errors become lines of the file.
+fn decode_blocks(
+    blocks: &Receiver<std::io::Result<Block>>,
+    decoded: &SyncSender<std::io::Result<(Block, Vec<Decoded>)>>,
+) {
+    for block in blocks {
+        let result = block.map(|block| {
+            let mut items = decode_json(&block.bytes);
+            let before = usize::try_from(block.first_line - 1).unwrap_or(0);
+            for error in items.iter_mut().filter_map(|item| item.as_mut().err()) {
+                error.position += before;
+            }
+            (block, items)
+        });
+        if decoded.send(result).is_err() {
+            return;
+        }
+    }
+}
+
+/// Lines in a block: its newlines, plus one for a last line without one.
+fn count_lines(bytes: &[u8]) -> i64 {
+    let newlines = bytes.iter().filter(|byte| **byte == b'\n').count();
+    let unterminated = usize::from(bytes.last().is_some_and(|byte| *byte != b'\n'));
+    i64::try_from(newlines + unterminated).unwrap_or(i64::MAX)
 }

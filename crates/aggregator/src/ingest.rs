@@ -169,7 +169,7 @@ impl<'sink> Ingest<'sink> {
         };
         let mut decoded = std::mem::take(&mut self.decoded);
         let result = match decode_message(content_type, payload, &mut self.spare, &mut decoded) {
-            Ok(()) => self.process_samples(&origin, payload, &mut decoded),
+            Ok(()) => self.process_items(&origin, payload, &mut decoded),
             Err(rejection) => self.dead_letter(origin.letter(
                 rejection.reason,
                 rejection.detail,
@@ -181,7 +181,28 @@ impl<'sink> Ingest<'sink> {
         result
     }
 
-    fn process_samples(
+    /// Processes the samples of one message decoded elsewhere (the file backfill decodes
+    /// on several threads); `payload` is the message, which dead letters of its Arrow
+    /// rows carry.
+    pub fn process_decoded(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        decoded: &mut Vec<Decoded>,
+    ) -> Result<()> {
+        self.open_partition(partition)?;
+        self.report.messages += 1;
+        let origin = Origin {
+            topic,
+            partition,
+            offset,
+        };
+        self.process_items(&origin, payload, decoded)
+    }
+
+    fn process_items(
         &mut self,
         origin: &Origin<'_>,
         payload: &[u8],

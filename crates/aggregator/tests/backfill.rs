@@ -93,3 +93,42 @@ fn duplicates_count_once_conflicts_and_bad_lines_are_reported() {
         "the hour keeps its 30 minutes and gains the late one"
     );
 }
+
+#[test]
+fn a_file_of_many_blocks_is_read_whole_and_bad_lines_are_named_by_their_number() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let input = directory.path().join("big.ndjson");
+    // 20,000 lines (several blocks), a blank line, a bad line far down, and no newline
+    // after the last line.
+    let mut text = String::new();
+    for number in 1..=20_000u32 {
+        if number == 7_000 {
+            text.push('\n'); // blank: skipped, but counted
+            continue;
+        }
+        if number == 15_001 {
+            text.push_str("{broken\n");
+            continue;
+        }
+        let minute = number - 1;
+        let stamp = format!(
+            "2026-10-01T{:02}:{:02}:00Z",
+            10 + minute / 60 % 10,
+            minute % 60
+        );
+        text.push_str(&line(&stamp, &format!("vm-{}", minute / 600), "running", 1));
+        if number < 20_000 {
+            text.push('\n');
+        }
+    }
+    std::fs::write(&input, text).expect("write");
+    let mut config = AggregateConfig::new(directory.path().join("lake"));
+    config.clock = Arc::new(FixedClock("2026-10-02T00:00:00Z".parse().expect("time")));
+    let (report, dead_letters) = run_file(&config, &input).expect("backfill");
+    assert_eq!(report.accepted, 19_998, "{report:?}");
+    let named: Vec<(&str, Option<usize>)> = dead_letters
+        .iter()
+        .map(|letter| (letter.reason.code(), letter.item))
+        .collect();
+    assert_eq!(named, vec![("malformed", Some(15_001))]);
+}
