@@ -14,7 +14,8 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use tally_model::wire::{Decoded, decode_json};
+use tally_model::Sample;
+use tally_model::wire::{Decoded, decode_json_reusing};
 
 use crate::deadletter::{CollectedDeadLetters, DeadLetter};
 use crate::error::{Error, Result};
@@ -23,6 +24,9 @@ use crate::ingest::{AggregateConfig, AggregateReport, Ingest};
 /// About 4,000 samples a block: large enough to keep the decoders busy, small enough
 /// that the seal checks between blocks come often.
 const BLOCK_BYTES: u64 = 1 << 20;
+
+/// Samples a decoder keeps to fill: about four blocks' worth.
+const MAX_SPARE_SAMPLES: usize = 16_384;
 
 /// A block of whole lines and the number of its first line.
 struct Block {
@@ -56,21 +60,26 @@ pub fn run_file(
     std::thread::scope(|scope| -> Result<()> {
         let mut to_decoders = Vec::new();
         let mut from_decoders = Vec::new();
+        let mut spare_to_decoders = Vec::new();
         for _ in 0..decoders {
             let (blocks, block_receiver) = sync_channel::<std::io::Result<Block>>(2);
             let (decoded_sender, decoded) = sync_channel(2);
-            scope.spawn(move || decode_blocks(&block_receiver, &decoded_sender));
+            let (spare, spare_receiver) = sync_channel(2);
+            scope.spawn(move || decode_blocks(&block_receiver, &spare_receiver, &decoded_sender));
             to_decoders.push(blocks);
             from_decoders.push(decoded);
+            spare_to_decoders.push(spare);
         }
         scope.spawn(move || cut_blocks(file, &to_decoders));
         // Block k went to decoder k % n; a decoder that has hung up got no block k.
-        for decoded in (0..decoders).cycle().map(|decoder| &from_decoders[decoder]) {
-            let Ok(result) = decoded.recv() else {
+        for decoder in (0..decoders).cycle() {
+            let Ok(result) = from_decoders[decoder].recv() else {
                 break;
             };
             let (block, mut items) = result.map_err(input_error)?;
             ingest.process_decoded(&topic, 0, block.first_line, &block.bytes, &mut items)?;
+            // The samples go back to be filled again; a decoder with enough drops them.
+            let _ = spare_to_decoders[decoder].try_send(ingest.take_spare());
             next_line = block.first_line + count_lines(&block.bytes);
             ingest.seal_ready(0, next_line)?;
         }
@@ -120,14 +129,20 @@ fn cut_blocks(mut file: File, decoders: &[SyncSender<std::io::Result<Block>>]) {
     }
 }
 
-/// Decodes each block it is given; line numbers in errors become lines of the file.
+/// Decodes each block it is given into samples handed back by the roll-up where there
+/// are any; line numbers in errors become lines of the file.
 fn decode_blocks(
     blocks: &Receiver<std::io::Result<Block>>,
+    spare_samples: &Receiver<Vec<Sample>>,
     decoded: &SyncSender<std::io::Result<(Block, Vec<Decoded>)>>,
 ) {
+    let mut spare = Vec::new();
     for block in blocks {
+        spare.extend(spare_samples.try_iter().flatten());
+        spare.truncate(MAX_SPARE_SAMPLES);
         let result = block.map(|block| {
-            let mut items = decode_json(&block.bytes);
+            let mut items = Vec::new();
+            decode_json_reusing(&block.bytes, &mut spare, &mut items);
             let before = usize::try_from(block.first_line - 1).unwrap_or(0);
             for error in items.iter_mut().filter_map(|item| item.as_mut().err()) {
                 error.position += before;

@@ -270,6 +270,12 @@ impl<'sink> Ingest<'sink> {
         Ok(())
     }
 
+    /// The samples processed since the last call, for a decoder on another thread to
+    /// fill again (see [`Self::process_decoded`]).
+    pub fn take_spare(&mut self) -> Vec<Sample> {
+        std::mem::take(&mut self.spare)
+    }
+
     fn recycle(&mut self, sample: Sample) {
         if self.spare.len() < MAX_SPARE_SAMPLES {
             self.spare.push(sample);

@@ -17,6 +17,7 @@
 //! This crate does no I/O: it turns values into bytes and back, and checks them.
 
 pub mod clock;
+mod flat_json;
 pub mod line_item;
 pub mod minute;
 pub mod money;

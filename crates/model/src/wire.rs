@@ -21,6 +21,7 @@ use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 
+use crate::flat_json::read_plain_sample;
 use crate::minute::Minute;
 use crate::sample::{ResourceKind, ResourceState, Sample, labels_from_text, labels_to_text};
 use crate::validate::{RejectReason, Rejection};
@@ -74,7 +75,7 @@ impl Encoding {
         decoded.clear();
         match self {
             Encoding::Json => {
-                decoded.extend(decode_json(bytes));
+                decode_json_reusing(bytes, spare, decoded);
                 Ok(())
             }
             Encoding::Arrow => decode_arrow_reusing(bytes, spare, decoded),
@@ -111,19 +112,55 @@ pub fn encode_json(samples: &[Sample]) -> Vec<u8> {
 
 /// Reads NDJSON samples; blank lines are skipped, each bad line becomes an [`ItemError`].
 pub fn decode_json(bytes: &[u8]) -> Vec<Decoded> {
-    bytes
+    let mut decoded = Vec::new();
+    decode_json_reusing(bytes, &mut Vec::new(), &mut decoded);
+    decoded
+}
+
+/// [`decode_json`] into `decoded`, filling samples taken from `spare`. Lines in the plain
+/// form collectors write are read by a short cut that reuses the samples' buffers (see
+/// `flat_json`); every other line by `serde_json`, which also names what is wrong.
+pub fn decode_json_reusing(bytes: &[u8], spare: &mut Vec<Sample>, decoded: &mut Vec<Decoded>) {
+    let lines = bytes
         .split(|byte| *byte == b'\n')
         .enumerate()
-        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-        .map(|(index, line)| {
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace));
+    for (index, line) in lines {
+        let mut sample = spare.pop().unwrap_or_else(blank_sample);
+        if read_plain_sample(line, &mut sample) {
+            decoded.push(Ok(sample));
+            continue;
+        }
+        spare.push(sample);
+        decoded.push(
             serde_json::from_slice::<Sample>(line).map_err(|error| ItemError {
                 unit: "line",
                 position: index + 1,
                 rejection: Rejection::new(RejectReason::Malformed, error.to_string()),
                 raw: line.to_vec(),
-            })
-        })
-        .collect()
+            }),
+        );
+    }
+}
+
+/// A sample to be filled: every field is overwritten before it is used.
+fn blank_sample() -> Sample {
+    Sample {
+        minute: Minute::from_unix_minutes(0),
+        host: String::new(),
+        account_id: String::new(),
+        resource_id: String::new(),
+        kind: ResourceKind::Server,
+        sku: String::new(),
+        zone: String::new(),
+        state: ResourceState::Running,
+        gpus: 0,
+        out_external_bytes: 0,
+        out_internal_bytes: 0,
+        in_bytes: 0,
+        size_bytes: 0,
+        labels: BTreeMap::new(),
+    }
 }
 
 static SAMPLE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -362,22 +399,7 @@ fn decode_batch(
                 }
             },
         };
-        let mut sample = spare.pop().unwrap_or_else(|| Sample {
-            minute: Minute::from_unix_minutes(0),
-            host: String::new(),
-            account_id: String::new(),
-            resource_id: String::new(),
-            kind: kind_value,
-            sku: String::new(),
-            zone: String::new(),
-            state: state_value,
-            gpus: 0,
-            out_external_bytes: 0,
-            out_internal_bytes: 0,
-            in_bytes: 0,
-            size_bytes: 0,
-            labels: BTreeMap::new(),
-        });
+        let mut sample = spare.pop().unwrap_or_else(blank_sample);
         // Every field is set: a spare sample keeps nothing of its last use but buffers.
         sample.minute = Minute::from_unix_minutes(seconds.div_euclid(60));
         host.value(row).clone_into(&mut sample.host);
