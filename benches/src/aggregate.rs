@@ -58,16 +58,22 @@ pub struct Figures {
     pub bytes: u64,
 }
 
-pub fn run(options: &Options) -> anyhow::Result<Figures> {
-    // 2026-10-01T00:00Z.
+/// The simulator's fleet, `fleet_copies` copies of it, from 2026-10-01T00:00Z for
+/// `hours` hours, and the end of that span: the input of every aggregator benchmark.
+pub fn bench_fleet(fleet_copies: usize, hours: i64) -> (Fleet, Minute) {
     let start = Minute::from_unix_minutes(29_846_880);
-    let end = start.plus(options.hours * 60);
+    let end = start.plus(hours * 60);
     let fleet = Fleet::generate(FleetSpec {
         seed: 7,
         start,
         end,
-        scale: options.fleet_copies,
+        scale: fleet_copies,
     });
+    (fleet, end)
+}
+
+pub fn run(options: &Options) -> anyhow::Result<Figures> {
+    let (fleet, end) = bench_fleet(options.fleet_copies, options.hours);
     let samples: Vec<Sample> = fleet.chunks(1).flatten().collect();
     let mut figures = Figures {
         resources: fleet.resources.len(),

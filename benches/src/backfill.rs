@@ -10,11 +10,10 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use tally_aggregator::AggregateConfig;
-use tally_collector::{Fleet, FleetSpec};
-use tally_model::Minute;
 use tally_model::clock::FixedClock;
 use tally_model::wire::encode_json;
 
+use crate::aggregate::bench_fleet;
 use crate::rating::{duckdb_python, median};
 
 const THREADS: usize = 2;
@@ -32,14 +31,7 @@ pub struct BackfillFigures {
 }
 
 pub fn backfill(fleet_copies: usize, hours: i64, runs: usize) -> anyhow::Result<BackfillFigures> {
-    let start = Minute::from_unix_minutes(29_846_880);
-    let end = start.plus(hours * 60);
-    let fleet = Fleet::generate(FleetSpec {
-        seed: 7,
-        start,
-        end,
-        scale: fleet_copies,
-    });
+    let (fleet, end) = bench_fleet(fleet_copies, hours);
     let work = tempfile::tempdir()?;
     let file = work.path().join("samples.ndjson");
     let mut figures = BackfillFigures {

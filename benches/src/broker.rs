@@ -20,10 +20,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_aggregator::{AggregateConfig, KafkaInput, Ownership};
-use tally_collector::{Fleet, FleetSpec, ShipConfig, Shipper};
-use tally_model::Minute;
+use tally_collector::{ShipConfig, Shipper};
 use tally_model::clock::FixedClock;
 
+use crate::aggregate::bench_fleet;
 use crate::rating::{cache_dir, median};
 
 const TANSU_VERSION: &str = "0.6.0";
@@ -109,14 +109,7 @@ pub fn through_broker(
     let tansu = Tansu::start()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let topic = "bench.samples";
-    let start = Minute::from_unix_minutes(29_846_880);
-    let end = start.plus(hours * 60);
-    let fleet = Fleet::generate(FleetSpec {
-        seed: 7,
-        start,
-        end,
-        scale: fleet_copies,
-    });
+    let (fleet, end) = bench_fleet(fleet_copies, hours);
     let mut figures = BrokerFigures {
         runs,
         ..BrokerFigures::default()

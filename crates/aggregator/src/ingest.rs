@@ -160,22 +160,23 @@ impl<'sink> Ingest<'sink> {
         content_type: Option<&str>,
         payload: &[u8],
     ) -> Result<()> {
-        self.open_partition(partition)?;
-        self.report.messages += 1;
-        let origin = Origin {
-            topic,
-            partition,
-            offset,
-        };
         let mut decoded = std::mem::take(&mut self.decoded);
         let result = match decode_message(content_type, payload, &mut self.spare, &mut decoded) {
-            Ok(()) => self.process_items(&origin, payload, &mut decoded),
-            Err(rejection) => self.dead_letter(origin.letter(
-                rejection.reason,
-                rejection.detail,
-                None,
-                payload.to_vec(),
-            )),
+            Ok(()) => self.process_decoded(topic, partition, offset, payload, &mut decoded),
+            Err(rejection) => self.open_partition(partition).and_then(|_| {
+                self.report.messages += 1;
+                let origin = Origin {
+                    topic,
+                    partition,
+                    offset,
+                };
+                self.dead_letter(origin.letter(
+                    rejection.reason,
+                    rejection.detail,
+                    None,
+                    payload.to_vec(),
+                ))
+            }),
         };
         self.decoded = decoded;
         result

@@ -190,6 +190,7 @@ impl<'a> Cursor<'a> {
 mod tests {
     use super::*;
     use crate::wire::encode_json;
+    use crate::wire::tests::arbitrary_sample;
     use proptest::prelude::*;
 
     /// What `serde_json` alone makes of a line, and what the short cut makes of it.
@@ -201,34 +202,6 @@ mod tests {
         .expect("a sample to reuse");
         let fast = read_plain_sample(line.as_bytes(), &mut sample).then_some(sample);
         (serde, fast)
-    }
-
-    fn arbitrary_sample() -> impl Strategy<Value = Sample> {
-        (
-            -1_000_000i64..100_000_000,
-            "[a-zA-Z0-9 ._ä\"\\\\-]{1,12}",
-            0usize..ResourceKind::ALL.len(),
-            0usize..ResourceState::COUNT,
-            any::<u16>(),
-            any::<[u64; 4]>(),
-            proptest::collection::btree_map("[a-z]{1,5}", "[a-z0-9 é]{0,5}", 0..3),
-        )
-            .prop_map(|(minute, text, kind, state, gpus, bytes, labels)| Sample {
-                minute: Minute::from_unix_minutes(minute),
-                host: format!("hv-{text}"),
-                account_id: text.clone(),
-                resource_id: format!("vm-{text}"),
-                kind: ResourceKind::ALL[kind],
-                sku: "cx22".into(),
-                zone: "fsn1".into(),
-                state: ResourceState::ALL[state],
-                gpus,
-                out_external_bytes: bytes[0],
-                out_internal_bytes: bytes[1],
-                in_bytes: bytes[2],
-                size_bytes: bytes[3],
-                labels,
-            })
     }
 
     proptest! {

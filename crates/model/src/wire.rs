@@ -421,20 +421,22 @@ fn decode_batch(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arbitrary_sample() -> impl Strategy<Value = Sample> {
+    /// Samples with texts that need escaping in JSON now and then, and minutes before the
+    /// epoch too.
+    pub(crate) fn arbitrary_sample() -> impl Strategy<Value = Sample> {
         (
-            0i64..100_000_000,
-            "[a-z0-9-]{1,12}",
+            -1_000_000i64..100_000_000,
+            "[a-zA-Z0-9 ._ä\"\\\\-]{1,12}",
             "[a-z0-9-]{1,12}",
             0usize..ResourceKind::ALL.len(),
             0usize..ResourceState::COUNT,
             any::<u16>(),
             any::<[u64; 4]>(),
-            proptest::collection::btree_map("[a-z]{1,5}", "[a-z0-9 ]{0,5}", 0..3),
+            proptest::collection::btree_map("[a-z]{1,5}", "[a-z0-9 é]{0,5}", 0..3),
         )
             .prop_map(
                 |(minute, account, resource, kind, state, gpus, bytes, labels)| Sample {
