@@ -126,6 +126,7 @@ async fn bad_and_repeated_messages_are_dead_lettered_and_deduplicated() -> anyho
         (state >> 33) % 100
     };
     let (mut messages, mut resent, mut expected_reasons) = (0, 0, Vec::new());
+    let mut expected_payloads = Vec::new();
     for hour in fleet.chunks(60) {
         hour.iter().for_each(|sample| truth.record(sample));
         let mut by_partition = vec![Vec::new(); PARTITIONS as usize];
@@ -141,8 +142,14 @@ async fn bad_and_repeated_messages_are_dead_lettered_and_deduplicated() -> anyho
                     0 => {
                         let (content_type, bad, reason) =
                             bad_message(expected_reasons.len(), &payload, &batch[0]);
-                        send(partition, content_type, bad).await?;
+                        send(partition, content_type, bad.clone()).await?;
                         expected_reasons.push(reason);
+                        // A one-line JSON message's dead letter is the line as sent.
+                        let mut original = bad;
+                        if content_type == Encoding::Json.content_type() {
+                            original.truncate(original.trim_ascii_end().len());
+                        }
+                        expected_payloads.push(original);
                     }
                     1 => {
                         send(partition, Encoding::Arrow.content_type(), payload).await?;
@@ -186,6 +193,16 @@ async fn bad_and_repeated_messages_are_dead_lettered_and_deduplicated() -> anyho
     assert_eq!(
         found, expected_reasons,
         "one dead letter per bad message, with its reason"
+    );
+    let mut payloads: Vec<&[u8]> = letters
+        .iter()
+        .map(|letter| letter.payload.as_slice())
+        .collect();
+    payloads.sort_unstable();
+    expected_payloads.sort_unstable();
+    assert_eq!(
+        payloads, expected_payloads,
+        "each with the bytes that were sent"
     );
     Ok(())
 }

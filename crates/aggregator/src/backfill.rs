@@ -19,7 +19,7 @@ use tally_model::wire::{Decoded, decode_json_reusing};
 
 use crate::deadletter::{CollectedDeadLetters, DeadLetter};
 use crate::error::{Error, Result};
-use crate::ingest::{AggregateConfig, AggregateReport, Ingest};
+use crate::ingest::{AggregateConfig, AggregateReport, Ingest, Original};
 
 /// About 4,000 samples a block: large enough to keep the decoders busy, small enough
 /// that the seal checks between blocks come often.
@@ -77,7 +77,11 @@ pub fn run_file(
                 break;
             };
             let (block, mut items) = result.map_err(input_error)?;
-            ingest.process_decoded(&topic, 0, block.first_line, &block.bytes, &mut items)?;
+            let original = Original::Lines {
+                bytes: &block.bytes,
+                first_line: usize::try_from(block.first_line).unwrap_or(usize::MAX),
+            };
+            ingest.process_decoded(&topic, 0, block.first_line, original, &mut items)?;
             // The samples go back to be filled again; a decoder with enough drops them.
             let _ = spare_to_decoders[decoder].try_send(ingest.take_spare());
             next_line = block.first_line + count_lines(&block.bytes);

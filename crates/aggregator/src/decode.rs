@@ -9,13 +9,13 @@ use tally_model::{RejectReason, Sample};
 /// A message without a `content-type` header is read as JSON when it starts with `{`
 /// (hand-written exporters often send no headers); anything else needs the header.
 /// The samples go to `decoded`, filled into `spare` ones where there are any (see
-/// [`Encoding::decode_reusing`]).
+/// [`Encoding::decode_reusing`]); the encoding read is returned.
 pub fn decode_message(
     content_type: Option<&str>,
     payload: &[u8],
     spare: &mut Vec<Sample>,
     decoded: &mut Vec<Decoded>,
-) -> Result<(), Rejection> {
+) -> Result<Encoding, Rejection> {
     let encoding = match content_type {
         Some(content_type) => Encoding::from_content_type(content_type).ok_or_else(|| {
             Rejection::new(
@@ -35,7 +35,8 @@ pub fn decode_message(
             ));
         }
     };
-    encoding.decode_reusing(payload, spare, decoded)
+    encoding.decode_reusing(payload, spare, decoded)?;
+    Ok(encoding)
 }
 
 #[cfg(test)]
@@ -51,7 +52,7 @@ mod tests {
         assert!(decode_message(None, b"\x00\x01", &mut Vec::new(), &mut Vec::new()).is_err());
         let mut decoded = Vec::new();
         assert_eq!(
-            decode_message(None, b"  \n", &mut Vec::new(), &mut decoded),
+            decode_message(None, b"  \n", &mut Vec::new(), &mut decoded).map(|_| ()),
             Err(Rejection::new(
                 RejectReason::UnknownEncoding,
                 "the message has no content-type header and is not JSON"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tally_model::clock::Clock;
 use tally_model::validate::validate;
-use tally_model::wire::Decoded;
+use tally_model::wire::{Decoded, Encoding};
 use tally_model::{Minute, RejectReason, Sample, ValidationLimits};
 
 use crate::deadletter::{DeadLetter, DeadLetterCounts, DeadLetterSink};
@@ -162,7 +162,16 @@ impl<'sink> Ingest<'sink> {
     ) -> Result<()> {
         let mut decoded = std::mem::take(&mut self.decoded);
         let result = match decode_message(content_type, payload, &mut self.spare, &mut decoded) {
-            Ok(()) => self.process_decoded(topic, partition, offset, payload, &mut decoded),
+            Ok(encoding) => {
+                let original = match encoding {
+                    Encoding::Json => Original::Lines {
+                        bytes: payload,
+                        first_line: 1,
+                    },
+                    Encoding::Arrow => Original::Rows(payload),
+                };
+                self.process_decoded(topic, partition, offset, original, &mut decoded)
+            }
             Err(rejection) => self.open_partition(partition).and_then(|_| {
                 self.report.messages += 1;
                 let origin = Origin {
@@ -183,14 +192,13 @@ impl<'sink> Ingest<'sink> {
     }
 
     /// Processes the samples of one message decoded elsewhere (the file backfill decodes
-    /// on several threads); `payload` is the message, which dead letters of its Arrow
-    /// rows carry.
+    /// on several threads); `original` is the message, whose bytes dead letters carry.
     pub fn process_decoded(
         &mut self,
         topic: &str,
         partition: i32,
         offset: i64,
-        payload: &[u8],
+        original: Original<'_>,
         decoded: &mut Vec<Decoded>,
     ) -> Result<()> {
         self.open_partition(partition)?;
@@ -200,24 +208,24 @@ impl<'sink> Ingest<'sink> {
             partition,
             offset,
         };
-        self.process_items(&origin, payload, decoded)
+        self.process_items(&origin, original, decoded)
     }
 
     fn process_items(
         &mut self,
         origin: &Origin<'_>,
-        payload: &[u8],
+        original: Original<'_>,
         decoded: &mut Vec<Decoded>,
     ) -> Result<()> {
         let partition = origin.partition;
         let offset = origin.offset;
         let now = Minute::containing(self.config.clock.now());
-        for item in decoded.drain(..) {
+        for (index, item) in decoded.drain(..).enumerate() {
             let sample = match item {
                 Ok(sample) => sample,
                 Err(error) => {
                     let raw = if error.raw.is_empty() {
-                        payload.to_vec()
+                        original.bytes().to_vec()
                     } else {
                         error.raw
                     };
@@ -236,12 +244,12 @@ impl<'sink> Ingest<'sink> {
             };
             self.report.samples += 1;
             if let Err(rejection) = validate(&sample, &self.config.limits, now) {
-                let json = tally_model::wire::encode_json(std::slice::from_ref(&sample));
+                let (item, raw) = original.item(index);
                 let detail = format!(
                     "resource {} minute {}: {}",
                     sample.resource_id, sample.minute, rejection.detail
                 );
-                self.dead_letter(origin.letter(rejection.reason, detail, None, json))?;
+                self.dead_letter(origin.letter(rejection.reason, detail, Some(item), raw))?;
                 self.recycle(sample);
                 continue;
             }
@@ -258,12 +266,17 @@ impl<'sink> Ingest<'sink> {
                 Verdict::Duplicate => self.report.duplicates += 1,
                 Verdict::Conflict => {
                     self.report.conflicts += 1;
-                    let json = tally_model::wire::encode_json(std::slice::from_ref(&sample));
+                    let (item, raw) = original.item(index);
                     let detail = format!(
                         "resource {} minute {} was already counted with different values; the first sample is kept",
                         sample.resource_id, sample.minute
                     );
-                    self.dead_letter(origin.letter(RejectReason::Conflict, detail, None, json))?;
+                    self.dead_letter(origin.letter(
+                        RejectReason::Conflict,
+                        detail,
+                        Some(item),
+                        raw,
+                    ))?;
                 }
             }
             self.recycle(sample);
@@ -344,6 +357,40 @@ impl<'sink> Ingest<'sink> {
 
     pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
         self.partitions.keys().copied()
+    }
+}
+
+/// A decoded message's bytes: what a sample's dead letter carries as its original bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum Original<'a> {
+    /// NDJSON: the decoded items are its non-blank lines in order; `first_line` is the
+    /// number of its first line (1 within a Kafka message, the file's line for a backfill).
+    Lines { bytes: &'a [u8], first_line: usize },
+    /// Arrow IPC: item `k` is row `k`; a row is not bytes of its own, so its dead letter
+    /// carries the whole message and names the row.
+    Rows(&'a [u8]),
+}
+
+impl Original<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Original::Lines { bytes, .. } | Original::Rows(bytes) => bytes,
+        }
+    }
+
+    /// The line number or row index of item `index`, and its original bytes.
+    fn item(&self, index: usize) -> (usize, Vec<u8>) {
+        match self {
+            Original::Lines { bytes, first_line } => bytes
+                .split(|byte| *byte == b'\n')
+                .enumerate()
+                .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+                .nth(index)
+                .map_or((0, Vec::new()), |(number, line)| {
+                    (first_line + number, line.to_vec())
+                }),
+            Original::Rows(bytes) => (index, bytes.to_vec()),
+        }
     }
 }
 

@@ -45,11 +45,14 @@ fn duplicates_count_once_conflicts_and_bad_lines_are_reported() {
     assert_eq!(
         reasons,
         vec![
-            ("conflict", None),
+            ("conflict", Some(92)),
             ("malformed", Some(93)),
             ("malformed", Some(94))
         ]
     );
+    // Each dead letter carries its line as it was written.
+    assert_eq!(dead_letters[0].payload, lines[91].as_bytes());
+    assert_eq!(dead_letters[1].payload, b"{not json");
 
     let mut rows = Vec::new();
     for hour in ["2026-10-01T10", "2026-10-01T11"] {
