@@ -17,6 +17,8 @@ use crate::rollup::OpenHour;
 use crate::write::{read_rows, write_rows};
 
 pub struct PartitionState {
+    /// The partition's lock, held while this state exists (see [`claim`]).
+    _claim: std::fs::File,
     lake: PathBuf,
     lateness_minutes: i64,
     open: BTreeMap<Hour, OpenHour>,
@@ -40,10 +42,12 @@ impl PartitionState {
     /// Opens a partition's state from its manifest, removing files it does not name,
     /// with the open hours of its checkpoint if it has one.
     pub fn open(lake: &Path, source: &str, partition: i32, lateness_minutes: i64) -> Result<Self> {
+        let claim = claim(lake, source, partition)?;
         let manifest = Manifest::load(lake, source, partition)?;
         manifest.remove_unrecorded_files(lake)?;
         manifest.remove_stale_checkpoints(lake)?;
         let mut state = Self {
+            _claim: claim,
             lake: lake.to_owned(),
             lateness_minutes,
             open: BTreeMap::new(),
@@ -251,9 +255,78 @@ impl PartitionState {
     }
 }
 
+/// Takes the partition's lock file (`_state/<source>/p<N>.lock`), waiting while another
+/// process or instance holds it: whoever holds it is the only writer of the partition's
+/// files and manifest. A consumer group gives a partition to one member at a time, but a
+/// member paused past its session timeout still believes it owns its partitions until it
+/// runs again and learns otherwise; the lock keeps the next owner from writing before
+/// that one has let go (a killed process lets go at once). The lock is advisory
+/// (`flock`): it holds for instances on one machine, or on a file system that honours it
+/// across machines.
+fn claim(lake: &Path, source: &str, partition: i32) -> Result<std::fs::File> {
+    let path = Manifest::path(lake, source, partition).with_extension("lock");
+    let io_error = |action: &str, source| Error::Io {
+        action: format!("{action} {}", path.display()),
+        source,
+    };
+    if let Some(directory) = path.parent() {
+        std::fs::create_dir_all(directory).map_err(|e| io_error("create the directory of", e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error("open", e))?;
+    let mut waited = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !waited {
+                    tracing::warn!(partition, lock = %path.display(), "another instance still holds the partition; waiting for it to let go");
+                    waited = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(io_error("lock", error)),
+        }
+    }
+}
+
 fn unreachable_open(hour: Hour) -> crate::error::Error {
     crate::error::Error::Io {
         action: format!("find open hour {hour}"),
         source: std::io::Error::other("an hour inserted just before is missing"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    #[test]
+    fn a_partition_has_one_owner_at_a_time() {
+        let lake = tempfile::tempdir().expect("lake");
+        let first = PartitionState::open(lake.path(), "samples", 3, 15).expect("first owner");
+        let (opened, wait) = channel();
+        let path = lake.path().to_owned();
+        let second = std::thread::spawn(move || {
+            let state = PartitionState::open(&path, "samples", 3, 15).expect("second owner");
+            opened.send(()).expect("send");
+            state
+        });
+        assert!(
+            wait.recv_timeout(Duration::from_millis(500)).is_err(),
+            "the second owner opened the partition while the first held it"
+        );
+        // Another partition is free all along.
+        PartitionState::open(lake.path(), "samples", 4, 15).expect("another partition");
+        drop(first);
+        wait.recv_timeout(Duration::from_secs(5))
+            .expect("the second owner opens it once the first let go");
+        second.join().expect("second");
     }
 }
