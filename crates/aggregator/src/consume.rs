@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
@@ -353,6 +353,7 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
             for (&partition, &next_offset) in &next_offsets {
                 ingest.checkpoint(partition, next_offset)?;
             }
+            commit_hint(&consumer, &input.topic, &next_offsets);
             report_metrics(&consumer, input, &ingest.report, &next_offsets)?;
             last_checkpoint = Instant::now();
         }
@@ -368,6 +369,26 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
     let report = ingest.report;
     report_metrics(&consumer, input, &report, &BTreeMap::new())?;
     Ok(report)
+}
+
+/// Commits the checkpointed offsets to Kafka, for the tools that show a group's lag there.
+/// A hint only: the aggregator itself resumes from its manifests, never from these.
+fn commit_hint(
+    consumer: &BaseConsumer<ConsumerEvents>,
+    topic: &str,
+    next_offsets: &BTreeMap<i32, i64>,
+) {
+    let mut offsets = TopicPartitionList::new();
+    for (&partition, &next) in next_offsets {
+        if let Err(error) = offsets.add_partition_offset(topic, partition, Offset::Offset(next)) {
+            tracing::debug!(%error, partition, "offset not committed");
+        }
+    }
+    if offsets.count() > 0
+        && let Err(error) = consumer.commit(&offsets, CommitMode::Async)
+    {
+        tracing::debug!(%error, "committing the offsets (a hint for tools) failed");
+    }
 }
 
 /// Logs the metrics as one structured line and writes them to the metrics file.
