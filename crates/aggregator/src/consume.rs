@@ -272,31 +272,19 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
     let mut ingest = Ingest::new(config.clone(), &input.topic, &mut dead_letters);
     // Partitions owned now, with the offset after the last message processed.
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    // Owned partitions at their end (read up to what was produced).
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     let mut since_check: BTreeMap<i32, u64> = BTreeMap::new();
     let mut last_checkpoint = Instant::now();
     loop {
-        for change in consumer.context().take_changes() {
-            match change {
-                Change::Failed(error) => return Err(error),
-                Change::Revoked(partitions) => {
-                    for partition in partitions {
-                        ingest.close_partition(partition);
-                        next_offsets.remove(&partition);
-                        at_end.remove(&partition);
-                        since_check.remove(&partition);
-                    }
-                }
-                Change::Assigned(partitions) => {
-                    for partition in partitions {
-                        let resume = ingest.open_partition(partition)?;
-                        next_offsets.insert(partition, resume);
-                        at_end.remove(&partition);
-                        tracing::info!(topic = %input.topic, partition, resume, "reading partition");
-                    }
-                }
-            }
-        }
+        // Assignments made outside `poll` (every partition, without a group).
+        apply_changes(
+            &consumer,
+            &mut ingest,
+            &mut next_offsets,
+            &mut at_end,
+            &input.topic,
+        )?;
         let stop_raised = input.stop.as_ref().map(|stop| stop.load(Ordering::Acquire));
         // Drained: owning partitions, and at the end of every one of them.
         let drained = !next_offsets.is_empty() && next_offsets.keys().all(|p| at_end.contains(p));
@@ -308,7 +296,18 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
         if finished {
             break;
         }
-        match consumer.poll(Duration::from_millis(100)) {
+        let polled = consumer.poll(Duration::from_millis(100));
+        // A rebalance happens inside `poll`, which may then return a message of a
+        // partition it just assigned: the change is applied before the message.
+        apply_changes(
+            &consumer,
+            &mut ingest,
+            &mut next_offsets,
+            &mut at_end,
+            &input.topic,
+        )?;
+        since_check.retain(|partition, _| next_offsets.contains_key(partition));
+        match polled {
             None => {}
             Some(Err(KafkaError::PartitionEOF(partition))) => {
                 at_end.insert(partition);
@@ -320,8 +319,12 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
             Some(Ok(message)) => {
                 let partition = message.partition();
                 if !next_offsets.contains_key(&partition) {
-                    // Fetched before a revocation the loop has not applied yet.
-                    continue;
+                    // librdkafka drops what it fetched for revoked partitions; reading on
+                    // here could let a manifest pass this message unread.
+                    return Err(Error::NotOwned {
+                        partition,
+                        offset: message.offset(),
+                    });
                 }
                 at_end.remove(&partition);
                 let content_type = message.headers().and_then(|headers| {
@@ -369,6 +372,39 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
     let report = ingest.report;
     report_metrics(&consumer, input, &report, &BTreeMap::new())?;
     Ok(report)
+}
+
+/// Applies the rebalances noted since the last call: a revoked partition's state is
+/// dropped, an assigned one's is opened from the lake.
+/// A partition assigned starts at its resume offset, not at its end: its end mark goes.
+fn apply_changes(
+    consumer: &BaseConsumer<ConsumerEvents>,
+    ingest: &mut Ingest<'_>,
+    next_offsets: &mut BTreeMap<i32, i64>,
+    at_end: &mut BTreeSet<i32>,
+    topic: &str,
+) -> Result<()> {
+    for change in consumer.context().take_changes() {
+        match change {
+            Change::Failed(error) => return Err(error),
+            Change::Revoked(partitions) => {
+                for partition in partitions {
+                    ingest.close_partition(partition);
+                    next_offsets.remove(&partition);
+                    at_end.remove(&partition);
+                }
+            }
+            Change::Assigned(partitions) => {
+                for partition in partitions {
+                    let resume = ingest.open_partition(partition)?;
+                    next_offsets.insert(partition, resume);
+                    at_end.remove(&partition);
+                    tracing::info!(topic, partition, resume, "reading partition");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Commits the checkpointed offsets to Kafka, for the tools that show a group's lag there.

@@ -34,6 +34,10 @@ pub enum Error {
         context: String,
         source: rdkafka::error::KafkaError,
     },
+    #[error(
+        "a message of partition {partition} (offset {offset}) arrived, which this instance does not own; stopping before anything passes it unread"
+    )]
+    NotOwned { partition: i32, offset: i64 },
     #[error("input file {path}: {source}")]
     Input { path: PathBuf, source: io::Error },
 }
