@@ -3,13 +3,14 @@
 //! The steps, each in the file of its name:
 //! [`consume`] (or [`backfill`] from a file) → [`decode`] → validate (in the model crate)
 //! → [`dedup`] → [`rollup`] → seal ([`partition`]) → [`write`] → [`manifest`];
-//! [`deadletter`] keeps what could not be used. [`ingest`] ties them together for one
-//! input.
+//! [`deadletter`] keeps what could not be used, [`metrics`] counts. [`ingest`] ties them
+//! together for one input.
 //!
 //! Guarantees: a sample counts once however often it arrives (dedup on
 //! `(resource_id, minute)`, no time window); files are written temp → fsync → rename and
-//! are a function of their rows; after a crash, reading resumes at the manifest's resume
-//! offset, which never passes a sample that is only in memory.
+//! are a function of their rows; after a crash or a rebalance, reading resumes where the
+//! partition's manifest says (after its checkpoint of open hours, if any), which never
+//! passes a sample that is only in memory; one instance at a time writes a partition.
 
 pub mod backfill;
 pub mod consume;
