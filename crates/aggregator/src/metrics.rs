@@ -16,12 +16,14 @@ use crate::ingest::AggregateReport;
 pub fn prometheus_text(topic: &str, report: &AggregateReport, lag: &BTreeMap<i32, i64>) -> String {
     let mut text = String::new();
     let topic = escape(topic);
-    let mut counter = |name: &str, help: &str, value: u64| {
+    // One figure per topic: its help, its type and its value.
+    let mut figure = |name: &str, kind: &str, help: &str, value: &dyn std::fmt::Display| {
         let _ = writeln!(
             text,
-            "# HELP tally_aggregator_{name} {help}\n# TYPE tally_aggregator_{name} counter\ntally_aggregator_{name}{{topic=\"{topic}\"}} {value}"
+            "# HELP tally_aggregator_{name} {help}\n# TYPE tally_aggregator_{name} {kind}\ntally_aggregator_{name}{{topic=\"{topic}\"}} {value}"
         );
     };
+    let mut counter = |name: &str, help: &str, value: u64| figure(name, "counter", help, &value);
     counter("messages_total", "Messages read.", report.messages);
     counter(
         "samples_total",
@@ -69,6 +71,18 @@ pub fn prometheus_text(topic: &str, report: &AggregateReport, lag: &BTreeMap<i32
         "Checkpoints of open hours written.",
         report.checkpoints,
     );
+    figure(
+        "restatement_lag_minutes",
+        "gauge",
+        "Most minutes a restated hour lay behind the partition's latest minute.",
+        &report.max_restatement_lag_minutes,
+    );
+    figure(
+        "checkpoint_seconds",
+        "gauge",
+        "How long the last checkpoint took.",
+        &(report.last_checkpoint_micros as f64 / 1e6),
+    );
     let _ = writeln!(
         text,
         "# HELP tally_aggregator_dead_letters_total Messages or samples dead-lettered, by reason.\n# TYPE tally_aggregator_dead_letters_total counter"
@@ -81,16 +95,6 @@ pub fn prometheus_text(topic: &str, report: &AggregateReport, lag: &BTreeMap<i32
             reason.code()
         );
     }
-    let _ = writeln!(
-        text,
-        "# HELP tally_aggregator_restatement_lag_minutes Most minutes a restated hour lay behind the partition's latest minute.\n# TYPE tally_aggregator_restatement_lag_minutes gauge\ntally_aggregator_restatement_lag_minutes{{topic=\"{topic}\"}} {}",
-        report.max_restatement_lag_minutes
-    );
-    let _ = writeln!(
-        text,
-        "# HELP tally_aggregator_checkpoint_seconds How long the last checkpoint took.\n# TYPE tally_aggregator_checkpoint_seconds gauge\ntally_aggregator_checkpoint_seconds{{topic=\"{topic}\"}} {}",
-        report.last_checkpoint_micros as f64 / 1e6
-    );
     let _ = writeln!(
         text,
         "# HELP tally_aggregator_lag_messages Messages between the partition's end and the next one to read.\n# TYPE tally_aggregator_lag_messages gauge"
