@@ -80,13 +80,19 @@ impl KafkaInput {
 /// The consumer's context: reports client errors, and takes part in the group's
 /// rebalances.
 ///
-/// On assignment each partition starts at the resume offset its manifest in the lake
-/// names (Kafka's committed offsets are not used): whichever instance owned it before
-/// left everything before that offset sealed, and everything after it is read again. On
-/// revocation nothing is sealed or written: the partitions are noted, and the main loop
-/// drops their in-memory state before it touches anything else, so an instance never
-/// writes for a partition it no longer owns (short of being paused past the group's
-/// session timeout; fencing such a stale owner is not built yet).
+/// On assignment each partition starts at its manifest's resume offset (the first
+/// message of its oldest open hour; Kafka's committed offsets are not used): whichever
+/// instance owned it before left everything before that offset sealed, and everything
+/// after it is read again, onto the open hours restored from the checkpoint (what they
+/// already hold counts as duplicates). It does not start after the checkpoint: Tansu
+/// 0.6 delivers nothing from an offset inside a record batch (measured: a batch of ten
+/// messages fetched from offset 3, 5 or 9 gave none), and a checkpoint's offset falls
+/// anywhere; a gap in the offsets read stops the run instead (see [`Error::Gap`]). On revocation nothing is sealed or written:
+/// the partitions are noted, and the main loop drops their in-memory state before it
+/// touches anything else. An instance paused past the group's session timeout still
+/// holds its partitions' locks (see `partition::claim`); the next owner waits for them,
+/// and the main loop checks that the manifest it then opens still says what the
+/// consumer was started at.
 struct ConsumerEvents {
     lake: PathBuf,
     source: String,
@@ -95,7 +101,8 @@ struct ConsumerEvents {
 
 #[derive(Debug)]
 enum Change {
-    Assigned(Vec<i32>),
+    /// Partitions and the offsets the consumer was started at.
+    Assigned(Vec<(i32, i64)>),
     Revoked(Vec<i32>),
     /// A manifest could not be read while assigning: the run stops with this error.
     Failed(Error),
@@ -126,6 +133,7 @@ impl ConsumerEvents {
             .iter()
             .map(|element| (element.topic().to_owned(), element.partition()))
             .collect();
+        let mut assigned = Vec::new();
         for (topic, partition) in &numbers {
             let resume = match Manifest::load(&self.lake, &self.source, *partition) {
                 Ok(manifest) => manifest.resume_offset,
@@ -134,6 +142,7 @@ impl ConsumerEvents {
                     continue;
                 }
             };
+            assigned.push((*partition, resume));
             if let Err(source) =
                 partitions.set_partition_offset(topic, *partition, Offset::Offset(resume))
             {
@@ -149,12 +158,8 @@ impl ConsumerEvents {
                 source,
             }));
         }
-        let numbers: Vec<i32> = numbers
-            .into_iter()
-            .map(|(_, partition)| partition)
-            .collect();
-        tracing::info!(partitions = ?numbers, "partitions assigned");
-        self.note(Change::Assigned(numbers));
+        tracing::info!(partitions = ?assigned, "partitions assigned (partition, offset)");
+        self.note(Change::Assigned(assigned));
     }
 }
 
@@ -318,12 +323,21 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
             }
             Some(Ok(message)) => {
                 let partition = message.partition();
-                if !next_offsets.contains_key(&partition) {
+                let Some(&expected) = next_offsets.get(&partition) else {
                     // librdkafka drops what it fetched for revoked partitions; reading on
                     // here could let a manifest pass this message unread.
                     return Err(Error::NotOwned {
                         partition,
                         offset: message.offset(),
+                    });
+                };
+                if message.offset() > expected {
+                    // The samples topic is neither compacted nor transactional: its offsets
+                    // have no holes, so a skipped offset is a message not delivered.
+                    return Err(Error::Gap {
+                        partition,
+                        expected,
+                        got: message.offset(),
                     });
                 }
                 at_end.remove(&partition);
@@ -395,9 +409,21 @@ fn apply_changes(
                 }
             }
             Change::Assigned(partitions) => {
-                for partition in partitions {
+                for (partition, started_at) in partitions {
+                    // With the partition's lock held, its manifest is final: if the
+                    // previous owner moved it back after the consumer was started (it
+                    // sealed and dropped a later checkpoint), reading from there would
+                    // skip samples.
                     let resume = ingest.open_partition(partition)?;
-                    next_offsets.insert(partition, resume);
+                    if resume < started_at {
+                        return Err(Error::StaleStart {
+                            partition,
+                            started_at,
+                            resume,
+                        });
+                    }
+                    // Where the consumer really is: the next message must be this one.
+                    next_offsets.insert(partition, started_at);
                     at_end.remove(&partition);
                     tracing::info!(topic, partition, resume, "reading partition");
                 }

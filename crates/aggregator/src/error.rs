@@ -38,6 +38,22 @@ pub enum Error {
         "a message of partition {partition} (offset {offset}) arrived, which this instance does not own; stopping before anything passes it unread"
     )]
     NotOwned { partition: i32, offset: i64 },
+    #[error(
+        "partition {partition}: the broker delivered offset {got} where {expected} was next; stopping rather than skip {expected}..{got}"
+    )]
+    Gap {
+        partition: i32,
+        expected: i64,
+        got: i64,
+    },
+    #[error(
+        "partition {partition} was started at offset {started_at}, but once its previous owner let go its manifest said {resume}; stopping so that a restart reads from there"
+    )]
+    StaleStart {
+        partition: i32,
+        started_at: i64,
+        resume: i64,
+    },
     #[error("input file {path}: {source}")]
     Input { path: PathBuf, source: io::Error },
 }
