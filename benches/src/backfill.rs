@@ -24,8 +24,10 @@ pub struct BackfillFigures {
     pub file_bytes: u64,
     pub runs: usize,
     pub tally: Vec<f64>,
+    pub tally_cpu: Vec<f64>,
     pub tally_rows: u64,
     pub duckdb: Vec<f64>,
+    pub duckdb_cpu: Vec<f64>,
     pub duckdb_rows: u64,
     pub duckdb_version: String,
 }
@@ -52,9 +54,10 @@ pub fn backfill(fleet_copies: usize, hours: i64, runs: usize) -> anyhow::Result<
         let lake = work.path().join(format!("tally-{run}"));
         let mut config = AggregateConfig::new(&lake);
         config.clock = Arc::new(FixedClock(end.to_datetime()));
-        let started = Instant::now();
+        let (started, cpu_started) = (Instant::now(), process_cpu_seconds()?);
         let (report, dead_letters) = tally_aggregator::run_file(&config, &file)?;
         figures.tally.push(started.elapsed().as_secs_f64());
+        figures.tally_cpu.push(process_cpu_seconds()? - cpu_started);
         ensure!(
             dead_letters.is_empty() && report.accepted as usize == figures.samples,
             "the backfill took {} of {} samples",
@@ -65,8 +68,9 @@ pub fn backfill(fleet_copies: usize, hours: i64, runs: usize) -> anyhow::Result<
         std::fs::remove_dir_all(&lake)?;
 
         let out = work.path().join(format!("duckdb-{run}"));
-        let (version, seconds, rows) = duckdb_run(&file, &out)?;
+        let (version, seconds, cpu_seconds, rows) = duckdb_run(&file, &out)?;
         figures.duckdb.push(seconds);
+        figures.duckdb_cpu.push(cpu_seconds);
         figures.duckdb_rows = rows;
         figures.duckdb_version = version;
         std::fs::remove_dir_all(&out)?;
@@ -80,7 +84,27 @@ pub fn backfill(fleet_copies: usize, hours: i64, runs: usize) -> anyhow::Result<
     Ok(figures)
 }
 
-fn duckdb_run(samples: &Path, out: &Path) -> anyhow::Result<(String, f64, u64)> {
+/// User and system CPU seconds of this process so far, from `/proc/self/stat` (in clock
+/// ticks of 10 ms: enough for runs of seconds).
+fn process_cpu_seconds() -> anyhow::Result<f64> {
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name in parentheses may hold spaces: count fields after it.
+    let after_name = stat
+        .rsplit_once(')')
+        .context("no ')' in /proc/self/stat")?
+        .1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| -> anyhow::Result<f64> {
+        let field = fields.get(index).context("short /proc/self/stat")?;
+        Ok(field.parse::<f64>()?)
+    };
+    // utime and stime are the 14th and 15th fields; the state (3rd) is first after ')'.
+    Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
+}
+
+/// DuckDB's version, seconds, CPU seconds and rollup rows for one run.
+fn duckdb_run(samples: &Path, out: &Path) -> anyhow::Result<(String, f64, f64, u64)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/duckdb_backfill.py");
     let output = Command::new(duckdb_python()?)
         .arg(script)
@@ -96,6 +120,7 @@ fn duckdb_run(samples: &Path, out: &Path) -> anyhow::Result<(String, f64, u64)> 
     Ok((
         result["version"].as_str().unwrap_or("?").to_owned(),
         result["seconds"].as_f64().context("seconds")?,
+        result["cpu_seconds"].as_f64().context("cpu_seconds")?,
         result["rows"].as_u64().unwrap_or(0),
     ))
 }
@@ -103,6 +128,10 @@ fn duckdb_run(samples: &Path, out: &Path) -> anyhow::Result<(String, f64, u64)> 
 impl BackfillFigures {
     pub fn print(&self) {
         let (tally, duck) = (median(self.tally.clone()), median(self.duckdb.clone()));
+        let (tally_cpu, duck_cpu) = (
+            median(self.tally_cpu.clone()),
+            median(self.duckdb_cpu.clone()),
+        );
         println!(
             "backfill of {} samples ({:.1} MiB of NDJSON) to hourly Parquet, {} runs each, medians:",
             self.samples,
@@ -110,11 +139,11 @@ impl BackfillFigures {
             self.runs
         );
         println!(
-            "  tally aggregate --from-file              {tally:7.3} s  {} rollup rows",
+            "  tally aggregate --from-file              {tally:7.3} s  {} rollup rows, {tally_cpu:.2} s of CPU",
             self.tally_rows
         );
         println!(
-            "  DuckDB {:<8} GROUP BY ({THREADS} threads)    {duck:7.3} s  {} rollup rows",
+            "  DuckDB {:<8} GROUP BY ({THREADS} threads)    {duck:7.3} s  {} rollup rows, {duck_cpu:.2} s of CPU",
             self.duckdb_version, self.duckdb_rows
         );
         println!(

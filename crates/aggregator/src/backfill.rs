@@ -23,14 +23,15 @@ use crate::ingest::{AggregateConfig, AggregateReport, Ingest, Original};
 
 /// About 4,000 samples a block: large enough to keep the decoders busy, small enough
 /// that the seal checks between blocks come often.
-const BLOCK_BYTES: u64 = 1 << 20;
+const BLOCK_BYTES: usize = 1 << 20;
 
 /// Samples a decoder keeps to fill: about four blocks' worth.
 const MAX_SPARE_SAMPLES: usize = 16_384;
 
-/// A block of whole lines and the number of its first line.
+/// A block of whole lines, the number of its first line and how many lines it holds.
 struct Block {
     first_line: i64,
+    lines: i64,
     bytes: Vec<u8>,
 }
 
@@ -84,7 +85,7 @@ pub fn run_file(
             ingest.process_decoded(&topic, 0, block.first_line, original, &mut items)?;
             // The samples go back to be filled again; a decoder with enough drops them.
             let _ = spare_to_decoders[decoder].try_send(ingest.take_spare());
-            next_line = block.first_line + count_lines(&block.bytes);
+            next_line = block.first_line + block.lines;
             ingest.seal_ready(0, next_line)?;
         }
         Ok(())
@@ -99,10 +100,12 @@ fn cut_blocks(mut file: File, decoders: &[SyncSender<std::io::Result<Block>>]) {
     let mut first_line = 1;
     let mut carry = Vec::new();
     for decoder in decoders.iter().cycle() {
-        let mut bytes = std::mem::take(&mut carry);
+        // Room for the whole block at once: growing by doubling would copy it repeatedly.
+        let mut bytes = Vec::with_capacity(BLOCK_BYTES + carry.len());
+        bytes.append(&mut carry);
         let mut at_end = false;
         let read = loop {
-            match (&mut file).take(BLOCK_BYTES).read_to_end(&mut bytes) {
+            match (&mut file).take(BLOCK_BYTES as u64).read_to_end(&mut bytes) {
                 Err(error) => break Err(error),
                 // What is left is the last line, without its newline.
                 Ok(0) => {
@@ -110,7 +113,7 @@ fn cut_blocks(mut file: File, decoders: &[SyncSender<std::io::Result<Block>>]) {
                     break Ok(());
                 }
                 Ok(_) => {
-                    if let Some(end) = bytes.iter().rposition(|byte| *byte == b'\n') {
+                    if let Some(end) = memchr::memrchr(b'\n', &bytes) {
                         carry = bytes.split_off(end + 1);
                         break Ok(());
                     } // else a line longer than a block: read on
@@ -121,8 +124,13 @@ fn cut_blocks(mut file: File, decoders: &[SyncSender<std::io::Result<Block>>]) {
             Err(error) => Err(error),
             Ok(()) if bytes.is_empty() => return,
             Ok(()) => {
-                let block = Block { first_line, bytes };
-                first_line += count_lines(&block.bytes);
+                let lines = count_lines(&bytes);
+                let block = Block {
+                    first_line,
+                    lines,
+                    bytes,
+                };
+                first_line += lines;
                 Ok(block)
             }
         };
@@ -161,7 +169,7 @@ fn decode_blocks(
 
 /// Lines in a block: its newlines, plus one for a last line without one.
 fn count_lines(bytes: &[u8]) -> i64 {
-    let newlines = bytes.iter().filter(|byte| **byte == b'\n').count();
+    let newlines = memchr::memchr_iter(b'\n', bytes).count();
     let unterminated = usize::from(bytes.last().is_some_and(|byte| *byte != b'\n'));
     i64::try_from(newlines + unterminated).unwrap_or(i64::MAX)
 }

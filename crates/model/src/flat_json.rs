@@ -9,34 +9,44 @@
 //! valid and names what is not. So this reader never decides what is valid; it only
 //! takes a short cut for lines that are.
 
+use std::collections::BTreeMap;
+
 use chrono::NaiveDate;
 
 use crate::minute::Minute;
 use crate::sample::{ResourceKind, ResourceState, Sample};
 
-/// Fields in the order of their bits in the `seen` mask; the first eight are required.
-const FIELDS: [&str; 14] = [
-    "minute",
-    "host",
-    "account_id",
-    "resource_id",
-    "kind",
-    "sku",
-    "zone",
-    "state",
-    "gpus",
-    "out_external_bytes",
-    "out_internal_bytes",
-    "in_bytes",
-    "size_bytes",
-    "labels",
+/// Each field's key as it is written, quotes and colon included, in the order of their
+/// bits in the `seen` mask; the first eight are required.
+const KEYS: [&str; 14] = [
+    "\"minute\":",
+    "\"host\":",
+    "\"account_id\":",
+    "\"resource_id\":",
+    "\"kind\":",
+    "\"sku\":",
+    "\"zone\":",
+    "\"state\":",
+    "\"gpus\":",
+    "\"out_external_bytes\":",
+    "\"out_internal_bytes\":",
+    "\"in_bytes\":",
+    "\"size_bytes\":",
+    "\"labels\":",
 ];
 const REQUIRED: u16 = 0xff;
+
+/// Labels a sample has at most for the short cut; more are left to `serde_json`.
+const MAX_LABELS: usize = 16;
 
 /// Fills `sample` from `line` if the line has the plain form; `false` if it has not (the
 /// sample then holds a mix of old and new values and must be filled again).
 pub(crate) fn read_plain_sample(line: &[u8], sample: &mut Sample) -> bool {
-    read(&mut Cursor { bytes: line, at: 0 }, sample).is_some()
+    // One check of the whole line; every string in it is then a slice of valid UTF-8.
+    let Ok(text) = std::str::from_utf8(line) else {
+        return false;
+    };
+    read(&mut Cursor { text, at: 0 }, sample).is_some()
 }
 
 fn read(cursor: &mut Cursor<'_>, sample: &mut Sample) -> Option<()> {
@@ -45,17 +55,20 @@ fn read(cursor: &mut Cursor<'_>, sample: &mut Sample) -> Option<()> {
     sample.out_internal_bytes = 0;
     sample.in_bytes = 0;
     sample.size_bytes = 0;
-    sample.labels.clear();
+    let mut labels_seen = false;
     cursor.expect(b'{')?;
     let mut seen = 0u16;
     let mut expected = 0;
     loop {
-        let key = cursor.string()?;
-        cursor.expect(b':')?;
-        // Collectors write the fields in this order: try the next one first.
-        let field = match FIELDS.get(expected) {
-            Some(name) if *name == key => expected,
-            _ => FIELDS.iter().position(|name| *name == key)?,
+        // Collectors write the fields in this order, without spaces: try the next one
+        // first, as one comparison of its key, quotes and colon.
+        let field = match KEYS.get(expected) {
+            Some(key) if cursor.eat_text(key) => expected,
+            _ => {
+                let name = cursor.string()?;
+                cursor.expect(b':')?;
+                KEYS.iter().position(|key| key_name(key) == name)?
+            }
         };
         expected = field + 1;
         let bit = 1u16 << field;
@@ -78,19 +91,8 @@ fn read(cursor: &mut Cursor<'_>, sample: &mut Sample) -> Option<()> {
             11 => sample.in_bytes = cursor.number()?,
             12 => sample.size_bytes = cursor.number()?,
             _ => {
-                cursor.expect(b'{')?;
-                if !cursor.eat(b'}') {
-                    loop {
-                        let name = cursor.string()?;
-                        cursor.expect(b':')?;
-                        let value = cursor.string()?;
-                        sample.labels.insert(name.to_owned(), value.to_owned());
-                        if cursor.eat(b'}') {
-                            break;
-                        }
-                        cursor.expect(b',')?;
-                    }
-                }
+                read_labels(cursor, &mut sample.labels)?;
+                labels_seen = true;
             }
         }
         if cursor.eat(b'}') {
@@ -98,8 +100,56 @@ fn read(cursor: &mut Cursor<'_>, sample: &mut Sample) -> Option<()> {
         }
         cursor.expect(b',')?;
     }
+    if !labels_seen {
+        sample.labels.clear();
+    }
     cursor.whitespace();
-    (cursor.at == cursor.bytes.len() && seen & REQUIRED == REQUIRED).then_some(())
+    (cursor.at == cursor.text.len() && seen & REQUIRED == REQUIRED).then_some(())
+}
+
+/// A field's name: its key without quotes and colon.
+fn key_name(key: &str) -> &str {
+    &key[1..key.len() - 2]
+}
+
+/// An object of strings into `labels`. When its keys are the ones `labels` already holds
+/// (a refilled sample of the same kind of resource), only the values are overwritten,
+/// which allocates nothing; otherwise the map is rebuilt.
+fn read_labels(cursor: &mut Cursor<'_>, labels: &mut BTreeMap<String, String>) -> Option<()> {
+    let mut read: [(&str, &str); MAX_LABELS] = [("", ""); MAX_LABELS];
+    let mut count = 0;
+    cursor.expect(b'{')?;
+    if !cursor.eat(b'}') {
+        loop {
+            let name = cursor.string()?;
+            cursor.expect(b':')?;
+            let value = cursor.string()?;
+            *read.get_mut(count)? = (name, value);
+            count += 1;
+            if cursor.eat(b'}') {
+                break;
+            }
+            cursor.expect(b',')?;
+        }
+    }
+    let read = &read[..count];
+    // Strictly ascending names are distinct, so the same count and names means the same
+    // set of keys (`serde_json` writes a map in this order).
+    let same_keys = labels.len() == read.len()
+        && read.windows(2).all(|pair| pair[0].0 < pair[1].0)
+        && labels.keys().zip(read).all(|(key, (name, _))| key == name);
+    if same_keys {
+        for (value, (_, new)) in labels.values_mut().zip(read) {
+            (*new).clone_into(value);
+        }
+    } else {
+        labels.clear();
+        for (name, value) in read {
+            // A repeated name keeps its last value, as `serde_json` does.
+            labels.insert((*name).to_owned(), (*value).to_owned());
+        }
+    }
+    Some(())
 }
 
 /// `YYYY-MM-DDTHH:MM:00Z`, a real date and time; anything else is left to `serde_json`.
@@ -126,14 +176,19 @@ fn plain_minute(text: &str) -> Option<Minute> {
     Some(Minute::from_unix_minutes(at.timestamp().div_euclid(60)))
 }
 
+/// A position in a line already known to be UTF-8.
 struct Cursor<'a> {
-    bytes: &'a [u8],
+    text: &'a str,
     at: usize,
 }
 
 impl<'a> Cursor<'a> {
+    fn rest(&self) -> &'a [u8] {
+        &self.text.as_bytes()[self.at..]
+    }
+
     fn whitespace(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.rest().first() {
             self.at += 1;
         }
     }
@@ -141,7 +196,7 @@ impl<'a> Cursor<'a> {
     /// Skips whitespace, then takes `byte` if it is next.
     fn eat(&mut self, byte: u8) -> bool {
         self.whitespace();
-        if self.bytes.get(self.at) == Some(&byte) {
+        if self.rest().first() == Some(&byte) {
             self.at += 1;
             true
         } else {
@@ -149,28 +204,39 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Takes `text` if it comes next, exactly (no whitespace skipped).
+    fn eat_text(&mut self, text: &str) -> bool {
+        let next = self.rest().starts_with(text.as_bytes());
+        if next {
+            self.at += text.len();
+        }
+        next
+    }
+
     fn expect(&mut self, byte: u8) -> Option<()> {
         self.eat(byte).then_some(())
     }
 
-    /// A string without escapes or control characters, in valid UTF-8.
+    /// A string without escapes or control characters.
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
-        let rest = &self.bytes[self.at..];
-        let length = rest
+        let length = self
+            .rest()
             .iter()
             .position(|byte| matches!(byte, b'"' | b'\\') || *byte < 0x20)?;
-        if rest[length] != b'"' {
+        let start = self.at;
+        if self.rest()[length] != b'"' {
             return None;
         }
         self.at += length + 1;
-        std::str::from_utf8(&rest[..length]).ok()
+        // Both ends sit next to an ASCII quote, so they are character boundaries.
+        self.text.get(start..start + length)
     }
 
     /// An unsigned integer as JSON writes one: no sign, fraction, exponent or leading zero.
     fn number(&mut self) -> Option<u64> {
         self.whitespace();
-        let rest = &self.bytes[self.at..];
+        let rest = self.rest();
         let digits = rest.iter().take_while(|byte| byte.is_ascii_digit()).count();
         if digits == 0
             || (digits > 1 && rest[0] == b'0')
@@ -218,6 +284,46 @@ mod tests {
                 && sample.minute.to_datetime().format("%Y").to_string().len() == 4;
             if plain {
                 prop_assert!(both(line.trim_end()).1.is_some(), "{line}");
+            }
+        }
+    }
+
+    proptest! {
+        /// A sample refilled line after line (labels overwritten in place or rebuilt)
+        /// ends up as the last line says, whatever it held before.
+        #[test]
+        fn a_refilled_sample_is_what_its_last_line_says(
+            samples in proptest::collection::vec(arbitrary_sample(), 1..6),
+        ) {
+            let mut refilled = samples[0].clone();
+            for sample in &samples {
+                let line = String::from_utf8(encode_json(std::slice::from_ref(sample))).expect("utf-8");
+                if read_plain_sample(line.trim_end().as_bytes(), &mut refilled) {
+                    prop_assert_eq!(&refilled, sample);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn labels_are_read_as_serde_json_reads_them_into_any_refilled_sample() {
+        let plain = r#"{"minute":"2026-10-01T10:07:00Z","host":"hv-1","account_id":"a","resource_id":"vm-1","kind":"server","sku":"cx22","zone":"fsn1","state":"running","labels":LABELS}"#;
+        let before = ["{}", r#"{"os":"debian"}"#, r#"{"a":"1","os":"x"}"#];
+        let after = [
+            "{}",
+            r#"{"os":"ubuntu"}"#,
+            r#"{"os":"ubuntu","os":"rocky"}"#,
+            r#"{"os":"1","a":"2"}"#,
+            r#"{"a":"","os":"y"}"#,
+        ];
+        for old in before {
+            for new in after {
+                let mut sample: Sample =
+                    serde_json::from_str(&plain.replace("LABELS", old)).expect("sample");
+                let line = plain.replace("LABELS", new);
+                let serde: Sample = serde_json::from_str(&line).expect("sample");
+                assert!(read_plain_sample(line.as_bytes(), &mut sample), "{line}");
+                assert_eq!(sample.labels, serde.labels, "{old} then {new}");
             }
         }
     }

@@ -121,8 +121,7 @@ pub fn decode_json(bytes: &[u8]) -> Vec<Decoded> {
 /// form collectors write are read by a short cut that reuses the samples' buffers (see
 /// `flat_json`); every other line by `serde_json`, which also names what is wrong.
 pub fn decode_json_reusing(bytes: &[u8], spare: &mut Vec<Sample>, decoded: &mut Vec<Decoded>) {
-    let lines = bytes
-        .split(|byte| *byte == b'\n')
+    let lines = lines(bytes)
         .enumerate()
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace));
     for (index, line) in lines {
@@ -141,6 +140,18 @@ pub fn decode_json_reusing(bytes: &[u8], spare: &mut Vec<Sample>, decoded: &mut 
             }),
         );
     }
+}
+
+/// The lines of `bytes` without their `\n`, like `split` on it, found by `memchr`.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', bytes)
+        .chain(std::iter::once(bytes.len()))
+        .map(move |end| {
+            let line = &bytes[start..end];
+            start = end + 1;
+            line
+        })
 }
 
 /// A sample to be filled: every field is overwritten before it is used.
