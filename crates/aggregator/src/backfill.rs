@@ -1,42 +1,57 @@
 //! `tally aggregate --from-file`: rolls up an NDJSON sample file through the same path
 //! as Kafka messages (decode, validate, dedup, rollup, seal), for imports and tests.
 //!
-//! The file is cut into blocks of whole lines, each of which counts as one message whose
-//! offset is its first line's number; dead letters name the line (`item` is the line
-//! number in the file). Decoding JSON is most of the work, so the blocks are decoded on
-//! every core at once while this thread rolls them up in file order: a reader thread cuts
-//! the blocks and deals them out round-robin, and the results are taken back in the same
-//! order.
+//! The file's samples are spread over [`PARTITIONS`] partitions by resource, as a Kafka
+//! topic keyed by resource spreads them, and each partition is read like a Kafka
+//! partition: its lines in file order, with its own manifest and rollup files. A reader
+//! thread cuts the file into blocks of whole lines and tells each line's partition from
+//! its resource id; one worker thread per core decodes and rolls up the lines of the
+//! partitions it owns. A sample is thus decoded on the thread that rolls it up, whose
+//! cache still holds it, and no two threads share a resource's state.
+//!
+//! Each block counts as one message of each partition, at the offset of its first line;
+//! dead letters name the line (`item` is the line number in the file).
 
 use std::fs::File;
 use std::io::Read;
 use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use tally_model::Sample;
-use tally_model::wire::{Decoded, decode_json_reusing};
+use tally_model::wire::decode_json_line;
 
 use crate::deadletter::{CollectedDeadLetters, DeadLetter};
 use crate::error::{Error, Result};
-use crate::ingest::{AggregateConfig, AggregateReport, Ingest, Original};
+use crate::ingest::{AggregateConfig, AggregateReport, Ingest, Original, PickedLine};
 
-/// About 4,000 samples a block: large enough to keep the decoders busy, small enough
+/// Partitions of a file's samples. Fixed, not the number of cores: importing the same
+/// file again, on any machine, must put every resource in the partition that holds its
+/// hours, or its minutes would be counted once in each.
+pub const PARTITIONS: usize = 4;
+
+/// About 4,000 samples a block: large enough to keep the workers busy, small enough
 /// that the seal checks between blocks come often.
 const BLOCK_BYTES: usize = 1 << 20;
 
-/// Samples a decoder keeps to fill: about four blocks' worth.
-const MAX_SPARE_SAMPLES: usize = 16_384;
-
-/// A block of whole lines, the number of its first line and how many lines it holds.
+/// A block of whole lines, the number of its first line, how many lines it holds and
+/// its non-blank lines by partition.
 struct Block {
     first_line: i64,
     lines: i64,
     bytes: Vec<u8>,
+    partitions: [Vec<PickedLine>; PARTITIONS],
+}
+
+/// What the reader sends each worker: blocks, then the end of the file (a worker that
+/// sees the channel close without it stops without sealing: the read failed).
+enum FromReader {
+    Block(Arc<Block>),
+    End { next_line: i64 },
 }
 
 /// Rolls up `path` into the lake and seals every hour. Returns the report and the dead
-/// letters (the caller decides where they go).
+/// letters in line order (the caller decides where they go).
 pub fn run_file(
     config: &AggregateConfig,
     path: &Path,
@@ -53,123 +68,262 @@ pub fn run_file(
     );
     let topic = path.display().to_string();
     let file = File::open(path).map_err(input_error)?;
-    let decoders = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    let mut dead_letters = CollectedDeadLetters::default();
-    let mut ingest = Ingest::new(config.clone(), &source, &mut dead_letters);
-    ingest.open_partition(0)?;
-    let mut next_line = 1;
-    std::thread::scope(|scope| -> Result<()> {
-        let mut to_decoders = Vec::new();
-        let mut from_decoders = Vec::new();
-        let mut spare_to_decoders = Vec::new();
-        for _ in 0..decoders {
-            let (blocks, block_receiver) = sync_channel::<std::io::Result<Block>>(2);
-            let (decoded_sender, decoded) = sync_channel(2);
-            let (spare, spare_receiver) = sync_channel(2);
-            scope.spawn(move || decode_blocks(&block_receiver, &spare_receiver, &decoded_sender));
-            to_decoders.push(blocks);
-            from_decoders.push(decoded);
-            spare_to_decoders.push(spare);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(PARTITIONS);
+    let (read, outcomes) = std::thread::scope(|scope| {
+        let mut to_workers = Vec::new();
+        let mut handles = Vec::new();
+        for worker in 0..workers {
+            let (sender, blocks) = sync_channel::<FromReader>(2);
+            to_workers.push(sender);
+            let owned: Vec<usize> = (worker..PARTITIONS).step_by(workers).collect();
+            let (config, source, topic) = (config, &source, &topic);
+            handles.push(
+                scope.spawn(move || roll_up_partitions(config, source, topic, &owned, &blocks)),
+            );
         }
-        scope.spawn(move || cut_blocks(file, &to_decoders));
-        // Block k went to decoder k % n; a decoder that has hung up got no block k.
-        for decoder in (0..decoders).cycle() {
-            let Ok(result) = from_decoders[decoder].recv() else {
-                break;
-            };
-            let (block, mut items) = result.map_err(input_error)?;
-            let original = Original::Lines {
-                bytes: &block.bytes,
-                first_line: usize::try_from(block.first_line).unwrap_or(usize::MAX),
-            };
-            ingest.process_decoded(&topic, 0, block.first_line, original, &mut items)?;
-            // The samples go back to be filled again; a decoder with enough drops them.
-            let _ = spare_to_decoders[decoder].try_send(ingest.take_spare());
-            next_line = block.first_line + block.lines;
-            ingest.seal_ready(0, next_line)?;
-        }
-        Ok(())
-    })?;
-    ingest.seal_all(0, next_line)?;
-    let report = ingest.report;
-    Ok((report, dead_letters.letters))
+        let read = cut_blocks(file, &to_workers);
+        drop(to_workers);
+        let outcomes: Vec<_> = handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect();
+        (read, outcomes)
+    });
+    read.map_err(input_error)?;
+    let mut report = AggregateReport::default();
+    let mut dead_letters = Vec::new();
+    for outcome in outcomes {
+        let (worker_report, letters) = outcome?;
+        report.add(&worker_report);
+        dead_letters.extend(letters);
+    }
+    dead_letters.sort_by_key(|letter| letter.item);
+    Ok((report, dead_letters))
 }
 
-/// Reads `file` in blocks that end at a line's end, numbered, dealt out round-robin.
-fn cut_blocks(mut file: File, decoders: &[SyncSender<std::io::Result<Block>>]) {
+/// A worker: decodes and rolls up the lines of the partitions it `owns`, block by block,
+/// sealing what each block's end lets it seal, and everything at the end of the file.
+fn roll_up_partitions(
+    config: &AggregateConfig,
+    source: &str,
+    topic: &str,
+    owned: &[usize],
+    blocks: &Receiver<FromReader>,
+) -> Result<(AggregateReport, Vec<DeadLetter>)> {
+    let mut dead_letters = CollectedDeadLetters::default();
+    let mut ingest = Ingest::new(config.clone(), source, &mut dead_letters);
+    let partition_ids: Vec<i32> = owned
+        .iter()
+        .map(|&partition| partition_id(partition))
+        .collect();
+    for &partition in &partition_ids {
+        ingest.open_partition(partition)?;
+    }
+    let mut items = Vec::new();
+    for read in blocks {
+        match read {
+            FromReader::Block(block) => {
+                let next_line = block.first_line + block.lines;
+                for (&partition, &id) in owned.iter().zip(&partition_ids) {
+                    let lines = &block.partitions[partition];
+                    let mut spare = ingest.take_spare();
+                    items.clear();
+                    items.extend(lines.iter().map(|line| {
+                        let bytes = &block.bytes[line.start..line.end];
+                        decode_json_line(bytes, line.number, &mut spare)
+                    }));
+                    ingest.give_spare(spare);
+                    let original = Original::PickedLines {
+                        bytes: &block.bytes,
+                        lines,
+                    };
+                    ingest.process_decoded(topic, id, block.first_line, original, &mut items)?;
+                    ingest.seal_ready(id, next_line)?;
+                }
+            }
+            FromReader::End { next_line } => {
+                for &partition in &partition_ids {
+                    ingest.seal_all(partition, next_line)?;
+                }
+                let report = ingest.report;
+                return Ok((report, dead_letters.letters));
+            }
+        }
+    }
+    // The reader stopped early: its error is the one to report, and nothing is sealed.
+    Ok((AggregateReport::default(), Vec::new()))
+}
+
+fn partition_id(partition: usize) -> i32 {
+    i32::try_from(partition).unwrap_or(i32::MAX)
+}
+
+/// Reads `file` in blocks that end at a line's end, numbers and sorts their lines into
+/// partitions, and sends every block to every worker; then the end of the file.
+fn cut_blocks(mut file: File, workers: &[SyncSender<FromReader>]) -> std::io::Result<()> {
     let mut first_line = 1;
     let mut carry = Vec::new();
-    for decoder in decoders.iter().cycle() {
+    loop {
         // Room for the whole block at once: growing by doubling would copy it repeatedly.
         let mut bytes = Vec::with_capacity(BLOCK_BYTES + carry.len());
         bytes.append(&mut carry);
         let mut at_end = false;
-        let read = loop {
-            match (&mut file).take(BLOCK_BYTES as u64).read_to_end(&mut bytes) {
-                Err(error) => break Err(error),
-                // What is left is the last line, without its newline.
-                Ok(0) => {
-                    at_end = true;
-                    break Ok(());
-                }
-                Ok(_) => {
-                    if let Some(end) = memchr::memrchr(b'\n', &bytes) {
-                        carry = bytes.split_off(end + 1);
-                        break Ok(());
-                    } // else a line longer than a block: read on
-                }
+        loop {
+            // What is left at the end is the last line, without its newline.
+            if (&mut file)
+                .take(BLOCK_BYTES as u64)
+                .read_to_end(&mut bytes)?
+                == 0
+            {
+                at_end = true;
+                break;
             }
-        };
-        let block = match read {
-            Err(error) => Err(error),
-            Ok(()) if bytes.is_empty() => return,
-            Ok(()) => {
-                let lines = count_lines(&bytes);
-                let block = Block {
-                    first_line,
-                    lines,
-                    bytes,
-                };
-                first_line += lines;
-                Ok(block)
+            if let Some(end) = memchr::memrchr(b'\n', &bytes) {
+                carry = bytes.split_off(end + 1);
+                break;
+            } // else a line longer than a block: read on
+        }
+        if !bytes.is_empty() {
+            let block = Arc::new(pick_lines(first_line, bytes));
+            first_line += block.lines;
+            for worker in workers {
+                // A worker that has hung up failed; its error is reported by `run_file`.
+                let _ = worker.send(FromReader::Block(Arc::clone(&block)));
             }
-        };
-        let last = at_end || block.is_err();
-        if decoder.send(block).is_err() || last {
-            return;
+        }
+        if at_end {
+            for worker in workers {
+                let _ = worker.send(FromReader::End {
+                    next_line: first_line,
+                });
+            }
+            return Ok(());
         }
     }
 }
 
-/// Decodes each block it is given into samples handed back by the roll-up where there
-/// are any; line numbers in errors become lines of the file.
-fn decode_blocks(
-    blocks: &Receiver<std::io::Result<Block>>,
-    spare_samples: &Receiver<Vec<Sample>>,
-    decoded: &SyncSender<std::io::Result<(Block, Vec<Decoded>)>>,
-) {
-    let mut spare = Vec::new();
-    for block in blocks {
-        spare.extend(spare_samples.try_iter().flatten());
-        spare.truncate(MAX_SPARE_SAMPLES);
-        let result = block.map(|block| {
-            let mut items = Vec::new();
-            decode_json_reusing(&block.bytes, &mut spare, &mut items);
-            let before = usize::try_from(block.first_line - 1).unwrap_or(0);
-            for error in items.iter_mut().filter_map(|item| item.as_mut().err()) {
-                error.position += before;
-            }
-            (block, items)
+/// Numbers a block's lines and sorts the non-blank ones into their partitions.
+fn pick_lines(first_line: i64, bytes: Vec<u8>) -> Block {
+    let mut partitions: [Vec<PickedLine>; PARTITIONS] = Default::default();
+    let first = usize::try_from(first_line).unwrap_or(usize::MAX);
+    let ends = memchr::memchr_iter(b'\n', &bytes).chain(
+        // A last line without its newline.
+        (bytes.last() != Some(&b'\n')).then_some(bytes.len()),
+    );
+    let (mut start, mut lines) = (0, 0);
+    for (index, end) in ends.enumerate() {
+        let line = &bytes[start..end];
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            let number = first + index;
+            partitions[partition_of_line(line)].push(PickedLine { number, start, end });
+        }
+        start = end + 1;
+        lines = index + 1;
+    }
+    Block {
+        first_line,
+        lines: i64::try_from(lines).unwrap_or(i64::MAX),
+        bytes,
+        partitions,
+    }
+}
+
+/// The partition of a line's resource. Collectors write `minute`, `host`, `account_id`
+/// and `resource_id` first, as plain strings: the id is read from there. Any other line
+/// is parsed for its `resource_id` the way the worker will parse it, so that a sample
+/// written another way (escapes, spaces, another field order) still joins its
+/// resource's partition; a line without one is not a sample and goes to partition 0.
+fn partition_of_line(line: &[u8]) -> usize {
+    if let Some(resource) = plain_resource_id(line) {
+        return partition_of(resource);
+    }
+    #[derive(serde::Deserialize)]
+    struct ResourceOnly {
+        resource_id: String,
+    }
+    serde_json::from_slice::<ResourceOnly>(line)
+        .map_or(0, |sample| partition_of(sample.resource_id.as_bytes()))
+}
+
+/// `resource_id`'s value if the line starts as collectors write it:
+/// `{"minute":"<20 bytes>","host":"…","account_id":"…","resource_id":"…"`, each string
+/// without escapes (so the next quote ends it).
+fn plain_resource_id(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(b"{\"minute\":\"")?.get(20..)?;
+    let rest = skip_plain_string(rest.strip_prefix(b"\",\"host\":\"")?)?;
+    let rest = skip_plain_string(rest.strip_prefix(b",\"account_id\":\"")?)?;
+    let rest = rest.strip_prefix(b",\"resource_id\":\"")?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest[end] == b'"').then(|| &rest[..end])
+}
+
+/// What follows a string's closing quote, if no escape comes before it.
+fn skip_plain_string(rest: &[u8]) -> Option<&[u8]> {
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest[end] == b'"').then(|| &rest[end + 1..])
+}
+
+/// A resource id's partition: FNV-1a of its bytes, a hash fixed forever (the partition
+/// a resource's hours live in must not change between imports).
+fn partition_of(resource_id: &[u8]) -> usize {
+    let hash = resource_id
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
         });
-        if decoded.send(result).is_err() {
-            return;
-        }
-    }
+    usize::try_from(hash % PARTITIONS as u64).unwrap_or(0)
 }
 
-/// Lines in a block: its newlines, plus one for a last line without one.
-fn count_lines(bytes: &[u8]) -> i64 {
-    let newlines = memchr::memchr_iter(b'\n', bytes).count();
-    let unterminated = usize::from(bytes.last().is_some_and(|byte| *byte != b'\n'));
-    i64::try_from(newlines + unterminated).unwrap_or(i64::MAX)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resource_has_one_partition_however_its_line_is_written() {
+        let plain = br#"{"minute":"2026-10-01T10:07:00Z","host":"hv-1","account_id":"a","resource_id":"vm-17","kind":"server"}"#;
+        let escaped = br#"{"minute":"2026-10-01T10:07:00Z","host":"hv-1","account_id":"a","resource_id":"vm-\u0031\u0037","kind":"server"}"#;
+        let reordered = br#"{"resource_id" : "vm-17", "minute":"2026-10-01T10:07:00Z"}"#;
+        let labelled = br#"{"labels":{"resource_id":"other"},"minute":"2026-10-01T10:07:00Z","host":"hv-1","account_id":"a","resource_id":"vm-17"}"#;
+        assert_eq!(plain_resource_id(plain), Some(&b"vm-17"[..]));
+        assert_eq!(plain_resource_id(escaped), None);
+        assert_eq!(plain_resource_id(labelled), None);
+        let expected = partition_of(b"vm-17");
+        for line in [&plain[..], escaped, reordered, labelled] {
+            assert_eq!(
+                partition_of_line(line),
+                expected,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert_eq!(partition_of_line(b"{not json"), 0);
+        // The ids spread over every partition.
+        let used: std::collections::BTreeSet<usize> = (0..64)
+            .map(|n| partition_of(format!("vm-{n}").as_bytes()))
+            .collect();
+        assert_eq!(used.len(), PARTITIONS);
+    }
+
+    #[test]
+    fn blocks_number_every_line_and_skip_blank_ones() {
+        let block = pick_lines(10, b"{\"a\":1}\n\n  \n{\"b\":2}".to_vec());
+        assert_eq!(block.lines, 4);
+        let mut picked: Vec<(usize, &[u8])> = block
+            .partitions
+            .iter()
+            .flatten()
+            .map(|line| (line.number, &block.bytes[line.start..line.end]))
+            .collect();
+        picked.sort_unstable();
+        assert_eq!(
+            picked,
+            vec![(10, &b"{\"a\":1}"[..]), (13, &b"{\"b\":2}"[..])]
+        );
+    }
 }

@@ -72,6 +72,31 @@ pub struct AggregateReport {
 }
 
 impl AggregateReport {
+    /// Adds another reader's figures of the same run (a file's partitions are rolled
+    /// up on several threads).
+    pub fn add(&mut self, other: &AggregateReport) {
+        self.messages += other.messages;
+        self.samples += other.samples;
+        self.accepted += other.accepted;
+        self.duplicates += other.duplicates;
+        self.conflicts += other.conflicts;
+        for (reason, count) in &other.dead_letters {
+            *self.dead_letters.entry(reason).or_default() += count;
+        }
+        self.late_samples += other.late_samples;
+        self.hours_sealed += other.hours_sealed;
+        self.restatements += other.restatements;
+        self.max_restatement_lag_minutes = self
+            .max_restatement_lag_minutes
+            .max(other.max_restatement_lag_minutes);
+        self.rows_written += other.rows_written;
+        self.bytes_written += other.bytes_written;
+        self.checkpoints += other.checkpoints;
+        self.last_checkpoint_micros = self
+            .last_checkpoint_micros
+            .max(other.last_checkpoint_micros);
+    }
+
     fn add_seal(&mut self, seal: SealReport) {
         self.hours_sealed += seal.hours;
         self.restatements += seal.restatements;
@@ -284,10 +309,15 @@ impl<'sink> Ingest<'sink> {
         Ok(())
     }
 
-    /// The samples processed since the last call, for a decoder on another thread to
-    /// fill again (see [`Self::process_decoded`]).
+    /// The samples processed so far, for decoding the next message into (see
+    /// [`Self::process_decoded`]).
     pub fn take_spare(&mut self) -> Vec<Sample> {
         std::mem::take(&mut self.spare)
+    }
+
+    /// Hands back what [`Self::take_spare`] took and decoding did not use.
+    pub fn give_spare(&mut self, spare: Vec<Sample>) {
+        self.spare = spare;
     }
 
     fn recycle(&mut self, sample: Sample) {
@@ -369,12 +399,28 @@ pub enum Original<'a> {
     /// Arrow IPC: item `k` is row `k`; a row is not bytes of its own, so its dead letter
     /// carries the whole message and names the row.
     Rows(&'a [u8]),
+    /// NDJSON lines picked out of a block of a file (one partition's lines): item `k` is
+    /// `lines[k]`.
+    PickedLines {
+        bytes: &'a [u8],
+        lines: &'a [PickedLine],
+    },
+}
+
+/// A line of a block: its number in the file and where it lies in the block.
+#[derive(Clone, Copy, Debug)]
+pub struct PickedLine {
+    pub number: usize,
+    pub start: usize,
+    pub end: usize,
 }
 
 impl Original<'_> {
     fn bytes(&self) -> &[u8] {
         match self {
-            Original::Lines { bytes, .. } | Original::Rows(bytes) => bytes,
+            Original::Lines { bytes, .. }
+            | Original::Rows(bytes)
+            | Original::PickedLines { bytes, .. } => bytes,
         }
     }
 
@@ -390,6 +436,11 @@ impl Original<'_> {
                     (first_line + number, line.to_vec())
                 }),
             Original::Rows(bytes) => (index, bytes.to_vec()),
+            Original::PickedLines { bytes, lines } => {
+                lines.get(index).map_or((0, Vec::new()), |line| {
+                    (line.number, bytes[line.start..line.end].to_vec())
+                })
+            }
         }
     }
 }

@@ -56,10 +56,11 @@ fn duplicates_count_once_conflicts_and_bad_lines_are_reported() {
 
     let mut rows = Vec::new();
     for hour in ["2026-10-01T10", "2026-10-01T11"] {
-        let file = lake.join(format!(
-            "rollups/hour={hour}/file-samples-p000-g0000.parquet"
-        ));
-        rows.extend(tally_aggregator::write::read_rows(&file).expect("rows"));
+        // One resource: one partition of the file, one file per hour.
+        let [file] = rollup_files(&lake, hour).try_into().expect("one file");
+        assert!(file.ends_with("-g0000.parquet"), "{file}");
+        let path = lake.join(format!("rollups/hour={hour}/{file}"));
+        rows.extend(tally_aggregator::write::read_rows(&path).expect("rows"));
     }
     let running: u32 = rows
         .iter()
@@ -82,19 +83,37 @@ fn duplicates_count_once_conflicts_and_bad_lines_are_reported() {
     let later = directory.path().join("later");
     std::fs::create_dir_all(&later).expect("mkdir");
     let late = later.join("samples.ndjson");
-    std::fs::write(&late, line("2026-10-01T11:59:00Z", "vm-2", "running", 7)).expect("write");
+    std::fs::write(&late, line("2026-10-01T11:59:00Z", "vm-1", "running", 7)).expect("write");
     let (restated, _) = run_file(&config, &late).expect("late");
     assert_eq!((restated.accepted, restated.restatements), (1, 1));
+    let [file] = rollup_files(&lake, "2026-10-01T11")
+        .try_into()
+        .expect("one file");
+    assert!(file.ends_with("-g0001.parquet"), "{file}");
     let hour = lake.join("rollups/hour=2026-10-01T11");
-    assert!(!hour.join("file-samples-p000-g0000.parquet").exists());
-    let rows = tally_aggregator::write::read_rows(&hour.join("file-samples-p000-g0001.parquet"))
-        .expect("rows");
+    let rows = tally_aggregator::write::read_rows(&hour.join(file)).expect("rows");
     let samples: u32 = rows.iter().map(|r| r.meters.sample_count).sum();
     assert_eq!(
         samples,
         30 + 1,
         "the hour keeps its 30 minutes and gains the late one"
     );
+}
+
+/// The rollup files of `hour`, by name.
+fn rollup_files(lake: &std::path::Path, hour: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(lake.join(format!("rollups/hour={hour}")))
+        .expect("hour directory")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]

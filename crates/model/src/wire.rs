@@ -125,21 +125,24 @@ pub fn decode_json_reusing(bytes: &[u8], spare: &mut Vec<Sample>, decoded: &mut 
         .enumerate()
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace));
     for (index, line) in lines {
-        let mut sample = spare.pop().unwrap_or_else(blank_sample);
-        if read_plain_sample(line, &mut sample) {
-            decoded.push(Ok(sample));
-            continue;
-        }
-        spare.push(sample);
-        decoded.push(
-            serde_json::from_slice::<Sample>(line).map_err(|error| ItemError {
-                unit: "line",
-                position: index + 1,
-                rejection: Rejection::new(RejectReason::Malformed, error.to_string()),
-                raw: line.to_vec(),
-            }),
-        );
+        decoded.push(decode_json_line(line, index + 1, spare));
     }
+}
+
+/// One NDJSON line, numbered `number` in errors, filled into a sample from `spare` (the
+/// short cut for the plain form, else `serde_json`).
+pub fn decode_json_line(line: &[u8], number: usize, spare: &mut Vec<Sample>) -> Decoded {
+    let mut sample = spare.pop().unwrap_or_else(blank_sample);
+    if read_plain_sample(line, &mut sample) {
+        return Ok(sample);
+    }
+    spare.push(sample);
+    serde_json::from_slice::<Sample>(line).map_err(|error| ItemError {
+        unit: "line",
+        position: number,
+        rejection: Rejection::new(RejectReason::Malformed, error.to_string()),
+        raw: line.to_vec(),
+    })
 }
 
 /// The lines of `bytes` without their `\n`, like `split` on it, found by `memchr`.
