@@ -15,8 +15,11 @@ import time
 
 import duckdb
 
+# The minute as a plain TIMESTAMP holding UTC (every minute ends in `Z`): DuckDB's fastest
+# reading. As TIMESTAMPTZ, truncating to the hour and formatting it go through ICU's time
+# zone calendar, which made the same query about 40 % slower here (1.85 s against 1.35 s).
 COLUMNS = (
-    "{minute: 'TIMESTAMPTZ', host: 'VARCHAR', account_id: 'VARCHAR', resource_id: 'VARCHAR', "
+    "{minute: 'TIMESTAMP', host: 'VARCHAR', account_id: 'VARCHAR', resource_id: 'VARCHAR', "
     "kind: 'VARCHAR', sku: 'VARCHAR', zone: 'VARCHAR', state: 'VARCHAR', gpus: 'USMALLINT', "
     "out_external_bytes: 'UBIGINT', out_internal_bytes: 'UBIGINT', in_bytes: 'UBIGINT', "
     "size_bytes: 'UBIGINT', labels: 'JSON'}"

@@ -32,10 +32,14 @@ pub const PARTITIONS: usize = 4;
 
 /// About 4,000 samples a block: large enough to keep the workers busy, small enough
 /// that the seal checks between blocks come often.
-const BLOCK_BYTES: usize = 1 << 20;
+const BLOCK_BYTES: usize = 1 << 17;
+
+/// Blocks the reader may be ahead of a worker.
+const BLOCKS_AHEAD: usize = 8;
 
 /// A block of whole lines, the number of its first line, how many lines it holds and
 /// its non-blank lines by partition.
+#[derive(Default)]
 struct Block {
     first_line: i64,
     lines: i64,
@@ -74,16 +78,18 @@ pub fn run_file(
     let (read, outcomes) = std::thread::scope(|scope| {
         let mut to_workers = Vec::new();
         let mut handles = Vec::new();
+        let (recycle, recycled) = sync_channel::<Block>(BLOCKS_AHEAD);
         for worker in 0..workers {
-            let (sender, blocks) = sync_channel::<FromReader>(2);
+            let (sender, blocks) = sync_channel::<FromReader>(BLOCKS_AHEAD);
             to_workers.push(sender);
             let owned: Vec<usize> = (worker..PARTITIONS).step_by(workers).collect();
             let (config, source, topic) = (config, &source, &topic);
-            handles.push(
-                scope.spawn(move || roll_up_partitions(config, source, topic, &owned, &blocks)),
-            );
+            let recycle = recycle.clone();
+            handles.push(scope.spawn(move || {
+                roll_up_partitions(config, source, topic, &owned, &blocks, &recycle)
+            }));
         }
-        let read = cut_blocks(file, &to_workers);
+        let read = cut_blocks(file, &to_workers, &recycled);
         drop(to_workers);
         let outcomes: Vec<_> = handles
             .into_iter()
@@ -115,6 +121,7 @@ fn roll_up_partitions(
     topic: &str,
     owned: &[usize],
     blocks: &Receiver<FromReader>,
+    recycle: &SyncSender<Block>,
 ) -> Result<(AggregateReport, Vec<DeadLetter>)> {
     let mut dead_letters = CollectedDeadLetters::default();
     let mut ingest = Ingest::new(config.clone(), source, &mut dead_letters);
@@ -146,6 +153,10 @@ fn roll_up_partitions(
                     ingest.process_decoded(topic, id, block.first_line, original, &mut items)?;
                     ingest.seal_ready(id, next_line)?;
                 }
+                // The last worker done with a block sends it back to be filled again.
+                if let Some(block) = Arc::into_inner(block) {
+                    let _ = recycle.try_send(block);
+                }
             }
             FromReader::End { next_line } => {
                 for &partition in &partition_ids {
@@ -165,33 +176,39 @@ fn partition_id(partition: usize) -> i32 {
 }
 
 /// Reads `file` in blocks that end at a line's end, numbers and sorts their lines into
-/// partitions, and sends every block to every worker; then the end of the file.
-fn cut_blocks(mut file: File, workers: &[SyncSender<FromReader>]) -> std::io::Result<()> {
+/// partitions, and sends every block to every worker; then the end of the file. Blocks
+/// the workers are done with come back in `recycled` and are filled again: a fresh
+/// buffer for every block made copying the file into it cost several times more.
+fn cut_blocks(
+    mut file: File,
+    workers: &[SyncSender<FromReader>],
+    recycled: &Receiver<Block>,
+) -> std::io::Result<()> {
     let mut first_line = 1;
     let mut carry = Vec::new();
     loop {
-        // Room for the whole block at once: growing by doubling would copy it repeatedly.
-        let mut bytes = Vec::with_capacity(BLOCK_BYTES + carry.len());
-        bytes.append(&mut carry);
+        let mut block = recycled.try_recv().unwrap_or_default();
+        block.bytes.clear();
+        block.bytes.reserve(BLOCK_BYTES + carry.len());
+        block.bytes.append(&mut carry);
         let mut at_end = false;
         loop {
             // What is left at the end is the last line, without its newline.
-            if (&mut file)
-                .take(BLOCK_BYTES as u64)
-                .read_to_end(&mut bytes)?
-                == 0
-            {
+            let bytes = &mut block.bytes;
+            if (&mut file).take(BLOCK_BYTES as u64).read_to_end(bytes)? == 0 {
                 at_end = true;
                 break;
             }
-            if let Some(end) = memchr::memrchr(b'\n', &bytes) {
-                carry = bytes.split_off(end + 1);
+            if let Some(end) = memchr::memrchr(b'\n', bytes) {
+                carry.extend_from_slice(&bytes[end + 1..]);
+                bytes.truncate(end + 1);
                 break;
             } // else a line longer than a block: read on
         }
-        if !bytes.is_empty() {
-            let block = Arc::new(pick_lines(first_line, bytes));
+        if !block.bytes.is_empty() {
+            block.pick_lines(first_line);
             first_line += block.lines;
+            let block = Arc::new(block);
             for worker in workers {
                 // A worker that has hung up failed; its error is reported by `run_file`.
                 let _ = worker.send(FromReader::Block(Arc::clone(&block)));
@@ -208,29 +225,29 @@ fn cut_blocks(mut file: File, workers: &[SyncSender<FromReader>]) -> std::io::Re
     }
 }
 
-/// Numbers a block's lines and sorts the non-blank ones into their partitions.
-fn pick_lines(first_line: i64, bytes: Vec<u8>) -> Block {
-    let mut partitions: [Vec<PickedLine>; PARTITIONS] = Default::default();
-    let first = usize::try_from(first_line).unwrap_or(usize::MAX);
-    let ends = memchr::memchr_iter(b'\n', &bytes).chain(
-        // A last line without its newline.
-        (bytes.last() != Some(&b'\n')).then_some(bytes.len()),
-    );
-    let (mut start, mut lines) = (0, 0);
-    for (index, end) in ends.enumerate() {
-        let line = &bytes[start..end];
-        if !line.iter().all(u8::is_ascii_whitespace) {
-            let number = first + index;
-            partitions[partition_of_line(line)].push(PickedLine { number, start, end });
+impl Block {
+    /// Numbers the block's lines from `first_line` and sorts the non-blank ones into
+    /// their partitions.
+    fn pick_lines(&mut self, first_line: i64) {
+        let bytes = &self.bytes;
+        self.partitions.iter_mut().for_each(Vec::clear);
+        let first = usize::try_from(first_line).unwrap_or(usize::MAX);
+        let ends = memchr::memchr_iter(b'\n', bytes).chain(
+            // A last line without its newline.
+            (bytes.last() != Some(&b'\n')).then_some(bytes.len()),
+        );
+        let (mut start, mut lines) = (0, 0);
+        for (index, end) in ends.enumerate() {
+            let line = &bytes[start..end];
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                let number = first + index;
+                self.partitions[partition_of_line(line)].push(PickedLine { number, start, end });
+            }
+            start = end + 1;
+            lines = index + 1;
         }
-        start = end + 1;
-        lines = index + 1;
-    }
-    Block {
-        first_line,
-        lines: i64::try_from(lines).unwrap_or(i64::MAX),
-        bytes,
-        partitions,
+        self.first_line = first_line;
+        self.lines = i64::try_from(lines).unwrap_or(i64::MAX);
     }
 }
 
@@ -312,7 +329,11 @@ mod tests {
 
     #[test]
     fn blocks_number_every_line_and_skip_blank_ones() {
-        let block = pick_lines(10, b"{\"a\":1}\n\n  \n{\"b\":2}".to_vec());
+        let mut block = Block {
+            bytes: b"{\"a\":1}\n\n  \n{\"b\":2}".to_vec(),
+            ..Block::default()
+        };
+        block.pick_lines(10);
         assert_eq!(block.lines, 4);
         let mut picked: Vec<(usize, &[u8])> = block
             .partitions
