@@ -73,28 +73,42 @@ pub struct AggregateReport {
 
 impl AggregateReport {
     /// Adds another reader's figures of the same run (a file's partitions are rolled
-    /// up on several threads).
+    /// up on several threads). Every field is named, so a new one cannot be forgotten.
     pub fn add(&mut self, other: &AggregateReport) {
-        self.messages += other.messages;
-        self.samples += other.samples;
-        self.accepted += other.accepted;
-        self.duplicates += other.duplicates;
-        self.conflicts += other.conflicts;
-        for (reason, count) in &other.dead_letters {
+        let AggregateReport {
+            messages,
+            samples,
+            accepted,
+            duplicates,
+            conflicts,
+            dead_letters,
+            late_samples,
+            hours_sealed,
+            restatements,
+            max_restatement_lag_minutes,
+            rows_written,
+            bytes_written,
+            checkpoints,
+            last_checkpoint_micros,
+        } = other;
+        self.messages += messages;
+        self.samples += samples;
+        self.accepted += accepted;
+        self.duplicates += duplicates;
+        self.conflicts += conflicts;
+        for (reason, count) in dead_letters {
             *self.dead_letters.entry(reason).or_default() += count;
         }
-        self.late_samples += other.late_samples;
-        self.hours_sealed += other.hours_sealed;
-        self.restatements += other.restatements;
+        self.late_samples += late_samples;
+        self.hours_sealed += hours_sealed;
+        self.restatements += restatements;
         self.max_restatement_lag_minutes = self
             .max_restatement_lag_minutes
-            .max(other.max_restatement_lag_minutes);
-        self.rows_written += other.rows_written;
-        self.bytes_written += other.bytes_written;
-        self.checkpoints += other.checkpoints;
-        self.last_checkpoint_micros = self
-            .last_checkpoint_micros
-            .max(other.last_checkpoint_micros);
+            .max(*max_restatement_lag_minutes);
+        self.rows_written += rows_written;
+        self.bytes_written += bytes_written;
+        self.checkpoints += checkpoints;
+        self.last_checkpoint_micros = self.last_checkpoint_micros.max(*last_checkpoint_micros);
     }
 
     fn add_seal(&mut self, seal: SealReport) {

@@ -9,8 +9,9 @@
 //! Guarantees: a sample counts once however often it arrives (dedup on
 //! `(resource_id, minute)`, no time window); files are written temp → fsync → rename and
 //! are a function of their rows; after a crash or a rebalance, reading resumes where the
-//! partition's manifest says (after its checkpoint of open hours, if any), which never
-//! passes a sample that is only in memory; one instance at a time writes a partition.
+//! partition's manifest says (the first message of its oldest open hour, whose
+//! checkpointed state is restored), which never passes a sample that is only in memory;
+//! one instance at a time writes a partition.
 
 pub mod backfill;
 pub mod consume;
