@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tally_model::clock::Clock;
 use tally_model::validate::validate;
-use tally_model::wire::{Decoded, Encoding};
+use tally_model::wire::{Decoded, Encoding, json_lines};
 use tally_model::{Minute, RejectReason, Sample, ValidationLimits};
 
 use crate::deadletter::{DeadLetter, DeadLetterCounts, DeadLetterSink};
@@ -353,41 +353,38 @@ impl<'sink> Ingest<'sink> {
 
     /// Seals what the watermark has passed on `partition`.
     pub fn seal_ready(&mut self, partition: i32, next_offset: i64) -> Result<()> {
-        self.flush_dead_letters()?;
-        let state = self
-            .partitions
-            .get_mut(&partition)
-            .ok_or_else(|| missing(partition))?;
-        let seal = state.seal_ready(next_offset)?;
+        let seal = self
+            .partition_to_write(partition)?
+            .seal_ready(next_offset)?;
         self.report.add_seal(seal);
         Ok(())
     }
 
     /// Seals every open hour of `partition`.
     pub fn seal_all(&mut self, partition: i32, next_offset: i64) -> Result<()> {
-        self.flush_dead_letters()?;
-        let state = self
-            .partitions
-            .get_mut(&partition)
-            .ok_or_else(|| missing(partition))?;
-        let seal = state.seal_all(next_offset)?;
+        let seal = self.partition_to_write(partition)?.seal_all(next_offset)?;
         self.report.add_seal(seal);
         Ok(())
     }
 
     /// Saves `partition`'s open hours so that reading resumes at `next_offset`.
     pub fn checkpoint(&mut self, partition: i32, next_offset: i64) -> Result<()> {
-        self.flush_dead_letters()?;
-        let state = self
-            .partitions
-            .get_mut(&partition)
-            .ok_or_else(|| missing(partition))?;
+        let state = self.partition_to_write(partition)?;
         let started = std::time::Instant::now();
         state.checkpoint(next_offset)?;
         self.report.checkpoints += 1;
         self.report.last_checkpoint_micros =
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         Ok(())
+    }
+
+    /// `partition`'s state for a step that writes its manifest (sealing, checkpointing),
+    /// once the dead letters so far are stored.
+    fn partition_to_write(&mut self, partition: i32) -> Result<&mut PartitionState> {
+        self.flush_dead_letters()?;
+        self.partitions
+            .get_mut(&partition)
+            .ok_or_else(|| missing(partition))
     }
 
     /// Dead letters must be stored before a manifest lets the resume offset pass them.
@@ -441,10 +438,7 @@ impl Original<'_> {
     /// The line number or row index of item `index`, and its original bytes.
     fn item(&self, index: usize) -> (usize, Vec<u8>) {
         match self {
-            Original::Lines { bytes, first_line } => bytes
-                .split(|byte| *byte == b'\n')
-                .enumerate()
-                .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            Original::Lines { bytes, first_line } => json_lines(bytes)
                 .nth(index)
                 .map_or((0, Vec::new()), |(number, line)| {
                     (first_line + number, line.to_vec())

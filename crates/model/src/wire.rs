@@ -121,12 +121,17 @@ pub fn decode_json(bytes: &[u8]) -> Vec<Decoded> {
 /// form collectors write are read by a short cut that reuses the samples' buffers (see
 /// `flat_json`); every other line by `serde_json`, which also names what is wrong.
 pub fn decode_json_reusing(bytes: &[u8], spare: &mut Vec<Sample>, decoded: &mut Vec<Decoded>) {
-    let lines = lines(bytes)
-        .enumerate()
-        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace));
-    for (index, line) in lines {
+    for (index, line) in json_lines(bytes) {
         decoded.push(decode_json_line(line, index + 1, spare));
     }
+}
+
+/// The non-blank lines of NDJSON `bytes` with their 0-based line index: the items
+/// [`decode_json_reusing`] decodes, in its order (item `k` is the `k`-th of these).
+pub fn json_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    lines(bytes)
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
 }
 
 /// One NDJSON line, numbered `number` in errors, filled into a sample from `spare` (the
