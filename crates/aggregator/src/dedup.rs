@@ -5,22 +5,28 @@
 //! fingerprint matches (a collector re-sent it), and a conflict when it does not: the
 //! first sample stays, the second is dead-lettered.
 //!
+//! A fingerprint covers the row the sample went into, its state and its counters. The
+//! row stands for everything else a rollup keeps of a sample (account, kind, SKU, zone,
+//! GPUs, labels): a resource-hour's rows are told apart by exactly those, and a row keeps
+//! its place for as long as the hour is open. So the texts are matched once, to find the
+//! row, and never hashed. The resource and the minute are the ledger's own place.
+//!
 //! An hour reopened from its sealed file (a restatement) knows each minute's row and
 //! state but no longer the sample's counters: those minutes keep a fingerprint of the
-//! key and state only, so a late sample that says something else about the minute (another
-//! state, SKU, zone, GPU count or labels) is still a conflict, and one that differs only in
-//! its counters counts as a duplicate.
+//! row and state only, so a late sample that says something else about the minute
+//! (another state, SKU, zone, GPU count or labels) is still a conflict, and one that
+//! differs only in its counters counts as a duplicate.
 //!
 //! The fingerprint leaves out `host`: a VM reported for the same minute by the host it
 //! migrated to, with the same meters, is the same sample.
 
-use tally_model::{ResourceKind, ResourceState, Sample};
+use tally_model::{ResourceState, Sample};
 
 /// Minutes seen of one resource in one hour.
 #[derive(Clone, Debug)]
 pub struct MinuteLedger {
     seen: u64,
-    /// Minutes restored from a sealed file: their fingerprints are [`key_fingerprint`]s.
+    /// Minutes restored from a sealed file: their fingerprints leave the counters out.
     restored: u64,
     /// Fingerprint per minute of the hour. Inline and 32 bits wide: every sample reads
     /// it, and two different samples of one minute share a fingerprint with odds of 1 in
@@ -37,18 +43,43 @@ pub enum Verdict {
     Conflict,
 }
 
-/// What identifies a minute's row and state: everything a rollup row keeps of a sample
-/// but its counters.
+/// What a sample says about its minute, with its row standing for its key.
 #[derive(Clone, Copy, Debug)]
-pub struct MinuteKey<'a, Labels> {
-    pub account_id: &'a str,
-    pub kind: ResourceKind,
-    pub sku: &'a str,
-    pub zone: &'a str,
-    pub gpus: u16,
+pub struct MinuteSample {
+    /// The index of the resource-hour's row that holds the sample's key (or would, as the
+    /// next row, when no row does yet).
+    pub row: usize,
     pub state: ResourceState,
-    /// Label pairs in key order.
-    pub labels: Labels,
+    pub counters: [u64; 4],
+}
+
+impl MinuteSample {
+    pub fn of(sample: &Sample, row: usize) -> Self {
+        Self {
+            row,
+            state: sample.state,
+            counters: [
+                sample.out_external_bytes,
+                sample.out_internal_bytes,
+                sample.in_bytes,
+                sample.size_bytes,
+            ],
+        }
+    }
+
+    fn fingerprint(&self) -> u32 {
+        let mut hash = Self::key_hash(self.row, self.state);
+        for counter in self.counters {
+            hash.word(counter);
+        }
+        hash.finish()
+    }
+
+    fn key_hash(row: usize, state: ResourceState) -> Fingerprint {
+        let mut hash = Fingerprint(0xcbf2_9ce4_8422_2325);
+        hash.word(((row as u64) << 8) | state.index() as u64);
+        hash
+    }
 }
 
 impl MinuteLedger {
@@ -64,31 +95,33 @@ impl MinuteLedger {
         self.seen
     }
 
-    /// Records minutes of a sealed row: `minutes` of one state, with that row's key.
-    pub fn restore(&mut self, minutes: u64, key_fingerprint: u32) {
+    /// Records minutes of a sealed row: `minutes` of `state`, in the resource-hour's row
+    /// `row`.
+    pub fn restore(&mut self, minutes: u64, row: usize, state: ResourceState) {
         let new = minutes & !self.seen;
         self.seen |= new;
         self.restored |= new;
+        let fingerprint = MinuteSample::key_hash(row, state).finish();
         for minute in 0..60 {
             if new & (1 << minute) != 0 {
-                self.fingerprints[minute] = key_fingerprint;
+                self.fingerprints[minute] = fingerprint;
             }
         }
     }
 
-    /// Records `sample` if its minute is new; says what it was either way.
-    pub fn check_and_record(&mut self, sample: &Sample) -> Verdict {
-        let minute = sample.minute.minute_of_hour() as usize;
+    /// Records what a sample says about `minute` (of the hour) if the minute is new; says
+    /// what the sample was either way.
+    pub fn check_and_record(&mut self, minute: usize, sample: MinuteSample) -> Verdict {
         let bit = 1u64 << minute;
         if self.seen & bit == 0 {
             self.seen |= bit;
-            self.fingerprints[minute] = fingerprint(sample);
+            self.fingerprints[minute] = sample.fingerprint();
             return Verdict::New;
         }
         let same = if self.restored & bit != 0 {
-            self.fingerprints[minute] == key_fingerprint(minute_key(sample))
+            self.fingerprints[minute] == MinuteSample::key_hash(sample.row, sample.state).finish()
         } else {
-            self.fingerprints[minute] == fingerprint(sample)
+            self.fingerprints[minute] == sample.fingerprint()
         };
         if same {
             Verdict::Duplicate
@@ -104,76 +137,14 @@ impl Default for MinuteLedger {
     }
 }
 
-/// The [`MinuteKey`] of a sample.
-pub fn minute_key(sample: &Sample) -> MinuteKey<'_, impl Iterator<Item = (&str, &str)>> {
-    MinuteKey {
-        account_id: &sample.account_id,
-        kind: sample.kind,
-        sku: &sample.sku,
-        zone: &sample.zone,
-        gpus: sample.gpus,
-        state: sample.state,
-        labels: sample
-            .labels
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str())),
-    }
-}
-
-/// A hash of every field but `host`, eight bytes at a time (it runs once per sample),
-/// stable across builds and platforms.
-pub fn fingerprint(sample: &Sample) -> u32 {
-    let mut hash = Fingerprint::of_key(minute_key(sample));
-    hash.word(sample.minute.unix_minutes() as u64);
-    hash.text(&sample.resource_id);
-    hash.word(sample.out_external_bytes);
-    hash.word(sample.out_internal_bytes);
-    hash.word(sample.in_bytes);
-    hash.word(sample.size_bytes);
-    hash.finish()
-}
-
-/// A hash of a minute's [`MinuteKey`]: what a restored minute is compared by.
-pub fn key_fingerprint<'a>(key: MinuteKey<'a, impl Iterator<Item = (&'a str, &'a str)>>) -> u32 {
-    Fingerprint::of_key(key).finish()
-}
-
+/// A stable hash of 64-bit words (the same on every build and platform).
 struct Fingerprint(u64);
 
 impl Fingerprint {
-    fn of_key<'a>(key: MinuteKey<'a, impl Iterator<Item = (&'a str, &'a str)>>) -> Self {
-        let mut hash = Fingerprint(0xcbf2_9ce4_8422_2325);
-        hash.text(key.account_id);
-        hash.word(key.kind as u64);
-        hash.text(key.sku);
-        hash.text(key.zone);
-        hash.word(((key.state.index() as u64) << 16) | u64::from(key.gpus));
-        for (name, value) in key.labels {
-            hash.text(name);
-            hash.text(value);
-        }
-        hash
-    }
-
     fn word(&mut self, word: u64) {
         self.0 = (self.0 ^ word)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .rotate_left(29);
-    }
-
-    /// The text's bytes, then its length: `("ab", "c")` and `("a", "bc")` differ.
-    fn text(&mut self, text: &str) {
-        let mut chunks = text.as_bytes().chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.word(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        let mut word = [0; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        self.word(u64::from_le_bytes(word));
-        self.word(text.len() as u64);
     }
 
     /// The high half has had the most mixing; it is folded into the low one.
@@ -185,7 +156,7 @@ impl Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_model::{ResourceKind, ResourceState};
+    use tally_model::ResourceKind;
 
     fn sample() -> Sample {
         Sample {
@@ -206,41 +177,82 @@ mod tests {
         }
     }
 
+    const MINUTE: usize = 7;
+
     #[test]
     fn the_same_sample_twice_is_a_duplicate_and_different_values_conflict() {
         let mut ledger = MinuteLedger::new();
-        assert_eq!(ledger.check_and_record(&sample()), Verdict::New);
-        assert_eq!(ledger.check_and_record(&sample()), Verdict::Duplicate);
+        let first = MinuteSample::of(&sample(), 0);
+        assert_eq!(ledger.check_and_record(MINUTE, first), Verdict::New);
+        assert_eq!(ledger.check_and_record(MINUTE, first), Verdict::Duplicate);
         let mut moved = sample();
         moved.host = "hv-2".into();
-        assert_eq!(ledger.check_and_record(&moved), Verdict::Duplicate);
+        assert_eq!(
+            ledger.check_and_record(MINUTE, MinuteSample::of(&moved, 0)),
+            Verdict::Duplicate
+        );
         let mut changed = sample();
         changed.out_external_bytes += 1;
-        assert_eq!(ledger.check_and_record(&changed), Verdict::Conflict);
+        assert_eq!(
+            ledger.check_and_record(MINUTE, MinuteSample::of(&changed, 0)),
+            Verdict::Conflict
+        );
+        // Another key (another row) with the same counters.
+        assert_eq!(
+            ledger.check_and_record(MINUTE, MinuteSample::of(&sample(), 1)),
+            Verdict::Conflict
+        );
+        let mut stopped = sample();
+        stopped.state = ResourceState::Stopped;
+        assert_eq!(
+            ledger.check_and_record(MINUTE, MinuteSample::of(&stopped, 0)),
+            Verdict::Conflict
+        );
         assert_eq!(ledger.seen().count_ones(), 1);
     }
 
     #[test]
-    fn a_restored_minute_conflicts_only_with_another_key_or_state() {
-        let restored = sample();
+    fn every_counter_is_in_the_fingerprint() {
+        for counter in 0..4 {
+            let mut ledger = MinuteLedger::new();
+            let first = MinuteSample::of(&sample(), 0);
+            ledger.check_and_record(MINUTE, first);
+            let mut other = first;
+            other.counters[counter] += 1;
+            assert_eq!(
+                ledger.check_and_record(MINUTE, other),
+                Verdict::Conflict,
+                "counter {counter}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_restored_minute_conflicts_only_with_another_row_or_state() {
         let mut ledger = MinuteLedger::new();
-        ledger.restore(1 << 7, key_fingerprint(minute_key(&restored)));
+        ledger.restore(1 << MINUTE, 0, ResourceState::Running);
         // Its counters are no longer known: a re-send with other counters is a duplicate.
         let mut counters = sample();
         counters.in_bytes = 99;
-        assert_eq!(ledger.check_and_record(&counters), Verdict::Duplicate);
+        assert_eq!(
+            ledger.check_and_record(MINUTE, MinuteSample::of(&counters, 0)),
+            Verdict::Duplicate
+        );
         let mut state = sample();
         state.state = ResourceState::Stopped;
-        assert_eq!(ledger.check_and_record(&state), Verdict::Conflict);
-        let mut labels = sample();
-        labels.labels.insert("os".into(), "windows".into());
-        assert_eq!(ledger.check_and_record(&labels), Verdict::Conflict);
-        let mut sku = sample();
-        sku.sku = "cx32".into();
-        assert_eq!(ledger.check_and_record(&sku), Verdict::Conflict);
+        assert_eq!(
+            ledger.check_and_record(MINUTE, MinuteSample::of(&state, 0)),
+            Verdict::Conflict
+        );
+        // Other labels, SKU, ...: another row.
+        assert_eq!(
+            ledger.check_and_record(MINUTE, MinuteSample::of(&sample(), 1)),
+            Verdict::Conflict
+        );
         // A minute the sealed file did not have is new.
-        let mut later = sample();
-        later.minute = "2026-10-01T10:08:00Z".parse().expect("minute");
-        assert_eq!(ledger.check_and_record(&later), Verdict::New);
+        assert_eq!(
+            ledger.check_and_record(MINUTE + 1, MinuteSample::of(&sample(), 0)),
+            Verdict::New
+        );
     }
 }

@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 use tally_model::sample::labels_from_text;
 use tally_model::{Hour, ResourceKind, ResourceState, RollupKey, RollupMeters, RollupRow, Sample};
 
-use crate::dedup::{MinuteKey, MinuteLedger, Verdict, key_fingerprint};
+use crate::dedup::{MinuteLedger, MinuteSample, Verdict};
 use crate::error::{Error, Result};
 
 /// Resource ids come from the fleet's own collectors; foldhash is seeded per process.
@@ -68,6 +68,27 @@ struct RowTexts(String);
 const TEXT_SEPARATOR: char = '\u{1f}';
 
 impl RowTexts {
+    /// Whether `joined` is `texts` joined, compared in place (no copy per sample).
+    fn joins(joined: &str, texts: [&str; 3]) -> bool {
+        let mut rest = joined.as_bytes();
+        texts.into_iter().enumerate().all(|(index, text)| {
+            if index > 0 {
+                let Some((&separator, after)) = rest.split_first() else {
+                    return false;
+                };
+                if separator != TEXT_SEPARATOR as u8 {
+                    return false;
+                }
+                rest = after;
+            }
+            let Some((head, after)) = rest.split_at_checked(text.len()) else {
+                return false;
+            };
+            rest = after;
+            head == text.as_bytes()
+        }) && rest.is_empty()
+    }
+
     fn of(&mut self, account_id: &str, sku: &str, zone: &str) -> &str {
         self.0.clear();
         for (index, text) in [account_id, sku, zone].into_iter().enumerate() {
@@ -95,10 +116,11 @@ impl OpenRow {
         }
     }
 
-    fn holds(&self, sample: &Sample, texts: &str) -> bool {
+    /// Whether the sample's key (but its resource and hour) is this row's.
+    fn holds(&self, sample: &Sample) -> bool {
         self.gpus == sample.gpus
             && self.kind == sample.kind
-            && *self.texts == *texts
+            && RowTexts::joins(&self.texts, [&sample.account_id, &sample.sku, &sample.zone])
             && self.labels.len() == sample.labels.len()
             && self.labels.iter().zip(&sample.labels).all(
                 |((key, value), (sample_key, sample_value))| {
@@ -138,20 +160,10 @@ impl OpenHour {
             })?;
             let position = open.position(&row.key.resource_id);
             let resource = &mut open.resources[position];
+            let index = resource.rows.len();
             for (state, minutes) in ResourceState::ALL.into_iter().zip(row.meters.state_masks) {
                 if minutes != 0 {
-                    let key = MinuteKey {
-                        account_id: &row.key.account_id,
-                        kind: row.key.kind,
-                        sku: &row.key.sku,
-                        zone: &row.key.zone,
-                        gpus: row.key.gpus,
-                        state,
-                        labels: labels
-                            .iter()
-                            .map(|(name, value)| (name.as_str(), value.as_str())),
-                    };
-                    resource.ledger.restore(minutes, key_fingerprint(key));
+                    resource.ledger.restore(minutes, index, state);
                 }
             }
             let texts = open
@@ -173,22 +185,21 @@ impl OpenHour {
         debug_assert_eq!(sample.minute.hour(), self.hour);
         let position = self.position(&sample.resource_id);
         let resource = &mut self.resources[position];
-        let verdict = resource.ledger.check_and_record(sample);
+        let row = resource
+            .rows
+            .iter()
+            .position(|row| row.holds(sample))
+            .unwrap_or(resource.rows.len());
+        let minute = sample.minute.minute_of_hour() as usize;
+        let verdict = resource
+            .ledger
+            .check_and_record(minute, MinuteSample::of(sample, row));
         if verdict == Verdict::New {
-            let texts = self.texts.of(&sample.account_id, &sample.sku, &sample.zone);
-            let row = match resource
-                .rows
-                .iter()
-                .position(|row| row.holds(sample, texts))
-            {
-                Some(index) => &mut resource.rows[index],
-                None => {
-                    resource.rows.push(OpenRow::of(sample, texts));
-                    let last = resource.rows.len() - 1;
-                    &mut resource.rows[last]
-                }
-            };
-            row.meters.add(sample);
+            if row == resource.rows.len() {
+                let texts = self.texts.of(&sample.account_id, &sample.sku, &sample.zone);
+                resource.rows.push(OpenRow::of(sample, texts));
+            }
+            resource.rows[row].meters.add(sample);
             self.samples_added += 1;
             self.first_offset = Some(self.first_offset.map_or(offset, |first| first.min(offset)));
         }
@@ -258,4 +269,98 @@ fn labels_text(labels: &[(String, String)]) -> String {
         .map(|(key, value)| (key.as_str(), value.as_str()))
         .collect();
     serde_json::to_string(&map).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(minute: &str) -> Sample {
+        Sample {
+            minute: minute.parse().expect("minute"),
+            host: "hv-1".into(),
+            account_id: "acme".into(),
+            resource_id: "vm-1".into(),
+            kind: ResourceKind::Server,
+            sku: "cx22".into(),
+            zone: "fsn1".into(),
+            state: ResourceState::Running,
+            gpus: 0,
+            out_external_bytes: 10,
+            out_internal_bytes: 0,
+            in_bytes: 0,
+            size_bytes: 0,
+            labels: [("os".to_owned(), "debian".to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn joined_texts_are_matched_text_by_text() {
+        let mut texts = RowTexts::default();
+        let joined = texts.of("ab", "c", "d").to_owned();
+        assert!(RowTexts::joins(&joined, ["ab", "c", "d"]));
+        for other in [
+            ["a", "bc", "d"],
+            ["ab", "c", ""],
+            ["ab", "c", "de"],
+            ["ab", "", "cd"],
+            ["", "ab", "c"],
+        ] {
+            assert!(!RowTexts::joins(&joined, other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_conflict_adds_no_row_and_a_new_key_adds_one() {
+        let hour = sample("2026-10-01T10:07:00Z").minute.hour();
+        let mut open = OpenHour::new(hour);
+        assert_eq!(open.add(&sample("2026-10-01T10:07:00Z"), 0), Verdict::New);
+        assert_eq!(
+            open.add(&sample("2026-10-01T10:07:00Z"), 1),
+            Verdict::Duplicate
+        );
+        let mut resized = sample("2026-10-01T10:07:00Z");
+        resized.sku = "cx32".into();
+        assert_eq!(open.add(&resized, 2), Verdict::Conflict);
+        let mut relabelled = sample("2026-10-01T10:07:00Z");
+        relabelled.labels.insert("os".into(), "ubuntu".into());
+        assert_eq!(open.add(&relabelled, 3), Verdict::Conflict);
+        assert_eq!(open.row_count(), 1);
+        resized.minute = "2026-10-01T10:08:00Z".parse().expect("minute");
+        assert_eq!(open.add(&resized, 4), Verdict::New);
+        assert_eq!(open.row_count(), 2);
+        // The second row's minute conflicts with the first row's key.
+        let mut back = sample("2026-10-01T10:08:00Z");
+        back.out_external_bytes = 10;
+        assert_eq!(open.add(&back, 5), Verdict::Conflict);
+        assert_eq!(open.add(&resized, 6), Verdict::Duplicate);
+        let rows = open.sorted_rows();
+        assert_eq!(
+            rows.iter()
+                .map(|row| (row.key.sku.as_str(), row.meters.sample_count))
+                .collect::<Vec<_>>(),
+            [("cx22", 1), ("cx32", 1)]
+        );
+    }
+
+    #[test]
+    fn a_restored_hour_knows_each_minutes_row_and_state() {
+        let first = sample("2026-10-01T10:07:00Z");
+        let hour = first.minute.hour();
+        let mut open = OpenHour::new(hour);
+        open.add(&first, 0);
+        let mut restored =
+            OpenHour::restore(hour, open.sorted_rows(), 1, Path::new("hour.parquet"))
+                .expect("restore");
+        let mut counters = first.clone();
+        counters.in_bytes = 99;
+        assert_eq!(restored.add(&counters, 1), Verdict::Duplicate);
+        let mut stopped = first.clone();
+        stopped.state = ResourceState::Stopped;
+        assert_eq!(restored.add(&stopped, 2), Verdict::Conflict);
+        let mut zone = first.clone();
+        zone.zone = "nbg1".into();
+        assert_eq!(restored.add(&zone, 3), Verdict::Conflict);
+        assert_eq!(restored.row_count(), 1);
+    }
 }
