@@ -11,8 +11,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::NaiveDate;
-
 use crate::minute::Minute;
 use crate::sample::{ResourceKind, ResourceState, Sample};
 
@@ -170,11 +168,76 @@ fn plain_minute(text: &str) -> Option<Minute> {
                 .then(|| value * 10 + u32::from(byte - b'0'))
         })
     };
-    let year = i32::try_from(number(0..4)?).ok()?;
-    let at = NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)?
-        .and_hms_opt(number(11..13)?, number(14..16)?, 0)?
-        .and_utc();
-    Some(Minute::from_unix_minutes(at.timestamp().div_euclid(60)))
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute) = (number(11..13)?, number(14..16)?);
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+    {
+        return None;
+    }
+    let days = days_from_civil(i64::from(year), i64::from(month), i64::from(day));
+    Some(Minute::from_unix_minutes(
+        days * 24 * 60 + i64::from(hour * 60 + minute),
+    ))
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (H. Hinnant's
+/// `days_from_civil`): a few multiplications instead of a calendar library's checks,
+/// once per line.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The length of a string's text up to its closing quote: the position of the first
+/// quote, backslash or control character (`None` if there is none). Eight bytes at a
+/// time: in each word, a byte is flagged when it equals a quote or a backslash, or is
+/// below 0x20; the lowest flag is exact (a false flag can only sit above a true one,
+/// from the borrow of the subtraction), and words are read little-endian, so it is the
+/// first such byte.
+fn string_length(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let flags = |word: u64| {
+        let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
+        zero_byte(word ^ (ONES * u64::from(b'"')))
+            | zero_byte(word ^ (ONES * u64::from(b'\\')))
+            | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS)
+    };
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut words {
+        let mut eight = [0; 8];
+        eight.copy_from_slice(chunk);
+        let flagged = flags(u64::from_le_bytes(eight));
+        if flagged != 0 {
+            return Some(at + flagged.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|byte| matches!(byte, b'"' | b'\\') || *byte < 0x20)
+        .map(|position| at + position)
 }
 
 /// A position in a line already known to be UTF-8.
@@ -196,7 +259,10 @@ impl<'a> Cursor<'a> {
 
     /// Skips whitespace, then takes `byte` if it is next.
     fn eat(&mut self, byte: u8) -> bool {
-        self.whitespace();
+        // Collectors write no whitespace: look for the byte first.
+        if self.rest().first() != Some(&byte) {
+            self.whitespace();
+        }
         if self.rest().first() == Some(&byte) {
             self.at += 1;
             true
@@ -240,10 +306,7 @@ impl<'a> Cursor<'a> {
     /// A string without escapes or control characters.
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
-        let length = self
-            .rest()
-            .iter()
-            .position(|byte| matches!(byte, b'"' | b'\\') || *byte < 0x20)?;
+        let length = string_length(self.rest())?;
         let start = self.at;
         if self.rest()[length] != b'"' {
             return None;
@@ -283,6 +346,7 @@ mod tests {
     use super::*;
     use crate::wire::encode_json;
     use crate::wire::tests::arbitrary_sample;
+    use chrono::NaiveDate;
     use proptest::prelude::*;
 
     /// What `serde_json` alone makes of a line, and what the short cut makes of it.
@@ -350,6 +414,58 @@ mod tests {
                 let serde: Sample = serde_json::from_str(&line).expect("sample");
                 assert!(read_plain_sample(line.as_bytes(), &mut sample), "{line}");
                 assert_eq!(sample.labels, serde.labels, "{old} then {new}");
+            }
+        }
+    }
+
+    #[test]
+    fn plain_minutes_are_the_calendars() {
+        let years = (0..=3)
+            .chain(1896..=1904)
+            .chain(1968..=2104)
+            .chain(9996..=9999);
+        for year in years {
+            for month in 0..=13 {
+                for day in 0..=32 {
+                    let text = format!("{year:04}-{month:02}-{day:02}T23:59:00Z");
+                    let expected = NaiveDate::from_ymd_opt(year, month, day).map(|date| {
+                        let at = date.and_hms_opt(23, 59, 0).expect("time").and_utc();
+                        Minute::from_unix_minutes(at.timestamp().div_euclid(60))
+                    });
+                    assert_eq!(plain_minute(&text), expected, "{text}");
+                }
+            }
+        }
+        for wrong in [
+            "2026-10-01T24:00:00Z",
+            "2026-10-01T10:60:00Z",
+            "2026-10-01T1a:00:00Z",
+        ] {
+            assert_eq!(plain_minute(wrong), None, "{wrong}");
+        }
+    }
+
+    #[test]
+    fn a_string_ends_at_its_first_quote_backslash_or_control_character() {
+        let stops = [b'"', b'\\', 0x00, 0x01, 0x1f];
+        let others = [
+            b'a', b' ', b'!', b'#', b'[', b']', 0x20, 0x21, 0x7f, 0x80, 0xc3, 0xff,
+        ];
+        for length in 0..20 {
+            for &other in &others {
+                let text = vec![other; length];
+                assert_eq!(string_length(&text), None);
+                for &stop in &stops {
+                    for at in 0..length {
+                        let mut text = text.clone();
+                        text[at] = stop;
+                        // Whatever follows the first stop, even another stop.
+                        for (after, byte) in text.iter_mut().enumerate().skip(at + 1) {
+                            *byte = stops[after % stops.len()];
+                        }
+                        assert_eq!(string_length(&text), Some(at), "{text:?}");
+                    }
+                }
             }
         }
     }
