@@ -16,7 +16,7 @@ use tally_aggregator::deadletter::CollectedDeadLetters;
 use tally_aggregator::ingest::{AggregateConfig, Ingest};
 use tally_collector::simulator::{Fleet, FleetSpec};
 use tally_model::clock::FixedClock;
-use tally_model::wire::Encoding;
+use tally_model::wire::{DecodedItems, Encoding};
 use tally_model::{Minute, Sample};
 
 use crate::rating::median;
@@ -103,19 +103,18 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
     for run in 0..options.runs {
         for (encoding, messages) in [(Encoding::Arrow, &arrow), (Encoding::Json, &json)] {
             // Decoding as the aggregator does it: buffers reused from message to message.
-            let (mut spare, mut decoded) = (Vec::new(), Vec::new());
+            let mut decoded = DecodedItems::default();
             let mut count = 0;
             let started = Instant::now();
             for message in messages {
                 encoding
-                    .decode_reusing(message, &mut spare, &mut decoded)
+                    .decode_into(message, &mut decoded)
                     .map_err(anyhow::Error::msg)?;
                 count += decoded.len();
-                spare.extend(decoded.drain(..).flatten());
             }
             let decode = started.elapsed().as_secs_f64();
             ensure!(count == figures.samples, "decoded {count} samples");
-            drop((spare, decoded));
+            drop(decoded);
 
             let lake = tempfile::tempdir()?;
             let mut dead_letters = CollectedDeadLetters::default();

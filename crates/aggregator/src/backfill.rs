@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use tally_model::wire::decode_json_line;
+use tally_model::wire::DecodedItems;
 
 use crate::deadletter::{CollectedDeadLetters, DeadLetter};
 use crate::error::{Error, Result};
@@ -132,25 +132,22 @@ fn roll_up_partitions(
     for &partition in &partition_ids {
         ingest.open_partition(partition)?;
     }
-    let mut items = Vec::new();
+    let mut items = DecodedItems::default();
     for read in blocks {
         match read {
             FromReader::Block(block) => {
                 let next_line = block.first_line + block.lines;
                 for (&partition, &id) in owned.iter().zip(&partition_ids) {
                     let lines = &block.partitions[partition];
-                    let mut spare = ingest.take_spare();
                     items.clear();
-                    items.extend(lines.iter().map(|line| {
-                        let bytes = &block.bytes[line.start..line.end];
-                        decode_json_line(bytes, line.number, &mut spare)
-                    }));
-                    ingest.give_spare(spare);
+                    for line in lines {
+                        items.push_json_line(&block.bytes[line.start..line.end], line.number);
+                    }
                     let original = Original::PickedLines {
                         bytes: &block.bytes,
                         lines,
                     };
-                    ingest.process_decoded(topic, id, block.first_line, original, &mut items)?;
+                    ingest.process_decoded(topic, id, block.first_line, original, &items)?;
                     ingest.seal_ready(id, next_line)?;
                 }
                 // The last worker done with a block sends it back to be filled again.

@@ -1,20 +1,19 @@
 //! Decoding a Kafka message into samples, by its `content-type` header.
 
+use tally_model::RejectReason;
 use tally_model::validate::Rejection;
-use tally_model::wire::{Decoded, Encoding};
-use tally_model::{RejectReason, Sample};
+use tally_model::wire::{DecodedItems, Encoding};
 
 /// The samples of one message, or why the whole message is unusable.
 ///
 /// A message without a `content-type` header is read as JSON when it starts with `{`
 /// (hand-written exporters often send no headers); anything else needs the header.
-/// The samples go to `decoded`, filled into `spare` ones where there are any (see
-/// [`Encoding::decode_reusing`]); the encoding read is returned.
+/// The samples go to `decoded`, refilled in place (see [`Encoding::decode_into`]); the
+/// encoding read is returned.
 pub fn decode_message(
     content_type: Option<&str>,
     payload: &[u8],
-    spare: &mut Vec<Sample>,
-    decoded: &mut Vec<Decoded>,
+    decoded: &mut DecodedItems,
 ) -> Result<Encoding, Rejection> {
     let encoding = match content_type {
         Some(content_type) => Encoding::from_content_type(content_type).ok_or_else(|| {
@@ -35,7 +34,7 @@ pub fn decode_message(
             ));
         }
     };
-    encoding.decode_reusing(payload, spare, decoded)?;
+    encoding.decode_into(payload, decoded)?;
     Ok(encoding)
 }
 
@@ -45,14 +44,13 @@ mod tests {
 
     #[test]
     fn unknown_content_types_are_named() {
-        let rejection = decode_message(Some("text/csv"), b"a,b", &mut Vec::new(), &mut Vec::new())
-            .expect_err("csv");
+        let mut decoded = DecodedItems::default();
+        let rejection = decode_message(Some("text/csv"), b"a,b", &mut decoded).expect_err("csv");
         assert_eq!(rejection.reason, RejectReason::UnknownEncoding);
         assert!(rejection.detail.contains("text/csv"));
-        assert!(decode_message(None, b"\x00\x01", &mut Vec::new(), &mut Vec::new()).is_err());
-        let mut decoded = Vec::new();
+        assert!(decode_message(None, b"\x00\x01", &mut decoded).is_err());
         assert_eq!(
-            decode_message(None, b"  \n", &mut Vec::new(), &mut decoded).map(|_| ()),
+            decode_message(None, b"  \n", &mut decoded).map(|_| ()),
             Err(Rejection::new(
                 RejectReason::UnknownEncoding,
                 "the message has no content-type header and is not JSON"

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tally_model::clock::Clock;
 use tally_model::validate::validate;
-use tally_model::wire::{Decoded, Encoding, json_lines};
-use tally_model::{Minute, RejectReason, Sample, ValidationLimits};
+use tally_model::wire::{DecodedItems, Encoding, json_lines};
+use tally_model::{Minute, RejectReason, ValidationLimits};
 
 use crate::deadletter::{DeadLetter, DeadLetterCounts, DeadLetterSink};
 use crate::decode::decode_message;
@@ -133,15 +133,10 @@ pub struct Ingest<'sink> {
     partitions: BTreeMap<i32, PartitionState>,
     dead_letters: &'sink mut dyn DeadLetterSink,
     unflushed_dead_letters: bool,
-    /// Samples already processed, whose buffers the next message's decoding reuses.
-    spare: Vec<Sample>,
-    /// The current message's samples (a buffer kept from message to message).
-    decoded: Vec<Decoded>,
+    /// The current message's samples, refilled message after message.
+    decoded: DecodedItems,
     pub report: AggregateReport,
 }
-
-/// Enough spare samples for the largest message the collector sends (4,096 samples).
-const MAX_SPARE_SAMPLES: usize = 8_192;
 
 impl<'sink> Ingest<'sink> {
     /// `source` names the input in file names and manifests (the topic, or the file).
@@ -156,8 +151,7 @@ impl<'sink> Ingest<'sink> {
             partitions: BTreeMap::new(),
             dead_letters,
             unflushed_dead_letters: false,
-            spare: Vec::new(),
-            decoded: Vec::new(),
+            decoded: DecodedItems::default(),
             report: AggregateReport::default(),
         }
     }
@@ -200,7 +194,7 @@ impl<'sink> Ingest<'sink> {
         payload: &[u8],
     ) -> Result<()> {
         let mut decoded = std::mem::take(&mut self.decoded);
-        let result = match decode_message(content_type, payload, &mut self.spare, &mut decoded) {
+        let result = match decode_message(content_type, payload, &mut decoded) {
             Ok(encoding) => {
                 let original = match encoding {
                     Encoding::Json => Original::Lines {
@@ -209,7 +203,7 @@ impl<'sink> Ingest<'sink> {
                     },
                     Encoding::Arrow => Original::Rows(payload),
                 };
-                self.process_decoded(topic, partition, offset, original, &mut decoded)
+                self.process_decoded(topic, partition, offset, original, &decoded)
             }
             Err(rejection) => self.open_partition(partition).and_then(|_| {
                 self.report.messages += 1;
@@ -238,7 +232,7 @@ impl<'sink> Ingest<'sink> {
         partition: i32,
         offset: i64,
         original: Original<'_>,
-        decoded: &mut Vec<Decoded>,
+        decoded: &DecodedItems,
     ) -> Result<()> {
         self.open_partition(partition)?;
         self.report.messages += 1;
@@ -254,19 +248,19 @@ impl<'sink> Ingest<'sink> {
         &mut self,
         origin: &Origin<'_>,
         original: Original<'_>,
-        decoded: &mut Vec<Decoded>,
+        decoded: &DecodedItems,
     ) -> Result<()> {
         let partition = origin.partition;
         let offset = origin.offset;
         let now = Minute::containing(self.config.clock.now());
-        for (index, item) in decoded.drain(..).enumerate() {
+        for (index, item) in decoded.iter().enumerate() {
             let sample = match item {
                 Ok(sample) => sample,
                 Err(error) => {
                     let raw = if error.raw.is_empty() {
-                        original.bytes().to_vec()
+                        original.bytes()
                     } else {
-                        error.raw
+                        &error.raw
                     };
                     let detail = format!(
                         "{} {}: {}",
@@ -276,27 +270,26 @@ impl<'sink> Ingest<'sink> {
                         error.rejection.reason,
                         detail,
                         Some(error.position),
-                        raw,
+                        raw.to_vec(),
                     ))?;
                     continue;
                 }
             };
             self.report.samples += 1;
-            if let Err(rejection) = validate(&sample, &self.config.limits, now) {
+            if let Err(rejection) = validate(sample, &self.config.limits, now) {
                 let (item, raw) = original.item(index);
                 let detail = format!(
                     "resource {} minute {}: {}",
                     sample.resource_id, sample.minute, rejection.detail
                 );
                 self.dead_letter(origin.letter(rejection.reason, detail, Some(item), raw))?;
-                self.recycle(sample);
                 continue;
             }
             let state = self
                 .partitions
                 .get_mut(&partition)
                 .ok_or_else(|| missing(partition))?;
-            let (verdict, late) = state.accept(&sample, offset)?;
+            let (verdict, late) = state.accept(sample, offset)?;
             match verdict {
                 Verdict::New => {
                     self.report.accepted += 1;
@@ -318,26 +311,8 @@ impl<'sink> Ingest<'sink> {
                     ))?;
                 }
             }
-            self.recycle(sample);
         }
         Ok(())
-    }
-
-    /// The samples processed so far, for decoding the next message into (see
-    /// [`Self::process_decoded`]).
-    pub fn take_spare(&mut self) -> Vec<Sample> {
-        std::mem::take(&mut self.spare)
-    }
-
-    /// Hands back what [`Self::take_spare`] took and decoding did not use.
-    pub fn give_spare(&mut self, spare: Vec<Sample>) {
-        self.spare = spare;
-    }
-
-    fn recycle(&mut self, sample: Sample) {
-        if self.spare.len() < MAX_SPARE_SAMPLES {
-            self.spare.push(sample);
-        }
     }
 
     fn dead_letter(&mut self, letter: DeadLetter) -> Result<()> {

@@ -58,28 +58,104 @@ impl Encoding {
     }
 
     pub fn decode(self, bytes: &[u8]) -> Result<Vec<Decoded>, Rejection> {
-        let mut decoded = Vec::new();
-        self.decode_reusing(bytes, &mut Vec::new(), &mut decoded)?;
-        Ok(decoded)
+        let mut decoded = DecodedItems::default();
+        self.decode_into(bytes, &mut decoded)?;
+        Ok(decoded.into_vec())
     }
 
-    /// [`Self::decode`] into `decoded` (cleared first), filling samples taken from
-    /// `spare` (used ones handed back by the caller): a consumer decoding message after
-    /// message reuses the buffers instead of allocating per sample and per message.
-    pub fn decode_reusing(
-        self,
-        bytes: &[u8],
-        spare: &mut Vec<Sample>,
-        decoded: &mut Vec<Decoded>,
-    ) -> Result<(), Rejection> {
+    /// [`Self::decode`] into `decoded` (cleared first), whose samples are refilled in
+    /// place: a consumer decoding message after message reuses their buffers instead of
+    /// allocating per sample and per message.
+    pub fn decode_into(self, bytes: &[u8], decoded: &mut DecodedItems) -> Result<(), Rejection> {
         decoded.clear();
         match self {
             Encoding::Json => {
-                decode_json_reusing(bytes, spare, decoded);
+                decode_json_into(bytes, decoded);
                 Ok(())
             }
-            Encoding::Arrow => decode_arrow_reusing(bytes, spare, decoded),
+            Encoding::Arrow => decode_arrow_into(bytes, decoded),
         }
+    }
+}
+
+/// The items of one message (samples, or why a line or row could not be read), decoded
+/// into samples that are kept from message to message: each is refilled in place, so
+/// its texts keep their buffers and no sample is moved. (Samples are a few hundred bytes;
+/// moving each out of a pool, into the message's items and back cost more than filling
+/// it.)
+#[derive(Debug, Default)]
+pub struct DecodedItems {
+    /// Every sample filled so far; the first `filled` are this message's.
+    samples: Vec<Sample>,
+    filled: usize,
+    /// In message order: the index of the item's sample, or its error.
+    items: Vec<Result<usize, ItemError>>,
+}
+
+impl DecodedItems {
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.filled = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The items in message order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<&Sample, &ItemError>> {
+        self.items
+            .iter()
+            .map(|item| item.as_ref().map(|&index| &self.samples[index]))
+    }
+
+    pub fn into_vec(mut self) -> Vec<Decoded> {
+        self.items
+            .into_iter()
+            .map(|item| {
+                item.map(|index| std::mem::replace(&mut self.samples[index], blank_sample()))
+            })
+            .collect()
+    }
+
+    /// Decodes one NDJSON line, numbered `number` in errors: by the short cut for the
+    /// plain form collectors write (see `flat_json`), else by `serde_json`, which also
+    /// names what is wrong.
+    pub fn push_json_line(&mut self, line: &[u8], number: usize) {
+        if read_plain_sample(line, self.next_sample()) {
+            self.items.push(Ok(self.filled - 1));
+            return;
+        }
+        match serde_json::from_slice::<Sample>(line) {
+            Ok(sample) => {
+                self.samples[self.filled - 1] = sample;
+                self.items.push(Ok(self.filled - 1));
+            }
+            Err(error) => {
+                // The sample is left to be refilled by the next item.
+                self.filled -= 1;
+                self.items.push(Err(ItemError {
+                    unit: "line",
+                    position: number,
+                    rejection: Rejection::new(RejectReason::Malformed, error.to_string()),
+                    raw: line.to_vec(),
+                }));
+            }
+        }
+    }
+
+    /// The next sample to fill, holding whatever it held before (the caller overwrites
+    /// every field). It counts as filled; the caller pushes its item.
+    fn next_sample(&mut self) -> &mut Sample {
+        if self.filled == self.samples.len() {
+            self.samples.push(blank_sample());
+        }
+        self.filled += 1;
+        &mut self.samples[self.filled - 1]
     }
 }
 
@@ -112,42 +188,24 @@ pub fn encode_json(samples: &[Sample]) -> Vec<u8> {
 
 /// Reads NDJSON samples; blank lines are skipped, each bad line becomes an [`ItemError`].
 pub fn decode_json(bytes: &[u8]) -> Vec<Decoded> {
-    let mut decoded = Vec::new();
-    decode_json_reusing(bytes, &mut Vec::new(), &mut decoded);
-    decoded
+    let mut decoded = DecodedItems::default();
+    decode_json_into(bytes, &mut decoded);
+    decoded.into_vec()
 }
 
-/// [`decode_json`] into `decoded`, filling samples taken from `spare`. Lines in the plain
-/// form collectors write are read by a short cut that reuses the samples' buffers (see
-/// `flat_json`); every other line by `serde_json`, which also names what is wrong.
-pub fn decode_json_reusing(bytes: &[u8], spare: &mut Vec<Sample>, decoded: &mut Vec<Decoded>) {
+/// [`decode_json`] into `decoded`, line by line ([`DecodedItems::push_json_line`]).
+pub fn decode_json_into(bytes: &[u8], decoded: &mut DecodedItems) {
     for (index, line) in json_lines(bytes) {
-        decoded.push(decode_json_line(line, index + 1, spare));
+        decoded.push_json_line(line, index + 1);
     }
 }
 
 /// The non-blank lines of NDJSON `bytes` with their 0-based line index: the items
-/// [`decode_json_reusing`] decodes, in its order (item `k` is the `k`-th of these).
+/// [`decode_json_into`] decodes, in its order (item `k` is the `k`-th of these).
 pub fn json_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     lines(bytes)
         .enumerate()
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-}
-
-/// One NDJSON line, numbered `number` in errors, filled into a sample from `spare` (the
-/// short cut for the plain form, else `serde_json`).
-pub fn decode_json_line(line: &[u8], number: usize, spare: &mut Vec<Sample>) -> Decoded {
-    let mut sample = spare.pop().unwrap_or_else(blank_sample);
-    if read_plain_sample(line, &mut sample) {
-        return Ok(sample);
-    }
-    spare.push(sample);
-    serde_json::from_slice::<Sample>(line).map_err(|error| ItemError {
-        unit: "line",
-        position: number,
-        rejection: Rejection::new(RejectReason::Malformed, error.to_string()),
-        raw: line.to_vec(),
-    })
 }
 
 /// The lines of `bytes` without their `\n`, like `split` on it, found by `memchr`.
@@ -264,22 +322,18 @@ pub fn samples_to_batch(samples: &[Sample]) -> Result<RecordBatch, ArrowError> {
 /// schema is not sample v1, is rejected whole; a row with an unknown kind or state or an
 /// unaligned minute is rejected alone.
 pub fn decode_arrow(bytes: &[u8]) -> Result<Vec<Decoded>, Rejection> {
-    let mut decoded = Vec::new();
-    decode_arrow_reusing(bytes, &mut Vec::new(), &mut decoded)?;
-    Ok(decoded)
+    let mut decoded = DecodedItems::default();
+    decode_arrow_into(bytes, &mut decoded)?;
+    Ok(decoded.into_vec())
 }
 
-fn decode_arrow_reusing(
-    bytes: &[u8],
-    spare: &mut Vec<Sample>,
-    decoded: &mut Vec<Decoded>,
-) -> Result<(), Rejection> {
+fn decode_arrow_into(bytes: &[u8], decoded: &mut DecodedItems) -> Result<(), Rejection> {
     let malformed = |error: ArrowError| Rejection::new(RejectReason::Malformed, error.to_string());
     let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(malformed)?;
     for batch in reader {
         let batch = batch.map_err(malformed)?;
         check_schema(&batch)?;
-        decode_batch(&batch, decoded.len(), decoded, spare)?;
+        decode_batch(&batch, decoded.len(), decoded)?;
     }
     Ok(())
 }
@@ -311,8 +365,7 @@ fn check_schema(batch: &RecordBatch) -> Result<(), Rejection> {
 fn decode_batch(
     batch: &RecordBatch,
     first_row: usize,
-    decoded: &mut Vec<Decoded>,
-    spare: &mut Vec<Sample>,
+    decoded: &mut DecodedItems,
 ) -> Result<(), Rejection> {
     let column = |name: &str| -> Result<&ArrayRef, Rejection> {
         batch.column_by_name(name).ok_or_else(|| {
@@ -377,25 +430,27 @@ fn decode_batch(
         };
         if let Some(index) = nullable.iter().position(|array| array.is_null(row)) {
             let name = sample_arrow_schema().field(index).name().clone();
-            decoded.push(Err(row_error(format!("{name} is null"))));
+            decoded
+                .items
+                .push(Err(row_error(format!("{name} is null"))));
             continue;
         }
         let seconds = minutes.value(row);
         if seconds.rem_euclid(60) != 0 {
-            decoded.push(Err(row_error(format!(
+            decoded.items.push(Err(row_error(format!(
                 "minute {seconds} (unix seconds) is not at the start of a minute"
             ))));
             continue;
         }
         let Some(kind_value) = ResourceKind::parse(kind.value(row)) else {
-            decoded.push(Err(row_error(format!(
+            decoded.items.push(Err(row_error(format!(
                 "kind '{}' is not a known resource kind",
                 kind.value(row)
             ))));
             continue;
         };
         let Some(state_value) = ResourceState::parse(state.value(row)) else {
-            decoded.push(Err(row_error(format!(
+            decoded.items.push(Err(row_error(format!(
                 "state '{}' is not a known state",
                 state.value(row)
             ))));
@@ -411,15 +466,15 @@ fn decode_batch(
                     map
                 }
                 Err(error) => {
-                    decoded.push(Err(row_error(format!(
+                    decoded.items.push(Err(row_error(format!(
                         "labels are not a JSON object of strings: {error}"
                     ))));
                     continue;
                 }
             },
         };
-        let mut sample = spare.pop().unwrap_or_else(blank_sample);
-        // Every field is set: a spare sample keeps nothing of its last use but buffers.
+        let sample = decoded.next_sample();
+        // Every field is set: a refilled sample keeps nothing of its last use but buffers.
         sample.minute = Minute::from_unix_minutes(seconds.div_euclid(60));
         host.value(row).clone_into(&mut sample.host);
         account.value(row).clone_into(&mut sample.account_id);
@@ -434,7 +489,7 @@ fn decode_batch(
         sample.in_bytes = inbound.value(row);
         sample.size_bytes = size.value(row);
         sample.labels = labels_value;
-        decoded.push(Ok(sample));
+        decoded.items.push(Ok(decoded.filled - 1));
     }
     Ok(())
 }
@@ -489,6 +544,47 @@ pub(crate) mod tests {
                     .collect::<Result<_, _>>()
                     .expect("every item decodes");
                 prop_assert_eq!(&decoded, &samples);
+            }
+        }
+    }
+
+    proptest! {
+        /// Messages decoded one after another into the same items (samples refilled in
+        /// place, good and bad lines, both encodings) come out as each decoded alone.
+        #[test]
+        fn refilled_items_are_what_each_message_decodes_to_alone(
+            messages in proptest::collection::vec(
+                (proptest::collection::vec((arbitrary_sample(), 0..5u8), 0..8), any::<bool>()),
+                1..5,
+            ),
+        ) {
+            let mut decoded = DecodedItems::default();
+            for (samples, arrow) in messages {
+                let bytes = if arrow {
+                    let samples: Vec<Sample> = samples.into_iter().map(|(sample, _)| sample).collect();
+                    encode_arrow(&samples).expect("encode")
+                } else {
+                    // Every fifth line or so is broken.
+                    let mut bytes = Vec::new();
+                    for (sample, fate) in samples {
+                        let line = encode_json(std::slice::from_ref(&sample));
+                        if fate == 0 {
+                            bytes.extend_from_slice(&line[..line.len() / 2]);
+                            bytes.push(b'\n');
+                        } else {
+                            bytes.extend_from_slice(&line);
+                        }
+                    }
+                    bytes
+                };
+                let encoding = if arrow { Encoding::Arrow } else { Encoding::Json };
+                let alone = encoding.decode(&bytes).expect("decode");
+                encoding.decode_into(&bytes, &mut decoded).expect("decode");
+                let refilled: Vec<Decoded> = decoded
+                    .iter()
+                    .map(|item| item.cloned().map_err(Clone::clone))
+                    .collect();
+                prop_assert_eq!(refilled, alone);
             }
         }
     }
