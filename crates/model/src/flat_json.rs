@@ -318,24 +318,29 @@ impl<'a> Cursor<'a> {
 
     /// An unsigned integer as JSON writes one: no sign, fraction, exponent or leading zero.
     fn number(&mut self) -> Option<u64> {
-        self.whitespace();
-        let rest = self.rest();
-        // One pass: digits are added up until the first byte that is not one.
-        let (mut value, mut digits) = (0u64, 0);
-        for byte in rest {
-            let digit = byte.wrapping_sub(b'0');
-            if digit > 9 {
-                break;
-            }
-            value = value.checked_mul(10)?.checked_add(u64::from(digit))?;
-            digits += 1;
+        if !self.rest().first().is_some_and(u8::is_ascii_digit) {
+            self.whitespace();
         }
+        let rest = self.rest();
+        let digits = rest
+            .iter()
+            .position(|byte| !byte.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0
             || (digits > 1 && rest[0] == b'0')
             || matches!(rest.get(digits), Some(b'.' | b'e' | b'E'))
         {
             return None;
         }
+        let add_digit = |value: u64, byte: &u8| value * 10 + u64::from(byte - b'0');
+        // Nineteen digits stay below 10^19 < 2^64; only longer numbers need checking.
+        let value = if digits <= 19 {
+            rest[..digits].iter().fold(0, add_digit)
+        } else {
+            rest[..digits].iter().try_fold(0u64, |value, byte| {
+                value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))
+            })?
+        };
         self.at += digits;
         Some(value)
     }
@@ -442,6 +447,32 @@ mod tests {
             "2026-10-01T1a:00:00Z",
         ] {
             assert_eq!(plain_minute(wrong), None, "{wrong}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_exact_up_to_the_largest_u64_and_refused_beyond() {
+        for (text, expected) in [
+            ("0", Some(0)),
+            ("7", Some(7)),
+            ("9999999999999999999", Some(9_999_999_999_999_999_999)),
+            ("10000000000000000000", Some(10_000_000_000_000_000_000)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("99999999999999999999", None),
+            ("184467440737095516150", None),
+            ("007", None),
+            ("1.0", None),
+            ("1e3", None),
+            ("-1", None),
+            ("", None),
+        ] {
+            let line = format!("{text}}}");
+            let mut cursor = Cursor { text: &line, at: 0 };
+            assert_eq!(cursor.number(), expected, "{text}");
+            if expected.is_some() {
+                assert_eq!(cursor.rest(), b"}", "{text}");
+            }
         }
     }
 
