@@ -3,11 +3,14 @@
 //!
 //! The file's samples are spread over [`PARTITIONS`] partitions by resource, as a Kafka
 //! topic keyed by resource spreads them, and each partition is read like a Kafka
-//! partition: its lines in file order, with its own manifest and rollup files. A reader
-//! thread cuts the file into blocks of whole lines and tells each line's partition from
-//! its resource id; one worker thread per core decodes and rolls up the lines of the
-//! partitions it owns. A sample is thus decoded on the thread that rolls it up, whose
-//! cache still holds it, and no two threads share a resource's state.
+//! partition: its lines in file order, with its own manifest and rollup files. One worker
+//! thread per core owns some of the partitions and decodes and rolls up their lines. The
+//! file is cut into blocks of whole lines, each line's partition told from its resource
+//! id, by whichever worker is running low on lines; it hands every block to every worker.
+//! A sample is thus decoded on the thread that rolls it up, whose cache still holds it,
+//! no two threads share a resource's state, and no core waits for a reader thread that
+//! the scheduler has not run yet (with a reader thread of its own, each worker spent a
+//! quarter of the run waiting for blocks).
 //!
 //! Each block counts as one message of each partition, at the offset of its first line;
 //! dead letters name the line (`item` is the line number in the file).
@@ -16,8 +19,9 @@ use std::fs::File;
 use std::io::Read;
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use tally_model::wire::DecodedItems;
 
@@ -34,8 +38,13 @@ pub const PARTITIONS: usize = 4;
 /// tables share a core's cache (1 MiB blocks cost a fifth more CPU here).
 const BLOCK_BYTES: usize = 1 << 17;
 
-/// Blocks the reader may be ahead of a worker: 1 MiB, so that a worker rarely waits.
+/// Blocks a worker may have waiting: 1 MiB.
 const BLOCKS_AHEAD: usize = 8;
+
+/// A worker reads the next block once fewer than this many are waiting for it, not only
+/// when none is: both workers are handed the same blocks, so they would run dry together
+/// and one would wait for the other to read.
+const READ_AHEAD: usize = 4;
 
 /// A block of whole lines, the number of its first line, how many lines it holds and
 /// its non-blank lines by partition.
@@ -47,8 +56,8 @@ struct Block {
     partitions: [Vec<PickedLine>; PARTITIONS],
 }
 
-/// What the reader sends each worker: blocks, then the end of the file (a worker that
-/// sees the channel close without it stops without sealing: the read failed).
+/// What every worker is sent: blocks, then the end of the file (a worker that sees its
+/// channel close without it stops without sealing: the read failed).
 enum FromReader {
     Block(Arc<Block>),
     End { next_line: i64 },
@@ -75,33 +84,53 @@ pub fn run_file(
     let workers = std::thread::available_parallelism()
         .map_or(1, NonZeroUsize::get)
         .min(PARTITIONS);
-    let (read, outcomes) = std::thread::scope(|scope| {
-        let mut to_workers = Vec::new();
-        let mut handles = Vec::new();
-        let (recycle, recycled) = sync_channel::<Block>(BLOCKS_AHEAD);
-        for worker in 0..workers {
-            let (sender, blocks) = sync_channel::<FromReader>(BLOCKS_AHEAD);
-            to_workers.push(sender);
-            let owned: Vec<usize> = (worker..PARTITIONS).step_by(workers).collect();
-            let (config, source, topic) = (config, &source, &topic);
-            let recycle = recycle.clone();
-            handles.push(scope.spawn(move || {
-                roll_up_partitions(config, source, topic, &owned, &blocks, &recycle)
-            }));
-        }
-        let read = cut_blocks(file, &to_workers, &recycled);
-        drop(to_workers);
-        let outcomes: Vec<_> = handles
+    let (recycle, recycled) = sync_channel::<Block>(BLOCKS_AHEAD);
+    let mut to_workers = Vec::new();
+    let mut queues = Vec::new();
+    for _ in 0..workers {
+        let (sender, queue) = sync_channel::<FromReader>(BLOCKS_AHEAD);
+        to_workers.push(sender);
+        queues.push(queue);
+    }
+    let reader = SharedReader {
+        blocks_sent: AtomicUsize::new(0),
+        state: Mutex::new(BlockReader {
+            file,
+            carry: Vec::new(),
+            first_line: 1,
+            to_workers,
+            recycled,
+            failure: None,
+        }),
+    };
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = queues
+            .into_iter()
+            .enumerate()
+            .map(|(worker, queue)| {
+                let owned: Vec<usize> = (worker..PARTITIONS).step_by(workers).collect();
+                let (source, topic, reader, recycle) = (&source, &topic, &reader, &recycle);
+                scope.spawn(move || {
+                    roll_up_partitions(config, source, topic, &owned, &queue, reader, recycle)
+                })
+            })
+            .collect();
+        handles
             .into_iter()
             .map(|handle| {
                 handle
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
-            .collect();
-        (read, outcomes)
+            .collect()
     });
-    read.map_err(input_error)?;
+    let reader = reader
+        .state
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(error) = reader.failure {
+        return Err(input_error(error));
+    }
     let mut report = AggregateReport::default();
     let mut dead_letters = Vec::new();
     for outcome in outcomes {
@@ -115,12 +144,15 @@ pub fn run_file(
 
 /// A worker: decodes and rolls up the lines of the partitions it `owns`, block by block,
 /// sealing what each block's end lets it seal, and everything at the end of the file.
+/// When few blocks are waiting for it, it reads the next one for every worker, unless
+/// another worker is doing that already.
 fn roll_up_partitions(
     config: &AggregateConfig,
     source: &str,
     topic: &str,
     owned: &[usize],
-    blocks: &Receiver<FromReader>,
+    queue: &Receiver<FromReader>,
+    reader: &SharedReader,
     recycle: &SyncSender<Block>,
 ) -> Result<(AggregateReport, Vec<DeadLetter>)> {
     let mut dead_letters = CollectedDeadLetters::default();
@@ -133,9 +165,23 @@ fn roll_up_partitions(
         ingest.open_partition(partition)?;
     }
     let mut items = DecodedItems::default();
-    for read in blocks {
-        match read {
+    let mut blocks_taken = 0;
+    loop {
+        if reader.blocks_sent.load(Ordering::Acquire) < blocks_taken + READ_AHEAD {
+            // Whoever holds the lock is reading a block that will come here too.
+            if let Ok(mut state) = reader.state.try_lock() {
+                state.read_block(&reader.blocks_sent);
+            }
+        }
+        // Never waits for ever: this worker's queue holds a block or the end, or another
+        // worker holds the lock and is sending one, or the read failed and the queue is
+        // closed.
+        let Ok(next) = queue.recv() else {
+            break;
+        };
+        match next {
             FromReader::Block(block) => {
+                blocks_taken += 1;
                 let next_line = block.first_line + block.lines;
                 for (&partition, &id) in owned.iter().zip(&partition_ids) {
                     let lines = &block.partitions[partition];
@@ -164,7 +210,7 @@ fn roll_up_partitions(
             }
         }
     }
-    // The reader stopped early: its error is the one to report; nothing more is sealed.
+    // The read failed: its error is the one to report; nothing more is sealed.
     Ok((AggregateReport::default(), Vec::new()))
 }
 
@@ -172,53 +218,85 @@ fn partition_id(partition: usize) -> i32 {
     i32::try_from(partition).unwrap_or(i32::MAX)
 }
 
-/// Reads `file` in blocks that end at a line's end, numbers and sorts their lines into
-/// partitions, and sends every block to every worker; then the end of the file. Blocks
-/// the workers are done with come back in `recycled` and are filled again: a fresh
-/// buffer for every block made copying the file into it cost several times more.
-fn cut_blocks(
-    mut file: File,
-    workers: &[SyncSender<FromReader>],
-    recycled: &Receiver<Block>,
-) -> std::io::Result<()> {
-    let mut first_line = 1;
-    let mut carry = Vec::new();
-    loop {
-        let mut block = recycled.try_recv().unwrap_or_default();
+/// The file being cut into blocks, shared by the workers: one reads at a time.
+struct SharedReader {
+    /// Blocks sent to every worker so far.
+    blocks_sent: AtomicUsize,
+    state: Mutex<BlockReader>,
+}
+
+struct BlockReader {
+    file: File,
+    /// The start of a line that the last block cut off.
+    carry: Vec<u8>,
+    first_line: i64,
+    /// Emptied at the end of the file or on a read error, which ends every worker.
+    to_workers: Vec<SyncSender<FromReader>>,
+    /// Blocks the workers are done with, to be filled again: a fresh buffer for every
+    /// block made copying the file into it cost several times more.
+    recycled: Receiver<Block>,
+    failure: Option<std::io::Error>,
+}
+
+impl BlockReader {
+    /// Reads the next block, which ends at a line's end, numbers and sorts its lines
+    /// into partitions and sends it to every worker; at the end of the file, sends the
+    /// end. Does nothing once the file is done.
+    fn read_block(&mut self, blocks_sent: &AtomicUsize) {
+        if self.to_workers.is_empty() {
+            return;
+        }
+        match self.next_block() {
+            Ok(Some(block)) => {
+                let block = Arc::new(block);
+                for worker in &self.to_workers {
+                    // A worker that has hung up failed; its error is reported by `run_file`.
+                    let _ = worker.send(FromReader::Block(Arc::clone(&block)));
+                }
+                blocks_sent.fetch_add(1, Ordering::Release);
+            }
+            Ok(None) => {
+                for worker in std::mem::take(&mut self.to_workers) {
+                    let _ = worker.send(FromReader::End {
+                        next_line: self.first_line,
+                    });
+                }
+            }
+            Err(error) => {
+                self.failure = Some(error);
+                self.to_workers.clear();
+            }
+        }
+    }
+
+    /// The next block of whole lines with its lines picked, or `None` at the end.
+    fn next_block(&mut self) -> std::io::Result<Option<Block>> {
+        let mut block = self.recycled.try_recv().unwrap_or_default();
         block.bytes.clear();
-        block.bytes.reserve(BLOCK_BYTES + carry.len());
-        block.bytes.append(&mut carry);
-        let mut at_end = false;
+        block.bytes.reserve(BLOCK_BYTES + self.carry.len());
+        block.bytes.append(&mut self.carry);
         loop {
             // What is left at the end is the last line, without its newline.
             let bytes = &mut block.bytes;
-            if (&mut file).take(BLOCK_BYTES as u64).read_to_end(bytes)? == 0 {
-                at_end = true;
+            if (&mut self.file)
+                .take(BLOCK_BYTES as u64)
+                .read_to_end(bytes)?
+                == 0
+            {
                 break;
             }
             if let Some(end) = memchr::memrchr(b'\n', bytes) {
-                carry.extend_from_slice(&bytes[end + 1..]);
+                self.carry.extend_from_slice(&bytes[end + 1..]);
                 bytes.truncate(end + 1);
                 break;
             } // else a line longer than a block: read on
         }
-        if !block.bytes.is_empty() {
-            block.pick_lines(first_line);
-            first_line += block.lines;
-            let block = Arc::new(block);
-            for worker in workers {
-                // A worker that has hung up failed; its error is reported by `run_file`.
-                let _ = worker.send(FromReader::Block(Arc::clone(&block)));
-            }
+        if block.bytes.is_empty() {
+            return Ok(None);
         }
-        if at_end {
-            for worker in workers {
-                let _ = worker.send(FromReader::End {
-                    next_line: first_line,
-                });
-            }
-            return Ok(());
-        }
+        block.pick_lines(self.first_line);
+        self.first_line += block.lines;
+        Ok(Some(block))
     }
 }
 

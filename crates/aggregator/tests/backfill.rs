@@ -154,3 +154,39 @@ fn a_file_of_many_blocks_is_read_whole_and_bad_lines_are_named_by_their_number()
         .collect();
     assert_eq!(named, vec![("malformed", Some(15_001))]);
 }
+
+#[test]
+fn a_file_that_cannot_be_read_is_named_and_nothing_is_sealed() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    // A directory opens like a file on Linux; reading it fails.
+    let input = directory.path().join("not-a-file.ndjson");
+    std::fs::create_dir(&input).expect("mkdir");
+    let lake = directory.path().join("lake");
+    let error = run_file(&AggregateConfig::new(&lake), &input).expect_err("a directory");
+    assert!(
+        error.to_string().contains("not-a-file.ndjson"),
+        "the error names the input: {error}"
+    );
+    let sealed: Vec<_> = walk(&lake)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "parquet"))
+        .collect();
+    assert!(sealed.is_empty(), "{sealed:?}");
+}
+
+fn walk(directory: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
