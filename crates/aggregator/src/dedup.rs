@@ -154,11 +154,12 @@ impl Fingerprint {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tally_model::ResourceKind;
 
-    fn sample() -> Sample {
+    /// A server's sample at 10:07, for tests to change field by field.
+    pub(crate) fn sample() -> Sample {
         Sample {
             minute: "2026-10-01T10:07:00Z".parse().expect("minute"),
             host: "hv-1".into(),

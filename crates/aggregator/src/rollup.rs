@@ -278,19 +278,8 @@ mod tests {
     fn sample(minute: &str) -> Sample {
         Sample {
             minute: minute.parse().expect("minute"),
-            host: "hv-1".into(),
-            account_id: "acme".into(),
-            resource_id: "vm-1".into(),
-            kind: ResourceKind::Server,
-            sku: "cx22".into(),
-            zone: "fsn1".into(),
-            state: ResourceState::Running,
-            gpus: 0,
-            out_external_bytes: 10,
-            out_internal_bytes: 0,
-            in_bytes: 0,
-            size_bytes: 0,
             labels: [("os".to_owned(), "debian".to_owned())].into(),
+            ..crate::dedup::tests::sample()
         }
     }
 
