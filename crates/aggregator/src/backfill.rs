@@ -21,7 +21,7 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use tally_model::wire::DecodedItems;
 
@@ -168,14 +168,17 @@ fn roll_up_partitions(
     let mut blocks_taken = 0;
     loop {
         if reader.blocks_sent.load(Ordering::Acquire) < blocks_taken + READ_AHEAD {
-            // Whoever holds the lock is reading a block that will come here too.
-            if let Ok(mut state) = reader.state.try_lock() {
-                state.read_block(&reader.blocks_sent);
+            match reader.state.try_lock() {
+                Ok(state) => CloseIfPanicking(state).0.read_block(&reader.blocks_sent),
+                // Whoever holds the lock is reading a block that will come here too.
+                Err(TryLockError::WouldBlock) => {}
+                // A worker panicked while reading; `run_file` passes its panic on.
+                Err(TryLockError::Poisoned(_)) => break,
             }
         }
         // Never waits for ever: this worker's queue holds a block or the end, or another
-        // worker holds the lock and is sending one, or the read failed and the queue is
-        // closed.
+        // worker holds the lock and is sending one, or the read failed or panicked and
+        // the queue is closed.
         let Ok(next) = queue.recv() else {
             break;
         };
@@ -236,6 +239,18 @@ struct BlockReader {
     /// block made copying the file into it cost several times more.
     recycled: Receiver<Block>,
     failure: Option<std::io::Error>,
+}
+
+/// Closes every worker's queue if the reading worker panics, so that the others stop
+/// instead of waiting for a block that will not come.
+struct CloseIfPanicking<'a>(MutexGuard<'a, BlockReader>);
+
+impl Drop for CloseIfPanicking<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.to_workers.clear();
+        }
+    }
 }
 
 impl BlockReader {
