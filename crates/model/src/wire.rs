@@ -82,7 +82,8 @@ impl Encoding {
 /// into samples that are kept from message to message: each is refilled in place, so
 /// its texts keep their buffers and no sample is moved. (Samples are a few hundred bytes;
 /// moving each out of a pool, into the message's items and back cost more than filling
-/// it.)
+/// it.) It keeps as many samples as the largest message had: a few thousand for the
+/// collector's messages, a few hundred for a backfill's blocks.
 #[derive(Debug, Default)]
 pub struct DecodedItems {
     /// Every sample filled so far; the first `filled` are this message's.
