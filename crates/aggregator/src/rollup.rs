@@ -27,8 +27,6 @@ pub struct OpenHour {
     /// cache, apart from the larger resource-hours it points to.
     index: ResourceMap<usize>,
     resources: Vec<ResourceHour>,
-    /// The current sample's [`RowTexts`], kept to reuse its buffer.
-    texts: RowTexts,
     /// Lowest source offset whose samples are in this hour: where to resume after a
     /// crash so that nothing held only in memory is lost.
     pub first_offset: Option<i64>,
@@ -50,7 +48,7 @@ struct ResourceHour {
 /// A row's key without the resource and hour, and its meters.
 #[derive(Debug)]
 struct OpenRow {
-    /// Account, SKU and zone in one allocation (see [`RowTexts`]): matching a sample
+    /// Account, SKU and zone in one allocation (see [`join_texts`]): matching a sample
     /// reads one place in memory instead of three.
     texts: Box<str>,
     kind: ResourceKind,
@@ -62,49 +60,40 @@ struct OpenRow {
 
 /// Account, SKU and zone joined by a control character, which validation keeps out of
 /// every text, so the joined form names exactly one triple.
-#[derive(Debug, Default)]
-struct RowTexts(String);
+fn join_texts(account_id: &str, sku: &str, zone: &str) -> Box<str> {
+    [account_id, sku, zone]
+        .join(&TEXT_SEPARATOR.to_string())
+        .into_boxed_str()
+}
 
 const TEXT_SEPARATOR: char = '\u{1f}';
 
-impl RowTexts {
-    /// Whether `joined` is `texts` joined, compared in place (no copy per sample).
-    fn joins(joined: &str, texts: [&str; 3]) -> bool {
-        let mut rest = joined.as_bytes();
-        texts.into_iter().enumerate().all(|(index, text)| {
-            if index > 0 {
-                let Some((&separator, after)) = rest.split_first() else {
-                    return false;
-                };
-                if separator != TEXT_SEPARATOR as u8 {
-                    return false;
-                }
-                rest = after;
-            }
-            let Some((head, after)) = rest.split_at_checked(text.len()) else {
+/// Whether `joined` is what [`join_texts`] makes of `texts`, compared in place (no copy
+/// per sample).
+fn joins(joined: &str, texts: [&str; 3]) -> bool {
+    let mut rest = joined.as_bytes();
+    texts.into_iter().enumerate().all(|(index, text)| {
+        if index > 0 {
+            let Some((&separator, after)) = rest.split_first() else {
                 return false;
             };
-            rest = after;
-            head == text.as_bytes()
-        }) && rest.is_empty()
-    }
-
-    fn of(&mut self, account_id: &str, sku: &str, zone: &str) -> &str {
-        self.0.clear();
-        for (index, text) in [account_id, sku, zone].into_iter().enumerate() {
-            if index > 0 {
-                self.0.push(TEXT_SEPARATOR);
+            if separator != TEXT_SEPARATOR as u8 {
+                return false;
             }
-            self.0.push_str(text);
+            rest = after;
         }
-        &self.0
-    }
+        let Some((head, after)) = rest.split_at_checked(text.len()) else {
+            return false;
+        };
+        rest = after;
+        head == text.as_bytes()
+    }) && rest.is_empty()
 }
 
 impl OpenRow {
-    fn of(sample: &Sample, texts: &str) -> Self {
+    fn of(sample: &Sample) -> Self {
         Self {
-            texts: texts.into(),
+            texts: join_texts(&sample.account_id, &sample.sku, &sample.zone),
             kind: sample.kind,
             gpus: sample.gpus,
             labels: sample
@@ -120,7 +109,7 @@ impl OpenRow {
     fn holds(&self, sample: &Sample) -> bool {
         self.gpus == sample.gpus
             && self.kind == sample.kind
-            && RowTexts::joins(&self.texts, [&sample.account_id, &sample.sku, &sample.zone])
+            && joins(&self.texts, [&sample.account_id, &sample.sku, &sample.zone])
             && self.labels.len() == sample.labels.len()
             && self.labels.iter().zip(&sample.labels).all(
                 |((key, value), (sample_key, sample_value))| {
@@ -136,7 +125,6 @@ impl OpenHour {
             hour,
             index: ResourceMap::default(),
             resources: Vec::new(),
-            texts: RowTexts::default(),
             first_offset: None,
             generation: 0,
             samples_added: 0,
@@ -166,11 +154,8 @@ impl OpenHour {
                     resource.ledger.restore(minutes, index, state);
                 }
             }
-            let texts = open
-                .texts
-                .of(&row.key.account_id, &row.key.sku, &row.key.zone);
             resource.rows.push(OpenRow {
-                texts: texts.into(),
+                texts: join_texts(&row.key.account_id, &row.key.sku, &row.key.zone),
                 kind: row.key.kind,
                 gpus: row.key.gpus,
                 labels: labels.into_iter().collect(),
@@ -196,8 +181,7 @@ impl OpenHour {
             .check_and_record(minute, MinuteSample::of(sample, row));
         if verdict == Verdict::New {
             if row == resource.rows.len() {
-                let texts = self.texts.of(&sample.account_id, &sample.sku, &sample.zone);
-                resource.rows.push(OpenRow::of(sample, texts));
+                resource.rows.push(OpenRow::of(sample));
             }
             resource.rows[row].meters.add(sample);
             self.samples_added += 1;
@@ -285,9 +269,8 @@ mod tests {
 
     #[test]
     fn joined_texts_are_matched_text_by_text() {
-        let mut texts = RowTexts::default();
-        let joined = texts.of("ab", "c", "d").to_owned();
-        assert!(RowTexts::joins(&joined, ["ab", "c", "d"]));
+        let joined = join_texts("ab", "c", "d");
+        assert!(joins(&joined, ["ab", "c", "d"]));
         for other in [
             ["a", "bc", "d"],
             ["ab", "c", ""],
@@ -295,7 +278,7 @@ mod tests {
             ["ab", "", "cd"],
             ["", "ab", "c"],
         ] {
-            assert!(!RowTexts::joins(&joined, other), "{other:?}");
+            assert!(!joins(&joined, other), "{other:?}");
         }
     }
 
