@@ -37,6 +37,20 @@ enum Command {
         #[arg(long, default_value_t = 2026)]
         seed: u64,
     },
+    /// The collector agent: sample this host's resources every minute, spool them to
+    /// disk and ship them to Kafka (runs until SIGTERM / Ctrl-C, then flushes).
+    Collect {
+        /// The agent's configuration (TOML; see docker/collect.sample.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds a shutdown waits for the spool to drain to the broker; what is left
+        /// is sent after the next start.
+        #[arg(long, default_value_t = 10)]
+        flush_seconds: u64,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Ship a simulated fleet's samples for a span of minutes to Kafka.
     Simulate {
         #[arg(long)]
@@ -172,6 +186,41 @@ fn main() -> Result<()> {
             print!(
                 "{}",
                 tally_demo::summary::render(&report, started.elapsed())
+            );
+        }
+        Command::Collect {
+            config,
+            flush_seconds,
+            check,
+        } => {
+            let path = config;
+            let config = tally_collector::config::AgentConfig::load(&path)?;
+            if check {
+                println!(
+                    "{}: valid (host {}, spool {}, brokers {})",
+                    path.display(),
+                    config.host,
+                    config.spool.dir.display(),
+                    config.ship.brokers
+                );
+                return Ok(());
+            }
+            let metrics = std::sync::Arc::new(tally_collector::metrics::AgentMetrics::default());
+            let report = runtime.block_on(tally_collector::agent::run(
+                config,
+                metrics,
+                shutdown_signal(),
+                std::time::Duration::from_secs(flush_seconds),
+            ))?;
+            println!(
+                "sampled {} minutes, {} samples taken, {} sent; {}",
+                report.minutes_sampled,
+                report.samples_taken,
+                report.samples_sent,
+                match report.stopped {
+                    tally_collector::forward::Stopped::Drained => "spool drained",
+                    tally_collector::forward::Stopped::Pending => "samples left in the spool for the next start",
+                }
             );
         }
         Command::Simulate {
@@ -343,4 +392,23 @@ fn print_rate_report(report: &tally_rating::RateReport) {
     }
     println!("line items: {}", report.line_items_file.display());
     println!("invoices:   {}", report.invoices_dir.display());
+}
+
+/// Completes at SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
