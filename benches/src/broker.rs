@@ -31,14 +31,14 @@ const PARTITIONS: i32 = 2;
 const DEAD_LETTERS: &str = "bench.deadletter";
 
 /// Tansu on a free loopback port, stopped when dropped.
-struct Tansu {
+pub(crate) struct Tansu {
     process: Child,
-    brokers: String,
+    pub(crate) brokers: String,
     _work: tempfile::TempDir,
 }
 
 impl Tansu {
-    fn start() -> anyhow::Result<Self> {
+    pub(crate) fn start() -> anyhow::Result<Self> {
         let binary = cache_dir().join(format!("tansu-{TANSU_VERSION}/bin/tansu"));
         if !binary.is_file() {
             bail!(
@@ -77,6 +77,30 @@ impl Tansu {
             process,
             brokers: format!("127.0.0.1:{port}"),
             _work: work,
+        })
+    }
+}
+
+impl Tansu {
+    /// Creates `topic` with `partitions` partitions.
+    pub(crate) fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &self.brokers)
+                .create()?;
+            let results = admin
+                .create_topics(
+                    &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+                )
+                .await?;
+            for result in results {
+                result.map_err(|(name, error)| anyhow::anyhow!("creating {name}: {error}"))?;
+            }
+            anyhow::Ok(())
         })
     }
 }

@@ -9,5 +9,6 @@
 pub mod aggregate;
 pub mod backfill;
 pub mod broker;
+pub mod collector;
 pub mod rating;
 pub mod rollup_month;

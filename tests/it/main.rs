@@ -4,4 +4,5 @@ mod aggregator_bad_input;
 mod aggregator_crash;
 mod aggregator_groups;
 mod broker_pipeline;
+mod collector;
 mod demo;

@@ -90,3 +90,138 @@ pub fn read_dead_letters(brokers: &str, topic: &str) -> anyhow::Result<Vec<ReadD
     }
     anyhow::bail!("reading {topic} did not reach its end within 60 s")
 }
+
+/// Every sample on `topic` (all partitions, from the start), decoded by its
+/// content-type header; waits until each partition reached its end.
+pub fn read_samples(brokers: &str, topic: &str) -> anyhow::Result<Vec<tally_model::Sample>> {
+    use tally_model::wire::{CONTENT_TYPE_HEADER, Encoding};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique_topic("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |topic| topic.partitions().len());
+    consumer.subscribe(&[topic])?;
+    let mut samples = Vec::new();
+    let mut ended = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while ended.len() < partitions {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "reading {topic}: only {} of {partitions} partitions reached their end within 120 s",
+            ended.len()
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                let content_type = message
+                    .headers()
+                    .and_then(|headers| headers.iter().find(|h| h.key == CONTENT_TYPE_HEADER))
+                    .and_then(|h| h.value)
+                    .map(|value| String::from_utf8_lossy(value).into_owned())
+                    .unwrap_or_default();
+                let encoding = Encoding::from_content_type(&content_type)
+                    .ok_or_else(|| anyhow::anyhow!("unknown content type '{content_type}'"))?;
+                for decoded in encoding.decode(message.payload().unwrap_or_default())? {
+                    samples.push(decoded?);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                ended.insert(partition);
+            }
+            Some(Err(error)) => anyhow::bail!("reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    Ok(samples)
+}
+
+/// A Tansu broker of a test's own, on a free 127.0.0.1 port, storing in SQLite so that
+/// what it acknowledged survives a stop and start (the suite's shared broker keeps its
+/// data in memory). `tests/run` names the binary in `TALLY_TANSU`.
+#[derive(Debug)]
+pub struct OwnBroker {
+    tansu: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    pub fn start() -> anyhow::Result<Self> {
+        let tansu = std::env::var("TALLY_TANSU").map_err(|_| {
+            anyhow::anyhow!("TALLY_TANSU is not set: run the suite with `tests/run`")
+        })?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut broker = Self {
+            tansu: tansu.into(),
+            dir: tempfile::tempdir()?,
+            port,
+            process: None,
+        };
+        broker.restart()?;
+        Ok(broker)
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker (again), on the same port and data, and waits until it listens.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.process.is_none(), "the broker is running");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.path().join("tansu.log"))?;
+        let child = std::process::Command::new(&self.tansu)
+            .current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.process = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(self.address()).is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen on {} within 30 s",
+                self.address()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops the broker: SIGTERM, then SIGKILL if it is still there after 10 s. (The
+    /// agent is what is under test, not how the broker survives being killed.)
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut process) = self.process.take() else {
+            return Ok(());
+        };
+        std::process::Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while process.try_wait()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                process.kill()?;
+                process.wait()?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

@@ -96,7 +96,9 @@ pub async fn run_with_source(
             .map_err(|error| AgentError::Checkpoint(error.to_string()))?,
         None => AgentCheckpoint::default(),
     };
-    source.restore(checkpoint.source)?;
+    if !checkpoint.source.is_null() {
+        source.restore(checkpoint.source)?;
+    }
     let clock = match config.fast_clock {
         Some(fast) => AgentClock::fast(fast.from, fast.speed),
         None => AgentClock::wall(),

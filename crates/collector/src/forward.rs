@@ -56,7 +56,7 @@ pub async fn forward(
         if shutdown_at.is_some_and(|at| at.elapsed() >= flush_deadline) {
             return Stopped::Pending;
         }
-        let batch = match unsent.take().map_or_else(|| reader.read_batch(SAMPLES_PER_BATCH), Ok) {
+        let mut batch = match unsent.take().map_or_else(|| reader.read_batch(SAMPLES_PER_BATCH), Ok) {
             Ok(batch) => batch,
             Err(error) => {
                 AgentMetrics::add(&metrics.spool_errors, 1);
@@ -66,12 +66,14 @@ pub async fn forward(
                 continue;
             }
         };
-        for corruption in &batch.skipped {
-            AgentMetrics::add(&metrics.spool_corrupt_records, 1);
-            tracing::error!(%corruption, "spool record failed its checksum; skipped");
+        // Reported once: a batch sent again keeps its samples, not its reports.
+        let only_damage = batch.samples.is_empty() && !batch.skipped.is_empty();
+        for corruption in std::mem::take(&mut batch.skipped) {
+            AgentMetrics::add(&metrics.spool_corrupt_records, corruption.records);
+            tracing::error!(%corruption, "damaged spool records skipped");
         }
         if batch.samples.is_empty() {
-            if batch.skipped.is_empty() {
+            if !only_damage {
                 if shutdown_at.is_some() {
                     return Stopped::Drained;
                 }
@@ -90,14 +92,27 @@ pub async fn forward(
             continue;
         }
         let Some(connected) = shipper.as_ref() else {
-            match Shipper::connect(&config) {
-                Ok(connected) => {
+            // The batch goes out once connected. Connecting blocks (librdkafka reads the
+            // topic's metadata), so it runs off the async threads, and a shutdown past its
+            // deadline does not wait for it.
+            unsent = Some(batch);
+            let connecting = tokio::task::spawn_blocking({
+                let config = config.clone();
+                move || Shipper::connect(&config)
+            });
+            let connected = tokio::select! {
+                connected = connecting => connected,
+                () = flush_deadline_passed(&mut shutdown, &mut shutdown_at, flush_deadline) => {
+                    return Stopped::Pending;
+                }
+            };
+            match connected {
+                Ok(Ok(connected)) => {
                     tracing::info!(brokers = %config.brokers, topic = %config.topic, "connected to kafka");
                     shipper = Some(connected);
                     backoff = Duration::from_millis(100);
                 }
-                Err(error) => {
-                    unsent = Some(batch);
+                Ok(Err(error)) => {
                     AgentMetrics::add(&metrics.send_errors, 1);
                     tracing::warn!(%error, retry_in = ?backoff, "cannot reach kafka; samples stay spooled");
                     tokio::select! {
@@ -106,23 +121,17 @@ pub async fn forward(
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+                Err(error) => {
+                    tracing::error!(%error, "connecting to kafka panicked; trying again");
+                    tokio::time::sleep(backoff).await;
+                }
             }
             continue;
         };
         let started = Instant::now();
         // Shipping is cancelled by a shutdown past its deadline: what was in flight
         // stays in the spool.
-        let deadline = async {
-            loop {
-                if let Some(at) = shutdown_at {
-                    tokio::time::sleep(flush_deadline.saturating_sub(at.elapsed())).await;
-                    return;
-                }
-                if shutdown.changed().await.is_err() || *shutdown.borrow() {
-                    shutdown_at = Some(Instant::now());
-                }
-            }
-        };
+        let deadline = flush_deadline_passed(&mut shutdown, &mut shutdown_at, flush_deadline);
         let shipped = tokio::select! {
             shipped = connected.ship(batch.samples.clone()) => Some(shipped),
             () = deadline => None,
@@ -151,11 +160,33 @@ pub async fn forward(
             }
             Some(Err(error)) => {
                 unsent = Some(batch);
+                // A producer whose send failed may be unusable for good (librdkafka's
+                // idempotent producer raises fatal errors, e.g. when a restarted broker
+                // lost its sequence state): the retry starts with a new one.
+                shipper = None;
                 AgentMetrics::add(&metrics.send_errors, 1);
                 tracing::error!(%error, retry_in = ?backoff, "sending failed; the batch stays spooled and is sent again");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+}
+
+/// Completes once a shutdown's flush deadline has passed; never before a shutdown.
+async fn flush_deadline_passed(
+    shutdown: &mut watch::Receiver<bool>,
+    shutdown_at: &mut Option<Instant>,
+    flush_deadline: Duration,
+) {
+    loop {
+        if let Some(at) = *shutdown_at {
+            tokio::time::sleep(flush_deadline.saturating_sub(at.elapsed())).await;
+            return;
+        }
+        // A closed channel (the agent is gone) counts as a shutdown too.
+        if shutdown.changed().await.is_err() || *shutdown.borrow() {
+            *shutdown_at = Some(Instant::now());
         }
     }
 }

@@ -6,9 +6,11 @@
 //! overridden (TLS, SASL/SCRAM, batching) through [`ShipConfig::librdkafka`].
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -78,9 +80,34 @@ pub struct ShipReport {
     pub bytes: usize,
 }
 
+/// librdkafka's client-wide errors, logged once per kind a minute: during an outage it
+/// reports "all brokers down" every few milliseconds, which would drown the log.
+#[derive(Debug, Default)]
+pub struct ShipContext {
+    last_logged: Mutex<Option<(String, Instant)>>,
+}
+
+const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl ClientContext for ShipContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = format!("{:?}", error.rdkafka_error_code());
+        let Ok(mut last_logged) = self.last_logged.lock() else {
+            return;
+        };
+        let repeated = last_logged.as_ref().is_some_and(|(last_kind, at)| {
+            *last_kind == kind && at.elapsed() < REPEATED_ERROR_LOG_INTERVAL
+        });
+        if !repeated {
+            tracing::warn!(%error, reason, "kafka client error (the same again is logged at most once a minute)");
+            *last_logged = Some((kind, Instant::now()));
+        }
+    }
+}
+
 /// A connected producer for one samples topic.
 pub struct Shipper {
-    producer: FutureProducer,
+    producer: FutureProducer<ShipContext>,
     topic: String,
     partitions: i32,
     encoding: Encoding,
@@ -101,7 +128,9 @@ impl Shipper {
         for (key, value) in &config.librdkafka {
             client.set(key, value);
         }
-        let producer: FutureProducer = client.create().map_err(|source| ShipError::Connect {
+        let producer: FutureProducer<ShipContext> = client
+            .create_with_context(ShipContext::default())
+            .map_err(|source| ShipError::Connect {
             brokers: config.brokers.clone(),
             source,
         })?;
@@ -112,7 +141,7 @@ impl Shipper {
         };
         let metadata = producer
             .client()
-            .fetch_metadata(Some(&config.topic), Duration::from_secs(30))
+            .fetch_metadata(Some(&config.topic), Duration::from_secs(10))
             .map_err(|error| metadata_error(error.to_string()))?;
         let topic = metadata
             .topics()
