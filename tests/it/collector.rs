@@ -58,9 +58,18 @@ topic = "{topic}"
     )
 }
 
-fn agent_config(spool: &Path, brokers: &str, topic: &str, from: Minute, resources: usize) -> AgentConfig {
-    AgentConfig::parse(&config_text(spool, brokers, topic, from, resources), "test config")
-        .expect("valid config")
+fn agent_config(
+    spool: &Path,
+    brokers: &str,
+    topic: &str,
+    from: Minute,
+    resources: usize,
+) -> AgentConfig {
+    AgentConfig::parse(
+        &config_text(spool, brokers, topic, from, resources),
+        "test config",
+    )
+    .expect("valid config")
 }
 
 /// The agent's minute 0: now, so agent time starts at the real time.
@@ -199,7 +208,11 @@ async fn a_broker_down_for_40_minutes_loses_nothing() -> anyhow::Result<()> {
     let (last, pending) = spool_state(spool_dir.path());
     assert_eq!(pending, 0);
     let received = read_samples(&broker.address(), &topic)?;
-    let first = received.iter().map(|s| s.minute).min().expect("samples arrived");
+    let first = received
+        .iter()
+        .map(|s| s.minute)
+        .min()
+        .expect("samples arrived");
     assert!(
         first <= agent_start,
         "sampling started at {first}, agent time began at {agent_start}"
@@ -269,21 +282,32 @@ async fn an_agent_killed_again_and_again_loses_nothing() -> anyhow::Result<()> {
     for run_millis in [1_700u64, 2_300, 900, 3_100, 1_300] {
         let mut child = start_child(&config_path);
         tokio::time::sleep(Duration::from_millis(run_millis)).await;
-        child.kill()?;
-        child.wait()?;
+        child.kill().expect("SIGKILL");
+        child.wait().expect("the killed agent is reaped");
     }
     let mut child = start_child(&config_path);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    Command::new("kill")
+    let terminated = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    let status = child.wait()?;
-    assert!(status.success(), "the last run should stop cleanly: {status}");
+        .status();
+    let status = child.wait().expect("the last agent is reaped");
+    assert!(
+        terminated.is_ok_and(|status| status.success()),
+        "SIGTERM sent"
+    );
+    assert!(
+        status.success(),
+        "the last run should stop cleanly: {status}"
+    );
 
     let (last, pending) = spool_state(&spool_path);
     assert_eq!(pending, 0, "the last run flushed the spool");
     let received = read_samples(&brokers, &topic)?;
-    let first = received.iter().map(|s| s.minute).min().expect("samples arrived");
+    let first = received
+        .iter()
+        .map(|s| s.minute)
+        .min()
+        .expect("samples arrived");
     let expected = expected_samples(resources, from, minutes(first, last), first);
     let duplicates = check_delivery(&received, &expected, &BTreeSet::new());
     println!(
@@ -365,7 +389,11 @@ async fn counter_resets_give_neither_negative_nor_doubled_traffic() -> anyhow::R
     assert_eq!(agent.await??.stopped, Stopped::Drained);
 
     let received = read_samples(&brokers, &topic)?;
-    let first = received.iter().map(|s| s.minute).min().expect("samples arrived");
+    let first = received
+        .iter()
+        .map(|s| s.minute)
+        .min()
+        .expect("samples arrived");
     let mut resets_crossed = 0;
     for sample in &received {
         let server: u64 = sample.resource_id.trim_start_matches("vm-").parse()?;
@@ -385,7 +413,10 @@ async fn counter_resets_give_neither_negative_nor_doubled_traffic() -> anyhow::R
             resets_crossed += 1;
         }
     }
-    assert!(resets_crossed >= 3, "the run should cross a reset: {resets_crossed}");
+    assert!(
+        resets_crossed >= 3,
+        "the run should cross a reset: {resets_crossed}"
+    );
     Ok(())
 }
 
@@ -399,7 +430,9 @@ async fn a_corrupted_spool_record_is_skipped_and_reported_and_the_rest_delivered
     let from = start_minute();
     let resources = 20;
     // First run: no broker listens on this port, so every sample stays in the spool.
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
     let offline = agent_config(spool_dir.path(), &nobody, &topic, from, resources);
     let report = agent::run(
         offline,
@@ -427,7 +460,11 @@ async fn a_corrupted_spool_record_is_skipped_and_reported_and_the_rest_delivered
         .filter(|(at, window)| *window == victim.as_bytes() && bytes[at - 1] != b'"')
         .map(|(at, _)| at)
         .collect();
-    assert!(places.len() >= 4, "{victim} is in {} sample records", places.len());
+    assert!(
+        places.len() >= 4,
+        "{victim} is in {} sample records",
+        places.len()
+    );
     let damaged_at = places[places.len() / 2];
     bytes[damaged_at] ^= 0x20;
     std::fs::write(&segment, &bytes)?;
@@ -447,9 +484,17 @@ async fn a_corrupted_spool_record_is_skipped_and_reported_and_the_rest_delivered
 
     let (last, _) = spool_state(spool_dir.path());
     let received = read_samples(&brokers, &topic)?;
-    let first = received.iter().map(|s| s.minute).min().expect("samples arrived");
+    let first = received
+        .iter()
+        .map(|s| s.minute)
+        .min()
+        .expect("samples arrived");
     let expected = expected_samples(resources, from, minutes(first, last), first);
-    let victims: BTreeSet<_> = expected.keys().filter(|(id, _)| *id == victim).cloned().collect();
+    let victims: BTreeSet<_> = expected
+        .keys()
+        .filter(|(id, _)| *id == victim)
+        .cloned()
+        .collect();
     check_delivery(&received, &expected, &victims);
     let victim_minutes_received: BTreeSet<Minute> = received
         .iter()

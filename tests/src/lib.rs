@@ -180,7 +180,13 @@ impl OwnBroker {
         let log = std::fs::File::create(self.dir.path().join("tansu.log"))?;
         let child = std::process::Command::new(&self.tansu)
             .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -219,7 +219,8 @@ fn main() -> Result<()> {
                 report.samples_sent,
                 match report.stopped {
                     tally_collector::forward::Stopped::Drained => "spool drained",
-                    tally_collector::forward::Stopped::Pending => "samples left in the spool for the next start",
+                    tally_collector::forward::Stopped::Pending =>
+                        "samples left in the spool for the next start",
                 }
             );
         }

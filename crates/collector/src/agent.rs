@@ -46,7 +46,9 @@ pub enum AgentError {
     Spool(#[from] SpoolError),
     #[error("source: {0}")]
     Source(#[from] SourceError),
-    #[error("the spool's checkpoint does not read ({0}); move the spool directory aside to start afresh")]
+    #[error(
+        "the spool's checkpoint does not read ({0}); move the spool directory aside to start afresh"
+    )]
     Checkpoint(String),
     #[error("the sampler thread failed: {0}")]
     Sampler(String),
@@ -181,9 +183,9 @@ pub fn open_source(config: &SourceConfig) -> Result<Box<dyn Source>, SourceError
         )))),
         SourceConfig::File { path } => Ok(Box::new(FileSource::open(path)?)),
         #[cfg(feature = "libvirt")]
-        SourceConfig::Libvirt { uri } => Ok(Box::new(
-            crate::source::libvirt::LibvirtSource::open(uri)?,
-        )),
+        SourceConfig::Libvirt { uri } => {
+            Ok(Box::new(crate::source::libvirt::LibvirtSource::open(uri)?))
+        }
         #[cfg(not(feature = "libvirt"))]
         SourceConfig::Libvirt { uri } => Err(SourceError::Libvirt {
             uri: uri.clone(),
@@ -280,6 +282,16 @@ impl Sampler {
                     return;
                 }
             };
+            let skipped = self.source.skipped();
+            self.metrics
+                .resources_unmanaged
+                .store(skipped.unmanaged, Ordering::Relaxed);
+            self.metrics
+                .resources_misconfigured
+                .store(skipped.misconfigured, Ordering::Relaxed);
+            self.metrics
+                .resources_unreadable
+                .store(skipped.unreadable, Ordering::Relaxed);
             let counters_before = self.counters.clone();
             let (samples, rejected) = self.samples_of(minute, observations);
             // The minute and its checkpoint in one fsync; refused samples (a full
@@ -312,8 +324,8 @@ impl Sampler {
             return;
         }
         let (samples, rejected) = self.samples_of(now, observations);
-        let taken = self.append(&samples, &rejected, None, false)
-            && self.append(&[], &[], None, true);
+        let taken =
+            self.append(&samples, &rejected, None, false) && self.append(&[], &[], None, true);
         if !taken && let Err(error) = self.source.restore(position_before) {
             tracing::error!(%error, "cannot go back to the input not taken");
         }
@@ -331,12 +343,17 @@ impl Sampler {
         let mut rejected = Vec::new();
         for observation in observations {
             match observation {
-                Observation::Reading(reading) => samples.push(self.sample_of(minute, round, reading)),
+                Observation::Reading(reading) => {
+                    samples.push(self.sample_of(minute, round, reading))
+                }
                 Observation::Sample(sample) => {
                     match tally_model::validate::validate(&sample, &self.limits, now) {
                         Ok(()) => samples.push(sample),
                         Err(rejection) => rejected.push(Rejected {
-                            location: format!("sample of {} at {}", sample.resource_id, sample.minute),
+                            location: format!(
+                                "sample of {} at {}",
+                                sample.resource_id, sample.minute
+                            ),
                             reason: rejection.to_string(),
                             input: serde_json::to_string(&sample).unwrap_or_default(),
                         }),
@@ -353,9 +370,9 @@ impl Sampler {
     fn sample_of(&mut self, minute: Minute, round: u64, reading: Reading) -> Sample {
         let (mut out_external, mut out_internal, mut inbound) = (0u64, 0u64, 0u64);
         for interface in &reading.interfaces {
-            let delta = self
-                .counters
-                .delta(&reading.resource_id, reading.incarnation, interface, round);
+            let delta =
+                self.counters
+                    .delta(&reading.resource_id, reading.incarnation, interface, round);
             if delta.how == DeltaKind::Restarted {
                 AgentMetrics::add(&self.metrics.counter_restarts, 1);
             }
@@ -433,7 +450,9 @@ impl Sampler {
                     );
                 }
                 let stats = self.writer.stats();
-                self.metrics.spool_bytes.store(stats.pending_bytes(), Ordering::Relaxed);
+                self.metrics
+                    .spool_bytes
+                    .store(stats.pending_bytes(), Ordering::Relaxed);
                 self.metrics
                     .spool_pending_samples
                     .store(stats.pending_samples(), Ordering::Relaxed);

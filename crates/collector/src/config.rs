@@ -261,7 +261,9 @@ impl AgentConfig {
         spool.max_bytes = file.spool.max_mib << 20;
         spool.segment_bytes = file.spool.segment_mib << 20;
         if file.kafka.brokers.trim().is_empty() || file.kafka.topic.trim().is_empty() {
-            return Err(invalid("kafka.brokers and kafka.topic must not be empty".into()));
+            return Err(invalid(
+                "kafka.brokers and kafka.topic must not be empty".into(),
+            ));
         }
         if file.kafka.max_batch_samples == 0 {
             return Err(invalid("kafka.max_batch_samples must be at least 1".into()));
@@ -341,7 +343,10 @@ mod tests {
         let text = SIMULATOR.replace("[spool]\n", "[spool]\n        max_mb = 5\n");
         let error = AgentConfig::parse(&text, "collect.toml").expect_err("unknown key");
         let message = error.to_string();
-        assert!(message.starts_with("configuration collect.toml: "), "{message}");
+        assert!(
+            message.starts_with("configuration collect.toml: "),
+            "{message}"
+        );
         assert!(message.contains("max_mb"), "{message}");
         assert!(message.contains("line 9"), "{message}");
     }
@@ -354,7 +359,10 @@ mod tests {
                 "source.resources must be at least 1",
             ),
             (
-                SIMULATOR.replace("to = \"2026-12-01T00:00:00Z\"", "to = \"2026-10-01T00:00:00Z\""),
+                SIMULATOR.replace(
+                    "to = \"2026-12-01T00:00:00Z\"",
+                    "to = \"2026-10-01T00:00:00Z\"",
+                ),
                 "must come after source.from",
             ),
             (
@@ -362,7 +370,10 @@ mod tests {
                 "must hold at least two segments",
             ),
             (
-                SIMULATOR.replace("[traffic]\n", "[traffic]\n        services = [\"10.0.0.0/40\"]\n"),
+                SIMULATOR.replace(
+                    "[traffic]\n",
+                    "[traffic]\n        services = [\"10.0.0.0/40\"]\n",
+                ),
                 "traffic.services: '10.0.0.0/40'",
             ),
             (

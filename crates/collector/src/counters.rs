@@ -173,7 +173,10 @@ mod tests {
         book.delta("vm-1", 7, &counters(100, 0), 1);
         book.end_round(1);
         let new = book.delta("vm-2", 3, &counters(4_000, 10), 2);
-        assert_eq!((new.sent, new.received, new.how), (4_000, 10, DeltaKind::New));
+        assert_eq!(
+            (new.sent, new.received, new.how),
+            (4_000, 10, DeltaKind::New)
+        );
     }
 
     #[test]

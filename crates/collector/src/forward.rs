@@ -56,7 +56,10 @@ pub async fn forward(
         if shutdown_at.is_some_and(|at| at.elapsed() >= flush_deadline) {
             return Stopped::Pending;
         }
-        let mut batch = match unsent.take().map_or_else(|| reader.read_batch(SAMPLES_PER_BATCH), Ok) {
+        let mut batch = match unsent
+            .take()
+            .map_or_else(|| reader.read_batch(SAMPLES_PER_BATCH), Ok)
+        {
             Ok(batch) => batch,
             Err(error) => {
                 AgentMetrics::add(&metrics.spool_errors, 1);

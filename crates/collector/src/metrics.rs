@@ -33,6 +33,10 @@ pub struct AgentMetrics {
     pub unlisted_attachment_bytes: AtomicU64,
     pub spool_bytes: AtomicU64,
     pub spool_pending_samples: AtomicU64,
+    /// Resources the source saw at its last reading but did not bill, by why.
+    pub resources_unmanaged: AtomicU64,
+    pub resources_misconfigured: AtomicU64,
+    pub resources_unreadable: AtomicU64,
     /// Unix seconds of the start of the newest minute sampled; 0 before the first.
     pub last_sampled_minute: AtomicI64,
 }
@@ -53,8 +57,16 @@ impl AgentMetrics {
         };
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed).to_string();
         let counters: [(&str, &str, &AtomicU64); 15] = [
-            ("samples_taken_total", "Samples on disk in the spool (taken).", &self.samples_taken),
-            ("samples_sent_total", "Samples the broker acknowledged.", &self.samples_sent),
+            (
+                "samples_taken_total",
+                "Samples on disk in the spool (taken).",
+                &self.samples_taken,
+            ),
+            (
+                "samples_sent_total",
+                "Samples the broker acknowledged.",
+                &self.samples_sent,
+            ),
             (
                 "samples_refused_total",
                 "Samples refused because the spool was full (lost: alert on any).",
@@ -65,16 +77,36 @@ impl AgentMetrics {
                 "Input lines that were not valid samples (kept in the rejects file).",
                 &self.samples_rejected,
             ),
-            ("messages_sent_total", "Kafka messages acknowledged.", &self.messages_sent),
-            ("send_errors_total", "Failed sends (retried from the spool).", &self.send_errors),
-            ("source_errors_total", "Failed source reads (retried next tick).", &self.source_errors),
-            ("spool_errors_total", "Failed spool writes (the minute is retried).", &self.spool_errors),
+            (
+                "messages_sent_total",
+                "Kafka messages acknowledged.",
+                &self.messages_sent,
+            ),
+            (
+                "send_errors_total",
+                "Failed sends (retried from the spool).",
+                &self.send_errors,
+            ),
+            (
+                "source_errors_total",
+                "Failed source reads (retried next tick).",
+                &self.source_errors,
+            ),
+            (
+                "spool_errors_total",
+                "Failed spool writes (the minute is retried).",
+                &self.spool_errors,
+            ),
             (
                 "spool_corrupt_records_total",
                 "Spool records that failed their checksum and were skipped.",
                 &self.spool_corrupt_records,
             ),
-            ("minutes_sampled_total", "Minutes sampled.", &self.minutes_sampled),
+            (
+                "minutes_sampled_total",
+                "Minutes sampled.",
+                &self.minutes_sampled,
+            ),
             (
                 "minutes_skipped_total",
                 "Minutes passed over: further back than the catch-up bound.",
@@ -124,6 +156,30 @@ impl AgentMetrics {
             "Samples in the spool not yet acknowledged.",
             read(&self.spool_pending_samples),
         );
+        for (reason, help, gauge) in [
+            (
+                "unmanaged",
+                "without Tally's metadata (not billed by Tally)",
+                &self.resources_unmanaged,
+            ),
+            (
+                "misconfigured",
+                "with broken Tally metadata (not billed: alert on any)",
+                &self.resources_misconfigured,
+            ),
+            (
+                "unreadable",
+                "not readable at the last reading",
+                &self.resources_unreadable,
+            ),
+        ] {
+            figure(
+                &format!("resources_{reason}"),
+                "gauge",
+                &format!("Resources the source saw at its last reading, {help}."),
+                read(gauge),
+            );
+        }
         figure(
             "last_sampled_minute_seconds",
             "gauge",
@@ -164,5 +220,55 @@ pub async fn serve(
             };
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_endpoint_serves_every_figure_in_the_prometheus_format() {
+        let metrics = Arc::new(AgentMetrics::default());
+        AgentMetrics::add(&metrics.samples_taken, 1_000);
+        AgentMetrics::add(&metrics.samples_refused, 3);
+        metrics.spool_bytes.store(4_096, Ordering::Relaxed);
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let listen = free.local_addr().expect("address");
+        drop(free);
+        tokio::spawn(serve(listen, Arc::clone(&metrics), "hv-\"1\"".to_owned()));
+        let get = |path: &'static str| async move {
+            for _ in 0..50 {
+                if let Ok(mut stream) = tokio::net::TcpStream::connect(listen).await {
+                    stream
+                        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                        .await
+                        .expect("request");
+                    let mut response = String::new();
+                    stream
+                        .read_to_string(&mut response)
+                        .await
+                        .expect("response");
+                    return response;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            panic!("the endpoint did not listen on {listen}");
+        };
+        let response = get("/metrics").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        for line in [
+            "# TYPE tally_collector_samples_taken_total counter",
+            "tally_collector_samples_taken_total{host=\"hv-\\\"1\\\"\"} 1000",
+            "tally_collector_samples_refused_total{host=\"hv-\\\"1\\\"\"} 3",
+            "tally_collector_spool_bytes{host=\"hv-\\\"1\\\"\"} 4096",
+            "# TYPE tally_collector_send_latency_seconds_sum counter",
+        ] {
+            assert!(
+                response.lines().any(|l| l == line),
+                "no '{line}' in\n{response}"
+            );
+        }
+        assert!(get("/other").await.starts_with("HTTP/1.1 404"));
     }
 }

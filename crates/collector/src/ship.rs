@@ -131,9 +131,9 @@ impl Shipper {
         let producer: FutureProducer<ShipContext> = client
             .create_with_context(ShipContext::default())
             .map_err(|source| ShipError::Connect {
-            brokers: config.brokers.clone(),
-            source,
-        })?;
+                brokers: config.brokers.clone(),
+                source,
+            })?;
         let metadata_error = |detail: String| ShipError::Metadata {
             brokers: config.brokers.clone(),
             topic: config.topic.clone(),

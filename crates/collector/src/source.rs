@@ -43,6 +43,11 @@ pub trait Source: Send {
         false
     }
 
+    /// Resources the last [`Self::observe`] saw but made no reading of, by why.
+    fn skipped(&self) -> Skipped {
+        Skipped::default()
+    }
+
     /// What the source needs to carry on after a restart exactly where it was (a file
     /// offset, simulated counters). Saved in the same fsync as the samples it led to.
     fn checkpoint(&self) -> serde_json::Value {
@@ -112,6 +117,17 @@ pub struct InterfaceCounters {
     pub sent_bytes: u64,
     /// Bytes the resource received.
     pub received_bytes: u64,
+}
+
+/// Resources a source saw but did not bill, by why (the agent's metrics show them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Not Tally's to bill (a libvirt domain without Tally's metadata).
+    pub unmanaged: u64,
+    /// Meant to be billed, but its description is broken: alert on any.
+    pub misconfigured: u64,
+    /// Not readable this minute.
+    pub unreadable: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

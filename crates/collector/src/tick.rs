@@ -110,10 +110,16 @@ impl Ticker {
 /// sampling in seconds.
 #[derive(Clone, Debug)]
 pub enum AgentClock {
-    Wall { started: Instant },
+    Wall {
+        started: Instant,
+    },
     /// Agent time = `from` + (real time − `from`) × `speed`: the same at every restart,
     /// so a restarted agent carries on where the killed one was.
-    Fast { from: DateTime<Utc>, speed: u32, started: Instant },
+    Fast {
+        from: DateTime<Utc>,
+        speed: u32,
+        started: Instant,
+    },
 }
 
 impl AgentClock {
@@ -248,6 +254,9 @@ mod tests {
         let passed = (agent_now - from).num_seconds();
         assert!((600..=660).contains(&passed), "{passed} s of agent time");
         let one_agent_minute = clock.real_time_until(agent_now + TimeDelta::seconds(60));
-        assert!(one_agent_minute <= Duration::from_secs(1), "{one_agent_minute:?}");
+        assert!(
+            one_agent_minute <= Duration::from_secs(1),
+            "{one_agent_minute:?}"
+        );
     }
 }

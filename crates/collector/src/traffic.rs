@@ -230,7 +230,10 @@ mod tests {
         // A prefix only partly inside a zone's range is not internal.
         assert_eq!(class("fsn1", "10.0.0.0/8"), TrafficClass::External);
         assert_eq!(class("fsn1", "2a01:4f8:1:2::1"), TrafficClass::Internal);
-        assert_eq!(class("fsn1", "2a01:4f8:ffff:1::/64"), TrafficClass::Internal);
+        assert_eq!(
+            class("fsn1", "2a01:4f8:ffff:1::/64"),
+            TrafficClass::Internal
+        );
         assert_eq!(class("fsn1", "2a01:4f8:2::1"), TrafficClass::External);
         // An IPv4 address never matches an IPv6 range that happens to share bits.
         assert_eq!(class("fsn1", "0.0.0.1"), TrafficClass::External);

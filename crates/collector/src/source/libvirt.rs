@@ -53,7 +53,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use super::{InterfaceCounters, Observation, Reading, Source, SourceError};
+use super::{InterfaceCounters, Observation, Reading, Skipped, Source, SourceError};
 
 /// The XML namespace of Tally's element in a domain's `<metadata>`.
 pub const METADATA_NAMESPACE: &str = "https://tally.dev/xmlns/libvirt/1";
@@ -224,6 +224,15 @@ impl Source for LibvirtSource {
 
     fn name(&self) -> &'static str {
         "libvirt"
+    }
+
+    fn skipped(&self) -> Skipped {
+        let skipped = self.skipped_domains();
+        Skipped {
+            unmanaged: skipped.unmanaged as u64,
+            misconfigured: skipped.misconfigured as u64,
+            unreadable: skipped.unreadable as u64,
+        }
     }
 }
 

@@ -61,14 +61,14 @@ impl Source for SimulatedSource {
             let mut interfaces = Vec::new();
             let mut incarnation = 0;
             if running {
-                let counters = self
-                    .counters
-                    .entry(resource.resource_id.clone())
-                    .or_insert(Counters {
-                        booted: minute.unix_minutes(),
-                        through: minute.unix_minutes() - 1,
-                        ..Counters::default()
-                    });
+                let counters =
+                    self.counters
+                        .entry(resource.resource_id.clone())
+                        .or_insert(Counters {
+                            booted: minute.unix_minutes(),
+                            through: minute.unix_minutes() - 1,
+                            ..Counters::default()
+                        });
                 if counters.through < minute.unix_minutes() {
                     counters.public_sent += sample.out_external_bytes;
                     counters.private_sent += sample.out_internal_bytes;
