@@ -21,7 +21,11 @@ fn the_collector_benchmark_runs_and_every_minute_is_acknowledged() {
         minutes: 3,
         speed: 60,
         runs: 1,
-        child_args: vec!["--exact".into(), "collector_agent_child".into()],
+        child_args: vec![
+            "--exact".into(),
+            "collector_agent_child".into(),
+            "--nocapture".into(),
+        ],
     })
     .expect("benchmark");
     figures.print();

@@ -8,6 +8,12 @@
 //! state a resource was in then. A minute is sampled once: after the clock jumps back, the
 //! agent waits until time passes its last sampled minute again.
 //!
+//! The source is asked about each due minute in turn. A live source (libvirt) answers
+//! every caught-up minute with what it sees now: the state now stands for the missed
+//! minutes, and the traffic of all of them lands in the first (the counters' delta since
+//! the last reading), so bytes are neither lost nor counted twice. The simulator answers
+//! for the minute asked, as it can tell any minute.
+//!
 //! Clock jumps are told apart from slow ticks by comparing how far the wall clock moved
 //! with how far the monotonic clock moved since the last tick.
 
