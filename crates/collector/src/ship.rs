@@ -6,16 +6,19 @@
 //! overridden (TLS, SASL/SCRAM, batching) through [`ShipConfig::librdkafka`].
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::Producer;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use tally_model::Sample;
 use tally_model::wire::{CONTENT_TYPE_HEADER, Encoding};
+use tokio::sync::oneshot;
 
 use crate::partition::partition_for;
 
@@ -89,6 +92,26 @@ pub struct ShipContext {
 
 const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Hands each message's delivery report to the `ship` call waiting for it.
+impl ProducerContext for ShipContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Result<(), KafkaError>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiting: Self::DeliveryOpaque) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((error, _)) => Err(error.clone()),
+        };
+        // The caller may have given up (a shutdown past its deadline): nobody to tell.
+        let _ = waiting.send(outcome);
+    }
+}
+
+/// How long one poll of librdkafka waits for events. Delivery reports are handled as they
+/// arrive within it; the length only sets how often an idle agent wakes (the rdkafka
+/// crate's own polling thread wakes every 100 ms and spins on its deadline each time,
+/// which was most of an idle agent's CPU).
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 impl ClientContext for ShipContext {
     fn error(&self, error: KafkaError, reason: &str) {
         let kind = format!("{:?}", error.rdkafka_error_code());
@@ -107,7 +130,9 @@ impl ClientContext for ShipContext {
 
 /// A connected producer for one samples topic.
 pub struct Shipper {
-    producer: FutureProducer<ShipContext>,
+    producer: Arc<BaseProducer<ShipContext>>,
+    /// Tells the polling thread to end when the shipper is dropped.
+    stop_polling: Arc<AtomicBool>,
     topic: String,
     partitions: i32,
     encoding: Encoding,
@@ -128,7 +153,7 @@ impl Shipper {
         for (key, value) in &config.librdkafka {
             client.set(key, value);
         }
-        let producer: FutureProducer<ShipContext> = client
+        let producer: BaseProducer<ShipContext> = client
             .create_with_context(ShipContext::default())
             .map_err(|source| ShipError::Connect {
                 brokers: config.brokers.clone(),
@@ -158,8 +183,25 @@ impl Shipper {
         if partitions == 0 {
             return Err(metadata_error("the topic has no partitions".into()));
         }
+        let producer = Arc::new(producer);
+        let stop_polling = Arc::new(AtomicBool::new(false));
+        let polled = Arc::clone(&producer);
+        let stop = Arc::clone(&stop_polling);
+        std::thread::Builder::new()
+            .name("tally-kafka-poll".to_owned())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    polled.poll(POLL_INTERVAL);
+                }
+            })
+            .map_err(|error| {
+                metadata_error(format!(
+                    "cannot start the producer's polling thread: {error}"
+                ))
+            })?;
         Ok(Self {
             producer,
+            stop_polling,
             topic: config.topic.clone(),
             partitions,
             encoding: config.encoding,
@@ -198,17 +240,15 @@ impl Shipper {
                 });
                 // The key names the sending host; the partition is chosen above by
                 // resource id, so one resource's samples always share a partition.
-                let mut record = FutureRecord::to(&self.topic)
+                let (delivered, delivery) = oneshot::channel();
+                let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(delivered))
                     .partition(partition as i32)
                     .key(batch[0].host.as_str())
                     .payload(&payload)
                     .headers(headers);
                 loop {
-                    match self.producer.send_result(record) {
-                        Ok(delivery) => {
-                            deliveries.push((partition as i32, delivery));
-                            break;
-                        }
+                    match self.producer.send(record) {
+                        Ok(()) => break,
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                             // librdkafka's queue is full: let it drain, then retry.
                             record = back;
@@ -223,6 +263,7 @@ impl Shipper {
                         }
                     }
                 }
+                deliveries.push((partition as i32, delivery));
             }
         }
         for (partition, delivery) in deliveries {
@@ -232,11 +273,19 @@ impl Shipper {
                 source,
             };
             match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((source, _))) => return Err(delivery_error(source)),
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => return Err(delivery_error(source)),
                 Err(_) => return Err(delivery_error(KafkaError::Canceled)),
             }
         }
         Ok(report)
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        // The polling thread ends within one poll interval; it holds its own reference
+        // to the producer, so nothing waits for it here.
+        self.stop_polling.store(true, Ordering::Relaxed);
     }
 }
