@@ -72,9 +72,24 @@ fn agent_config(
     .expect("valid config")
 }
 
-/// The agent's minute 0: now, so agent time starts at the real time.
-fn start_minute() -> Minute {
-    Minute::containing(Utc::now())
+/// What every test here starts with: a topic of its own on `brokers`, a spool directory,
+/// and minute 0 of the agent's fast clock (now).
+struct Setup {
+    topic: String,
+    spool_dir: tempfile::TempDir,
+    from: Minute,
+}
+
+impl Setup {
+    async fn new(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<Self> {
+        let topic = unique_topic(name);
+        create_topic(brokers, &topic, partitions).await?;
+        Ok(Self {
+            topic,
+            spool_dir: tempfile::tempdir()?,
+            from: Minute::containing(Utc::now()),
+        })
+    }
 }
 
 /// What the simulator's truth says the agent must have sent for `minutes`: every
@@ -171,10 +186,11 @@ async fn a_broker_down_for_40_minutes_loses_nothing() -> anyhow::Result<()> {
         std::env::var("TALLY_COLLECTOR_OUTAGE_SECONDS").map_or(Ok(40), |s| s.parse())?,
     );
     let mut broker = OwnBroker::start()?;
-    let topic = unique_topic("collector-outage");
-    create_topic(&broker.address(), &topic, 2).await?;
-    let spool_dir = tempfile::tempdir()?;
-    let from = start_minute();
+    let Setup {
+        topic,
+        spool_dir,
+        from,
+    } = Setup::new(&broker.address(), "collector-outage", 2).await?;
     let resources = 100;
     let config = agent_config(spool_dir.path(), &broker.address(), &topic, from, resources);
     let metrics = Arc::new(AgentMetrics::default());
@@ -267,10 +283,11 @@ fn start_child(config_path: &Path) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_again_and_again_loses_nothing() -> anyhow::Result<()> {
     let brokers = broker();
-    let topic = unique_topic("collector-sigkill");
-    create_topic(&brokers, &topic, 2).await?;
-    let spool_dir = tempfile::tempdir()?;
-    let from = start_minute();
+    let Setup {
+        topic,
+        spool_dir,
+        from,
+    } = Setup::new(&brokers, "collector-sigkill", 2).await?;
     let resources = 150;
     let config_path = spool_dir.path().join("collect.toml");
     let spool_path = spool_dir.path().join("spool");
@@ -365,10 +382,11 @@ impl Source for ResettingCounters {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_resets_give_neither_negative_nor_doubled_traffic() -> anyhow::Result<()> {
     let brokers = broker();
-    let topic = unique_topic("collector-resets");
-    create_topic(&brokers, &topic, 1).await?;
-    let spool_dir = tempfile::tempdir()?;
-    let from = start_minute();
+    let Setup {
+        topic,
+        spool_dir,
+        from,
+    } = Setup::new(&brokers, "collector-resets", 1).await?;
     let mut config = agent_config(spool_dir.path(), &brokers, &topic, from, 1);
     config.fast_clock = Some(FastClock {
         from: from.to_datetime(),
@@ -424,10 +442,11 @@ async fn counter_resets_give_neither_negative_nor_doubled_traffic() -> anyhow::R
 async fn a_corrupted_spool_record_is_skipped_and_reported_and_the_rest_delivered()
 -> anyhow::Result<()> {
     let brokers = broker();
-    let topic = unique_topic("collector-corrupt");
-    create_topic(&brokers, &topic, 2).await?;
-    let spool_dir = tempfile::tempdir()?;
-    let from = start_minute();
+    let Setup {
+        topic,
+        spool_dir,
+        from,
+    } = Setup::new(&brokers, "collector-corrupt", 2).await?;
     let resources = 20;
     // First run: no broker listens on this port, so every sample stays in the spool.
     let nobody = std::net::TcpListener::bind("127.0.0.1:0")?

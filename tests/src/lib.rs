@@ -55,14 +55,20 @@ pub struct ReadDeadLetter {
     pub payload: Vec<u8>,
 }
 
-/// Reads every message of `topic` (all partitions, from the start) until it is drained.
-pub fn read_dead_letters(brokers: &str, topic: &str) -> anyhow::Result<Vec<ReadDeadLetter>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// A consumer of a group of its own that reads from the start and says where each
+/// partition ends.
+fn reader(brokers: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique_topic("reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
-        .create()?;
+        .create()?)
+}
+
+/// Reads every message of `topic` (all partitions, from the start) until it is drained.
+pub fn read_dead_letters(brokers: &str, topic: &str) -> anyhow::Result<Vec<ReadDeadLetter>> {
+    let consumer = reader(brokers)?;
     consumer.subscribe(&[topic])?;
     let mut letters = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -95,12 +101,7 @@ pub fn read_dead_letters(brokers: &str, topic: &str) -> anyhow::Result<Vec<ReadD
 /// content-type header; waits until each partition reached its end.
 pub fn read_samples(brokers: &str, topic: &str) -> anyhow::Result<Vec<tally_model::Sample>> {
     use tally_model::wire::{CONTENT_TYPE_HEADER, Encoding};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique_topic("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .create()?;
+    let consumer = reader(brokers)?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
     let partitions = metadata
         .topics()
