@@ -239,7 +239,7 @@ impl AgentConfig {
                 if !cfg!(feature = "libvirt") {
                     return Err(invalid(format!(
                         "source.kind = \"libvirt\" ({uri}) needs a tally built with the \
-                         `libvirt` feature (cargo build --release -p tally-cli --features libvirt)"
+                         `libvirt` feature (cargo build --release -p tally --features libvirt)"
                     )));
                 }
             }

@@ -62,7 +62,7 @@ impl FileSource {
     /// Follows `path`; `-` reads stdin.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
         if path == Path::new("-") {
-            return Ok(Self::stdin());
+            return Self::reading(|| std::io::stdin().lock());
         }
         let file = File::open(path).map_err(|error| SourceError::File {
             path: path.display().to_string(),
@@ -78,20 +78,23 @@ impl FileSource {
         })
     }
 
-    fn stdin() -> Self {
+    /// Reads the lines of the input `open` gives (stdin) on a thread of its own.
+    fn reading<R: BufRead>(open: impl FnOnce() -> R + Send + 'static) -> Result<Self, SourceError> {
         let (sender, lines) = sync_channel(STDIN_QUEUE_LINES);
         std::thread::Builder::new()
             .name("tally-stdin".to_owned())
-            .spawn(move || read_lines(std::io::stdin().lock(), &sender))
-            .map(|_| ())
-            .unwrap_or_else(|error| tracing::error!(%error, "cannot start the stdin reader"));
-        Self {
+            .spawn(move || read_lines(open(), &sender))
+            .map_err(|error| SourceError::File {
+                path: "stdin".to_owned(),
+                detail: format!("cannot start its reader thread: {error}"),
+            })?;
+        Ok(Self {
             input: Input::Stdin {
                 lines,
                 closed: false,
             },
             line: 1,
-        }
+        })
     }
 
     /// The file's name, or `stdin`, for locations of refused lines.
@@ -266,6 +269,28 @@ mod tests {
         source
             .observe("2026-11-23T10:05:00Z".parse().expect("minute"))
             .expect("reads")
+    }
+
+    #[test]
+    fn stdin_is_read_to_its_end_and_then_the_source_is_finished() {
+        let input = format!("{SAMPLE}\nnot json\n{SAMPLE}");
+        let mut source =
+            FileSource::reading(move || std::io::Cursor::new(input.into_bytes())).expect("reads");
+        let mut taken = Vec::new();
+        for _ in 0..100 {
+            let finished = source.finished();
+            taken.extend(observe(&mut source));
+            if finished {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(source.finished(), "the end of the input is seen");
+        assert_eq!(taken.len(), 3, "{taken:?}");
+        assert!(matches!(&taken[0], Observation::Sample(_)));
+        assert!(matches!(&taken[1], Observation::Rejected(r) if r.location == "stdin:2"));
+        // The last line has no newline: the end of the input ends it.
+        assert!(matches!(&taken[2], Observation::Sample(_)));
     }
 
     #[test]
