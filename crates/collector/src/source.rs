@@ -113,7 +113,8 @@ pub struct InterfaceCounters {
     /// host counts per destination. The traffic configuration maps it to internal or
     /// external (see [`crate::traffic`]).
     pub attachment: String,
-    /// Bytes the resource sent (the tap device's receive side, seen from the guest).
+    /// Bytes the resource sent: libvirt's `tx_bytes`, as `virDomainInterfaceStats` reports
+    /// the guest's view (it swaps the host tap device's receive and transmit counters).
     pub sent_bytes: u64,
     /// Bytes the resource received.
     pub received_bytes: u64,
