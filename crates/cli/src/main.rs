@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use tally_model::Minute;
 use tally_model::wire::Encoding;
+use tally_model::{Hour, Minute};
 
 #[derive(Parser)]
 #[command(
@@ -130,6 +130,36 @@ enum Command {
         #[arg(long, value_name = "ACCOUNT")]
         explain: Option<String>,
     },
+    /// Prepaid budgets (T5): balance and start decisions, computed from the lake.
+    Budget {
+        #[command(subcommand)]
+        command: BudgetCommand,
+    },
+    /// Settle prepaid budgets into the ledger and send each notice once (budget
+    /// exhausted, server state changes, stopped servers, traffic and cost alerts) to
+    /// stdout as JSON lines, and to a webhook and/or Kafka topic.
+    Watch {
+        #[command(flatten)]
+        inputs: WatchInputs,
+        /// Holds `notices.ndjson`, the notices delivered: keep it across runs.
+        #[arg(long)]
+        state: PathBuf,
+        /// POST each notice as JSON here, with an `Idempotency-Key` header.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Tries per notice before the run fails (the next run tries again).
+        #[arg(long, default_value_t = 5)]
+        webhook_attempts: u32,
+        /// Produce each notice to --topic on these brokers, keyed by its id.
+        #[arg(long)]
+        brokers: Option<String>,
+        #[arg(long, default_value = "tally.notices")]
+        topic: String,
+        /// Run again every N seconds (with --until following the clock) until
+        /// SIGTERM / Ctrl-C.
+        #[arg(long, value_name = "SECONDS", conflicts_with = "until")]
+        follow: Option<u64>,
+    },
     /// Tariff tools.
     Tariff {
         #[command(subcommand)]
@@ -140,6 +170,82 @@ enum Command {
         #[arg(long)]
         lake: PathBuf,
         query: String,
+    },
+}
+
+/// What budgets and notices are computed from (`tally budget`, `tally watch`).
+#[derive(clap::Args)]
+struct WatchInputs {
+    #[arg(long)]
+    lake: PathBuf,
+    /// Tariff files (TOML).
+    #[arg(long = "tariff", required = true)]
+    tariffs: Vec<PathBuf>,
+    /// The accounts' contracts (JSON).
+    #[arg(long)]
+    contracts: PathBuf,
+    /// The prepaid ledger (NDJSON: top-ups in, settled charges appended by `watch`).
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    /// The first month replayed, `YYYY-MM`: budgets start from zero in it (default: the
+    /// month of --until).
+    #[arg(long)]
+    since: Option<String>,
+    /// The first hour not replayed (`2026-10-05T14` or `2026-10-05T14:00:00Z`); default:
+    /// the current hour, so every hour replayed is over.
+    #[arg(long, value_parser = parse_hour)]
+    until: Option<Hour>,
+}
+
+impl WatchInputs {
+    fn request(self, state_dir: PathBuf) -> tally_rating::watch::WatchRequest {
+        let until = self
+            .until
+            .unwrap_or_else(|| Hour::containing(chrono::Utc::now()));
+        let since = self
+            .since
+            .unwrap_or_else(|| until.previous().to_datetime().format("%Y-%m").to_string());
+        tally_rating::watch::WatchRequest {
+            lake: self.lake,
+            tariffs: self.tariffs,
+            contracts: self.contracts,
+            ledger: self.ledger,
+            since,
+            until,
+            state_dir,
+        }
+    }
+}
+
+fn parse_hour(text: &str) -> Result<Hour, String> {
+    Hour::parse_partition_value(text)
+        .or_else(|_| {
+            text.parse::<Minute>()
+                .map(|minute| Hour::containing(minute.to_datetime()))
+        })
+        .map_err(|_| {
+            format!("'{text}' is not an hour such as 2026-10-05T14 or 2026-10-05T14:00:00Z")
+        })
+}
+
+#[derive(Subcommand)]
+enum BudgetCommand {
+    /// A prepaid account's balance, unpaid charges and when the balance runs out.
+    Status {
+        account: String,
+        #[command(flatten)]
+        inputs: WatchInputs,
+    },
+    /// May these servers start (T5: 24 h of each covered, minimum starting budgets)?
+    /// Exits 0 when allowed, 3 when refused.
+    Check {
+        account: String,
+        /// Servers to start: `TEMPLATE[/GPUS][×N]`, e.g. `infinityai-a100/8` or
+        /// `powerai-4090×2` (or `*2`); repeatable.
+        #[arg(long = "start", required = true)]
+        start: Vec<tally_rating::budget::StartRequest>,
+        #[command(flatten)]
+        inputs: WatchInputs,
     },
 }
 
@@ -343,6 +449,84 @@ fn main() -> Result<()> {
                 None => print_rate_report(&report),
             }
         }
+        Command::Budget {
+            command: BudgetCommand::Status { account, inputs },
+        } => {
+            let request = inputs.request(std::env::temp_dir());
+            let timeline = runtime.block_on(budget_timeline(&request, &account))?;
+            print_budget(&timeline);
+        }
+        Command::Budget {
+            command:
+                BudgetCommand::Check {
+                    account,
+                    start,
+                    inputs,
+                },
+        } => {
+            let request = inputs.request(std::env::temp_dir());
+            let timeline = runtime.block_on(budget_timeline(&request, &account))?;
+            let tariff = runtime.block_on(account_tariff(&request, &account))?;
+            let decision = tally_rating::budget::check_start(&tariff, &timeline, &start)?;
+            println!("{}", decision.reason);
+            if !decision.allowed {
+                std::process::exit(3);
+            }
+        }
+        Command::Watch {
+            inputs,
+            state,
+            webhook,
+            webhook_attempts,
+            brokers,
+            topic,
+            follow,
+        } => {
+            use tally_rating::deliver::{KafkaTopic, Sink, Webhook};
+            let mut sinks = vec![Sink::Stdout];
+            if let Some(url) = webhook {
+                sinks.push(Sink::Webhook(Webhook::new(
+                    &url,
+                    webhook_attempts,
+                    std::time::Duration::from_millis(500),
+                )?));
+            }
+            if let Some(brokers) = brokers {
+                sinks.push(Sink::Kafka(KafkaTopic::connect(&brokers, &topic)?));
+            }
+            let request = inputs.request(state);
+            let stop = Arc::new(AtomicBool::new(false));
+            if follow.is_some() {
+                let stop = stop.clone();
+                runtime.spawn(async move {
+                    shutdown_signal().await;
+                    stop.store(true, Ordering::Release);
+                });
+            }
+            loop {
+                let mut request = request.clone();
+                if follow.is_some() {
+                    request.until = Hour::containing(chrono::Utc::now());
+                }
+                let report = runtime.block_on(tally_rating::watch::run(&request, &sinks))?;
+                eprintln!(
+                    "watch up to {}: {} notices found, {} sent; {} ledger entries written; {} prepaid accounts",
+                    request.until.partition_value(),
+                    report.notices_found,
+                    report.notices_sent,
+                    report.ledger_entries_written,
+                    report.accounts
+                );
+                let Some(seconds) = follow else { break };
+                let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+                while Instant::now() < deadline && !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+        }
         Command::Tariff {
             command: TariffCommand::Check { file },
         } => {
@@ -360,6 +544,70 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One prepaid account's budget, replayed.
+async fn budget_timeline(
+    request: &tally_rating::watch::WatchRequest,
+    account: &str,
+) -> Result<tally_rating::budget::Timeline> {
+    if request.ledger.is_none() {
+        bail!("--ledger is needed: the balance is the ledger's top-ups less the charges");
+    }
+    let findings = tally_rating::watch::find(request).await?;
+    findings.timelines.get(account).cloned().with_context(|| {
+        format!(
+            "account '{account}' has no budget: no contract, or its tariff has no [prepaid] section"
+        )
+    })
+}
+
+/// The tariff version `account` is on in the month of `--until`.
+async fn account_tariff(
+    request: &tally_rating::watch::WatchRequest,
+    account: &str,
+) -> Result<tally_model::tariff::Tariff> {
+    let tariffs = tally_rating::tariff::load_tariffs(&request.tariffs)?;
+    let contracts = tally_rating::contracts::load_contracts(&request.contracts)?;
+    let contract = contracts
+        .get(account)
+        .with_context(|| format!("account '{account}' has no contract"))?;
+    let day = request.until.previous().to_datetime().date_naive();
+    tally_rating::tariff::version_for(&tariffs, &contract.tariff_id, day)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no version of tariff '{}' in force on {day}",
+                contract.tariff_id
+            )
+        })
+}
+
+fn print_budget(timeline: &tally_rating::budget::Timeline) {
+    println!("account {}", timeline.account_id);
+    println!("  balance           {}", timeline.balance.normalize());
+    match timeline.exhausted_since {
+        Some(hour) => println!(
+            "  exhausted since   hour {} ({} unpaid within reach)",
+            hour.partition_value(),
+            timeline.unpaid.normalize()
+        ),
+        None => println!("  exhausted         no"),
+    }
+    if let Some(hour) = timeline.last_hour {
+        println!(
+            "  last hour         {} charged {}",
+            hour.partition_value(),
+            timeline.last_charge.normalize()
+        );
+    }
+    match timeline.runs_out() {
+        Some(hour) => println!(
+            "  runs out          hour {} at the last hour's rate",
+            hour.partition_value()
+        ),
+        None => println!("  runs out          not at the last hour's rate"),
+    }
 }
 
 /// What a `tally rate` run did, for people.

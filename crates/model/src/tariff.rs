@@ -71,6 +71,55 @@ pub struct Tariff {
     /// paid whether used or not, consumed by all of the account's instances of it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reservations: Vec<Reservation>,
+    /// How prepaid accounts are run on this tariff (T5, T6); absent: the tariff has no
+    /// prepaid accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepaid: Option<Prepaid>,
+}
+
+/// The rules for accounts that pay in advance from a balance (T5, T6). Each hour's charge
+/// is debited from the balance once the hour is over; what happens when it cannot be is
+/// prescribed here, in hours after the hour whose charge the balance could not cover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prepaid {
+    /// The BILLING.md rule(s) this implements, carried by every budget event.
+    pub rule: String,
+    /// The smallest and largest top-up accepted (T5: 10 to 1000).
+    #[serde(with = "crate::money::string")]
+    pub top_up_min: Decimal,
+    #[serde(with = "crate::money::string")]
+    pub top_up_max: Decimal,
+    /// Starting servers needs a balance covering this many hours of each (T5: 24).
+    pub start_cover_hours: u32,
+    /// Once the balance has run out: servers are stopped at once, frozen after
+    /// `freeze_after_hours` and terminated after `terminate_after_hours` (T5: at the latest
+    /// 72 h), unless funds return first.
+    pub freeze_after_hours: u32,
+    pub terminate_after_hours: u32,
+    /// When funds return, the unpaid charges of at most this many hours before are
+    /// debited (T5: 12); older unpaid charges are written off.
+    pub retroactive_hours: u32,
+    /// A paying account is warned once a server has been stopped this long (T6: 16).
+    pub stopped_warning_hours: u32,
+    /// A trial account's server is frozen once it has been stopped this long (T6: 4).
+    pub trial_freeze_after_stopped_hours: u32,
+    /// A server is frozen once it has been stopped this long (T6: 7 days).
+    pub max_stopped_hours: u32,
+    /// Configurations that need a larger starting budget than the cover (T5: 96 h of an
+    /// 8-GPU infinityai), released once the server runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub minimum_start: Vec<MinimumStart>,
+}
+
+/// A starting budget of `hours` × the configuration's hourly price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinimumStart {
+    pub sku: String,
+    /// The GPU count of the configuration.
+    pub gpus: u16,
+    pub hours: u32,
 }
 
 /// A monthly flat product booked by contract (C4, C7): each calendar month in which the
@@ -453,6 +502,10 @@ pub struct TrafficCharge {
     pub unit: ByteUnit,
     /// How the overage becomes billed units.
     pub rounding: Rounding,
+    /// Shares of the month's allowance whose use is announced (H4: 0.75 and 1), each
+    /// once per resource and month by `tally watch`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify_shares: Vec<DecimalText>,
 }
 
 /// One price band: the units up to `up_to` (from the previous band's bound) cost `price`

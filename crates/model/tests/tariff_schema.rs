@@ -79,6 +79,7 @@ prorate_over_hours = 672
 price = "7"
 unit = "TB"
 rounding = "exact"
+notify_shares = ["0.75", "1"]
 [products.storage]
 rule = "X3"
 price = "0.03"
@@ -114,6 +115,21 @@ kind = "gpu_server"
 covers = "server"
 price = "0.025"
 terms_months = [12, 24, 36]
+[prepaid]
+rule = "X9"
+top_up_min = "10"
+top_up_max = "1000"
+start_cover_hours = 24
+freeze_after_hours = 24
+terminate_after_hours = 72
+retroactive_hours = 12
+stopped_warning_hours = 16
+trial_freeze_after_stopped_hours = 4
+max_stopped_hours = 168
+[[prepaid.minimum_start]]
+sku = "big"
+gpus = 8
+hours = 96
 "#;
 
 fn tariff_documents() -> Vec<(String, String)> {

@@ -6,6 +6,7 @@
 //!     "tariff_id": "centron",
 //!     "credit": "5.00",
 //!     "trial": false,
+//!     "cost_alerts": ["50.00", "100.00"],
 //!     "resources": [
 //!       { "resource_id": "gpu-7", "interval": "monthly", "start": "2026-10-03T10:00:00Z" },
 //!       { "resource_id": "cx-1", "options": ["backups"] }
@@ -25,6 +26,8 @@
 //!
 //! - `credit` (default 0) is offset against the invoice total (N6).
 //! - `trial` (default false) marks a free-trial account (T6; read by budgets, not rating).
+//! - `cost_alerts` (H10) are thresholds of the month's bill so far: `tally watch` sends a
+//!   notice the hour the bill first exceeds each.
 //! - `resources` lists only resources whose terms differ from the default: `interval`
 //!   (T2, default `hourly`; any other interval needs `start`, the instant the contract's
 //!   periods are counted from) and `options` the tariff's surcharges ask for (H6
@@ -48,7 +51,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use tally_model::ResourceKind;
-use tally_model::tariff::Interval;
+use tally_model::tariff::{DecimalText, Interval};
 
 use crate::error::{Error, Result};
 
@@ -67,6 +70,8 @@ pub struct AccountContract {
     pub credit: Option<Decimal>,
     #[serde(default)]
     pub trial: bool,
+    #[serde(default)]
+    pub cost_alerts: Vec<DecimalText>,
     #[serde(default)]
     pub resources: Vec<ResourceTerms>,
     #[serde(default)]
@@ -159,6 +164,13 @@ impl AccountContract {
     fn check(&self) -> std::result::Result<(), String> {
         if self.credit.is_some_and(|credit| credit.is_sign_negative()) {
             return Err("credit must not be negative".to_owned());
+        }
+        if let Some(alert) = self
+            .cost_alerts
+            .iter()
+            .find(|alert| alert.0 <= Decimal::ZERO)
+        {
+            return Err(format!("cost alert {} must be positive", alert.0));
         }
         let mut seen = BTreeSet::new();
         for terms in &self.resources {

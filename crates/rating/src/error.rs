@@ -63,6 +63,23 @@ pub enum Error {
         path: PathBuf,
         source: parquet::errors::ParquetError,
     },
+    /// A ledger line that cannot be read; `line` 0 when writing.
+    #[error("ledger {path}, line {line}: {detail}")]
+    Ledger {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+    /// A budget question that has no answer as asked.
+    #[error("budget of account '{account_id}': {detail}")]
+    Budget { account_id: String, detail: String },
+    /// A notice that could not be delivered; it is delivered again by the next run.
+    #[error("delivering notice {id} to {sink}: {detail}")]
+    Delivery {
+        id: String,
+        sink: String,
+        detail: String,
+    },
     #[error("cannot {action}: {source}")]
     Io {
         action: String,

@@ -27,16 +27,22 @@
 //! [`sql`] gives analysts the same tables (`tally sql`).
 
 pub mod bookings;
+pub mod budget;
 pub mod contracts;
 pub mod correction;
+pub mod deliver;
 pub mod error;
 pub mod explain;
 pub mod fold;
 pub mod invoice;
+pub mod ledger;
 pub mod month;
+pub mod notice;
 pub mod price;
+pub mod replay;
 pub mod tariff;
 pub mod usage;
+pub mod watch;
 pub mod write;
 
 use std::collections::BTreeMap;

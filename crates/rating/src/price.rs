@@ -273,8 +273,58 @@ fn weighted_minutes(
     Ok(sum)
 }
 
+/// The bytes a traffic charge counts: its meters summed.
+pub(crate) fn traffic_used_bytes(
+    traffic: &TrafficCharge,
+    usage: &ResourceUsage,
+) -> Result<Decimal, String> {
+    let mut used_bytes = 0i128;
+    for counter in BTreeSet::from_iter(traffic.counters.iter().copied()) {
+        let bytes = match counter {
+            TrafficCounter::OutExternal => usage.out_external_bytes,
+            TrafficCounter::OutInternal => usage.out_internal_bytes,
+            TrafficCounter::In => usage.in_bytes,
+        };
+        used_bytes = used_bytes
+            .checked_add(bytes)
+            .ok_or_else(|| "traffic overflows".to_owned())?;
+    }
+    Decimal::try_from_i128_with_scale(used_bytes, 0)
+        .map_err(|_| format!("{used_bytes} bytes of traffic do not fit a decimal"))
+}
+
+/// The bytes a traffic charge includes for a resource of `max_gpus` GPUs billed for
+/// `billed_hours`, and words about how (T4 per GPU, N4 prorated).
+pub(crate) fn traffic_included_bytes(
+    traffic: &TrafficCharge,
+    max_gpus: u16,
+    billed_hours: Decimal,
+) -> Result<(Decimal, String), String> {
+    let mut included = mul(
+        traffic.included,
+        Decimal::from(traffic.included_unit.bytes()),
+        "included traffic",
+    )?;
+    let mut allowance = format!("{} {}", traffic.included.normalize(), traffic.included_unit);
+    if traffic.included_per == AllowanceScope::Gpu {
+        included = mul(included, Decimal::from(max_gpus), "included traffic")?;
+        allowance = format!("{allowance} per GPU × {max_gpus}");
+    }
+    if let Some(over) = traffic.prorate_over_hours {
+        let over = Decimal::from(over);
+        let hours = billed_hours.min(over);
+        included = div(
+            mul(included, hours, "included traffic")?,
+            over,
+            "included traffic",
+        )?;
+        allowance = format!("{allowance} × {}/{over} h", hours.normalize());
+    }
+    Ok((included, allowance))
+}
+
 /// The price of one unit of the charge for a GPU configuration, and words about it.
-fn unit_price(charge: &TimeCharge, gpus: u16) -> Result<(Decimal, String), String> {
+pub(crate) fn unit_price(charge: &TimeCharge, gpus: u16) -> Result<(Decimal, String), String> {
     if !charge.per_gpu {
         return Ok((charge.price, String::new()));
     }
@@ -623,41 +673,10 @@ impl Context<'_> {
         traffic: &TrafficCharge,
         billed_hours: Decimal,
     ) -> Result<Option<LineItem>, String> {
-        let usage = self.usage;
-        let mut used_bytes = 0i128;
-        for counter in BTreeSet::from_iter(traffic.counters.iter().copied()) {
-            let bytes = match counter {
-                TrafficCounter::OutExternal => usage.out_external_bytes,
-                TrafficCounter::OutInternal => usage.out_internal_bytes,
-                TrafficCounter::In => usage.in_bytes,
-            };
-            used_bytes = used_bytes
-                .checked_add(bytes)
-                .ok_or_else(|| "traffic overflows".to_owned())?;
-        }
-        let used = Decimal::try_from_i128_with_scale(used_bytes, 0)
-            .map_err(|_| format!("{used_bytes} bytes of traffic do not fit a decimal"))?;
+        let used = traffic_used_bytes(traffic, self.usage)?;
         let unit_bytes = Decimal::from(traffic.unit.bytes());
-        let mut included = mul(
-            traffic.included,
-            Decimal::from(traffic.included_unit.bytes()),
-            "included traffic",
-        )?;
-        let mut allowance = format!("{} {}", traffic.included.normalize(), traffic.included_unit);
-        if traffic.included_per == AllowanceScope::Gpu {
-            included = mul(included, Decimal::from(usage.max_gpus), "included traffic")?;
-            allowance = format!("{allowance} per GPU × {}", usage.max_gpus);
-        }
-        if let Some(over) = traffic.prorate_over_hours {
-            let over = Decimal::from(over);
-            let hours = billed_hours.min(over);
-            included = div(
-                mul(included, hours, "included traffic")?,
-                over,
-                "included traffic",
-            )?;
-            allowance = format!("{allowance} × {}/{over} h", hours.normalize());
-        }
+        let (included, allowance) =
+            traffic_included_bytes(traffic, self.usage.max_gpus, billed_hours)?;
         if used <= included {
             return Ok(None);
         }

@@ -14,7 +14,8 @@ use chrono::NaiveDate;
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use tally_model::tariff::{
-    Interval, PricePer, Product, SCHEMA_V1, StorageAccounting, Tariff, TimeCharge, TimeQuantity,
+    Interval, Prepaid, PricePer, Product, SCHEMA_V1, StorageAccounting, Tariff, TimeCharge,
+    TimeQuantity,
 };
 use tally_model::{ResourceKind, ResourceState};
 use toml::de::{DeTable, DeValue};
@@ -279,6 +280,52 @@ pub fn check(tariff: &Tariff) -> Vec<Problem> {
             problems.push(Problem::new(
                 at.key("covers"),
                 format!("reservation '{}': {message}", reservation.name),
+            ));
+        }
+    }
+    if let Some(prepaid) = &tariff.prepaid {
+        problems.extend(check_prepaid(tariff, prepaid, &root.key("prepaid")));
+    }
+    problems
+}
+
+/// The budget rules must be orderable in time and name templates the tariff sells.
+fn check_prepaid(tariff: &Tariff, prepaid: &Prepaid, at: &FieldPath) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if prepaid.top_up_min <= Decimal::ZERO || prepaid.top_up_max < prepaid.top_up_min {
+        problems.push(Problem::new(
+            at.key("top_up_max"),
+            format!(
+                "top-ups from {} to {}: need 0 < top_up_min ≤ top_up_max",
+                prepaid.top_up_min, prepaid.top_up_max
+            ),
+        ));
+    }
+    if prepaid.terminate_after_hours < prepaid.freeze_after_hours {
+        problems.push(Problem::new(
+            at.key("terminate_after_hours"),
+            format!(
+                "{} h is before the freeze at {} h: servers are frozen before they are terminated",
+                prepaid.terminate_after_hours, prepaid.freeze_after_hours
+            ),
+        ));
+    }
+    for (index, minimum) in prepaid.minimum_start.iter().enumerate() {
+        let sold = [ResourceKind::GpuServer, ResourceKind::Server]
+            .into_iter()
+            .filter_map(|kind| tariff.product(&minimum.sku, kind))
+            .any(|product| {
+                product.time.iter().any(|charge| {
+                    charge.interval == Interval::Hourly && charge.per == PricePer::Hour
+                })
+            });
+        if !sold {
+            problems.push(Problem::new(
+                at.key("minimum_start").index(index).key("sku"),
+                format!(
+                    "'{}' is not a server template with an hourly price in this tariff",
+                    minimum.sku
+                ),
             ));
         }
     }

@@ -490,6 +490,241 @@ impl MonthRollups {
     }
 }
 
+impl MonthRollups {
+    /// The month's rows of `accounts`, one per (resource, SKU, label set, GPU count, hour)
+    /// with the masks OR-ed and the meters summed, in hour order: what replaying a month
+    /// hour by hour needs (budgets and notifications, see `replay.rs`).
+    pub async fn label_hours(&self, accounts: &[String]) -> Result<Vec<LabelHour>> {
+        if accounts.is_empty() || self.files == 0 {
+            return Ok(Vec::new());
+        }
+        let wanted = accounts
+            .iter()
+            .map(|account| format!("'{}'", account.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let query = format!(
+            "SELECT account_id, resource_id, kind, sku, labels, CAST(gpus AS BIGINT) AS gpus,
+                    hour_start, max(zone) AS last_zone,
+                    bit_or(running_mask) AS running_mask, bit_or(stopped_mask) AS stopped_mask,
+                    bit_or(frozen_mask) AS frozen_mask, bit_or(active_mask) AS active_mask,
+                    sum(CAST(out_external_bytes AS DECIMAL(38, 0))) AS out_external_bytes,
+                    sum(CAST(out_internal_bytes AS DECIMAL(38, 0))) AS out_internal_bytes,
+                    sum(CAST(in_bytes AS DECIMAL(38, 0))) AS in_bytes,
+                    sum(CAST(size_byte_minutes AS DECIMAL(38, 0))) AS size_byte_minutes,
+                    count(*) AS rollup_rows
+             FROM {MONTH_TABLE}
+             WHERE account_id IN ({wanted})
+             GROUP BY account_id, resource_id, kind, sku, labels, gpus, hour_start
+             ORDER BY hour_start, account_id, resource_id, kind, sku, labels, gpus"
+        );
+        let batches = self.context.sql(&query).await?.collect().await?;
+        let mut rows = Vec::new();
+        for batch in &batches {
+            let columns = Columns::new(batch)?;
+            let masks: Vec<&UInt64Array> = MASK_COLUMNS
+                .iter()
+                .map(|name| columns.typed::<UInt64Array>(name))
+                .collect::<Result<_>>()?;
+            for row in 0..batch.num_rows() {
+                let (account_id, resource_id, kind, sku) = columns.key(row)?;
+                let hour = columns.hour("hour_start", row)?;
+                if hour < self.month.first_hour() || hour >= self.month.end_hour() {
+                    return Err(columns.bad(
+                        row,
+                        format!(
+                            "a row of hour {} in the files of month {}: a file holds hours other than its directory's",
+                            hour.partition_value(),
+                            self.month.label
+                        ),
+                    ));
+                }
+                rows.push(LabelHour {
+                    kind: columns.kind(row, &kind)?,
+                    account_id,
+                    resource_id,
+                    sku,
+                    labels: columns.text("labels")?.value(row).to_owned(),
+                    zone: columns.text("last_zone")?.value(row).to_owned(),
+                    gpus: columns.gpus(row)?,
+                    hour,
+                    masks: std::array::from_fn(|state| {
+                        let array = masks[state];
+                        if array.is_null(row) {
+                            0
+                        } else {
+                            array.value(row)
+                        }
+                    }),
+                    out_external_bytes: columns.decimal("out_external_bytes", row)?,
+                    out_internal_bytes: columns.decimal("out_internal_bytes", row)?,
+                    in_bytes: columns.decimal("in_bytes", row)?,
+                    size_byte_minutes: columns.decimal("size_byte_minutes", row)?,
+                    rollup_rows: columns.int("rollup_rows", row)?,
+                });
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// The minute masks in [`ResourceState::ALL`] order.
+const MASK_COLUMNS: [&str; ResourceState::COUNT] =
+    ["running_mask", "stopped_mask", "frozen_mask", "active_mask"];
+
+/// One resource-hour under one label set and GPU count: its rows' masks OR-ed (a minute
+/// in two rows counts once) and meters summed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelHour {
+    pub account_id: String,
+    pub resource_id: String,
+    pub kind: ResourceKind,
+    pub sku: String,
+    pub labels: String,
+    pub zone: String,
+    pub gpus: u16,
+    pub hour: Hour,
+    /// Minute masks indexed by [`ResourceState::index`].
+    pub masks: [u64; ResourceState::COUNT],
+    pub out_external_bytes: i128,
+    pub out_internal_bytes: i128,
+    pub in_bytes: i128,
+    pub size_byte_minutes: i128,
+    pub rollup_rows: i64,
+}
+
+impl ResourceUsage {
+    /// A usage with nothing in it yet, for [`Self::add_hour`].
+    pub fn empty(first: &LabelHour) -> Self {
+        Self {
+            account_id: first.account_id.clone(),
+            resource_id: first.resource_id.clone(),
+            kind: first.kind,
+            sku: first.sku.clone(),
+            zone: first.zone.clone(),
+            labels: first.labels.clone(),
+            max_gpus: 0,
+            hour_buckets: Vec::new(),
+            minute_buckets: Vec::new(),
+            present_minutes: 0,
+            out_external_bytes: 0,
+            out_internal_bytes: 0,
+            in_bytes: 0,
+            size_byte_minutes: 0,
+            first_hour: first.hour,
+            last_hour: first.hour,
+            rollup_rows: 0,
+        }
+    }
+
+    /// Adds one hour of this resource and SKU (all its label sets) exactly as the
+    /// month's query sums it: the hour's states and GPU count from the masks of all label
+    /// sets OR-ed, the minutes per label set, the meters summed. Hours must come in order.
+    pub fn add_hour(&mut self, rows: &[&LabelHour]) -> std::result::Result<HourStates, String> {
+        let Some(last) = rows.last() else {
+            return Err(format!(
+                "resource {}: an hour without rows",
+                self.resource_id
+            ));
+        };
+        let mut masks = [0u64; ResourceState::COUNT];
+        let mut gpus = 0;
+        for row in rows {
+            for (mask, row_mask) in masks.iter_mut().zip(row.masks) {
+                *mask |= row_mask;
+            }
+            gpus = gpus.max(row.gpus);
+            let minutes = row.masks.map(|mask| i64::from(mask.count_ones()));
+            let at = self.minute_buckets.binary_search_by(|bucket| {
+                (bucket.labels.as_str(), bucket.gpus).cmp(&(row.labels.as_str(), row.gpus))
+            });
+            match at {
+                Ok(index) => {
+                    let bucket = &mut self.minute_buckets[index];
+                    for (sum, minutes) in bucket.minutes.iter_mut().zip(minutes) {
+                        *sum += minutes;
+                    }
+                }
+                Err(index) => self.minute_buckets.insert(
+                    index,
+                    MinuteBucket {
+                        labels: row.labels.clone(),
+                        gpus: row.gpus,
+                        minutes,
+                    },
+                ),
+            }
+            let overflow = || {
+                format!(
+                    "hour {}: a monthly sum overflows",
+                    row.hour.partition_value()
+                )
+            };
+            for (sum, add) in [
+                (&mut self.out_external_bytes, row.out_external_bytes),
+                (&mut self.out_internal_bytes, row.out_internal_bytes),
+                (&mut self.in_bytes, row.in_bytes),
+                (&mut self.size_byte_minutes, row.size_byte_minutes),
+            ] {
+                *sum = sum.checked_add(add).ok_or_else(overflow)?;
+            }
+            self.rollup_rows += row.rollup_rows;
+        }
+        let states_seen = StatesSeen(
+            masks
+                .iter()
+                .enumerate()
+                .filter(|(_, mask)| **mask != 0)
+                .fold(0, |seen, (state, _)| seen | (1 << state)),
+        );
+        let minutes = masks.map(|mask| i64::from(mask.count_ones()));
+        let at = self
+            .hour_buckets
+            .binary_search_by(|bucket| (bucket.states_seen, bucket.gpus).cmp(&(states_seen, gpus)));
+        match at {
+            Ok(index) => {
+                let bucket = &mut self.hour_buckets[index];
+                bucket.hours += 1;
+                for (sum, minutes) in bucket.minutes.iter_mut().zip(minutes) {
+                    *sum += minutes;
+                }
+            }
+            Err(index) => self.hour_buckets.insert(
+                index,
+                HourBucket {
+                    states_seen,
+                    gpus,
+                    hours: 1,
+                    minutes,
+                },
+            ),
+        }
+        self.present_minutes +=
+            i64::from(masks.iter().fold(0, |all, mask| all | mask).count_ones());
+        self.max_gpus = self.max_gpus.max(gpus);
+        self.first_hour = self.first_hour.min(last.hour);
+        self.last_hour = last.hour;
+        // The month's query takes the greatest zone and labels of the last hour.
+        self.zone = rows
+            .iter()
+            .map(|row| row.zone.as_str())
+            .max()
+            .unwrap_or_default()
+            .to_owned();
+        self.labels = rows
+            .iter()
+            .map(|row| row.labels.as_str())
+            .max()
+            .unwrap_or_default()
+            .to_owned();
+        Ok(HourStates {
+            hour: last.hour,
+            states_seen,
+            gpus,
+        })
+    }
+}
+
 /// Per resource: its usage folded by `resource_usage` (sorted by the caller).
 pub fn folded_usage_sql() -> String {
     format!(

@@ -1,6 +1,7 @@
 //! The rating crate's integration tests: one binary, a module per area.
 
 mod bookings;
+mod budgets;
 mod corrections;
 mod lake;
 mod outputs;

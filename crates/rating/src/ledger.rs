@@ -1,0 +1,196 @@
+//! The prepaid ledger: one append-only NDJSON file for all prepaid accounts.
+//!
+//! ```json
+//! {"id":"pay-1042","at":"2026-10-01T08:12:00Z","account_id":"lab","entry":"top_up","amount":"100.00"}
+//! {"id":"lab/2026-10-01T08/charge","at":"2026-10-01T09:00:00Z","account_id":"lab","entry":"charge","hour":"2026-10-01T08","amount":"0.65","balance":"99.35"}
+//! ```
+//!
+//! The provider's payment system appends `top_up`s (amount within the tariff's top-up
+//! bounds, T5). Tally appends the rest as hours are settled (`tally watch --ledger`):
+//! - `charge`: an hour's charge paid from the balance once the hour is over;
+//! - `unpaid`: an hour's charge the balance could not pay;
+//! - `retroactive_charge`: an unpaid hour paid when funds returned (T5: at most 12 h back);
+//! - `write_off`: an unpaid hour beyond that reach, never charged;
+//! - `adjustment`: late usage changed an hour already written; the difference.
+//!
+//! Tally's entries are derived (from the rollups, the tariff and the top-ups): a run
+//! appends only what the file does not hold yet, by id, so running twice writes nothing
+//! twice. Nothing is ever rewritten: the file is the account's statement.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What an entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    TopUp,
+    Charge,
+    Unpaid,
+    RetroactiveCharge,
+    WriteOff,
+    Adjustment,
+}
+
+/// One line of the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerEntry {
+    /// Unique in the file. Top-ups: the payment's id; Tally's entries:
+    /// `account/hour/kind`.
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub account_id: String,
+    pub entry: EntryKind,
+    #[serde(with = "tally_model::money::string")]
+    pub amount: Decimal,
+    /// The hour (`YYYY-MM-DDTHH`, UTC) a charge is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hour: Option<String>,
+    /// The balance after this entry.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "tally_model::money::optional_string"
+    )]
+    pub balance: Option<Decimal>,
+}
+
+/// A ledger file, read.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    pub entries: Vec<LedgerEntry>,
+}
+
+impl Ledger {
+    /// Reads the file; a missing file is an empty ledger. Every bad line is an error that
+    /// names the file and line.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(Error::Io {
+                    action: format!("read the ledger {}", path.display()),
+                    source,
+                });
+            }
+        };
+        let mut entries = Vec::new();
+        let mut ids = BTreeMap::new();
+        for (index, line) in text.lines().enumerate() {
+            let number = index + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = |detail: String| Error::Ledger {
+                path: path.to_owned(),
+                line: number,
+                detail,
+            };
+            let entry: LedgerEntry = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            if entry.entry == EntryKind::TopUp && entry.amount <= Decimal::ZERO {
+                return Err(bad(format!(
+                    "top-up '{}' of {} is not positive",
+                    entry.id, entry.amount
+                )));
+            }
+            if let Some(first) = ids.insert(entry.id.clone(), number) {
+                return Err(bad(format!(
+                    "id '{}' is already used on line {first}",
+                    entry.id
+                )));
+            }
+            entries.push(entry);
+        }
+        Ok(Self { entries })
+    }
+
+    /// The top-ups of one account, in time order.
+    pub fn top_ups(&self, account_id: &str) -> Vec<&LedgerEntry> {
+        let mut top_ups: Vec<&LedgerEntry> = self
+            .entries
+            .iter()
+            .filter(|entry| entry.entry == EntryKind::TopUp && entry.account_id == account_id)
+            .collect();
+        top_ups.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+        top_ups
+    }
+
+    /// The accounts with top-ups: the prepaid accounts.
+    pub fn accounts(&self) -> Vec<String> {
+        let mut accounts: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|entry| entry.entry == EntryKind::TopUp)
+            .map(|entry| entry.account_id.clone())
+            .collect();
+        accounts.sort();
+        accounts.dedup();
+        accounts
+    }
+
+    /// Of `settled` (Tally's entries, as computed now), what the file lacks: new entries,
+    /// and an `adjustment` where the amounts under an id no longer add up to the
+    /// computed one (late usage restated an hour already written).
+    pub fn missing(&self, settled: &[LedgerEntry]) -> Vec<LedgerEntry> {
+        let mut written: BTreeMap<&str, (Decimal, usize)> = BTreeMap::new();
+        for entry in &self.entries {
+            let base = entry.id.split("/adjustment-").next().unwrap_or(&entry.id);
+            let sum = written.entry(base).or_default();
+            sum.0 += entry.amount;
+            if entry.entry == EntryKind::Adjustment {
+                sum.1 += 1;
+            }
+        }
+        let mut missing = Vec::new();
+        for entry in settled {
+            match written.get(entry.id.as_str()) {
+                None => missing.push(entry.clone()),
+                Some((amount, _)) if *amount == entry.amount => {}
+                Some((amount, adjustments)) => missing.push(LedgerEntry {
+                    id: format!("{}/adjustment-{}", entry.id, adjustments + 1),
+                    entry: EntryKind::Adjustment,
+                    amount: entry.amount - *amount,
+                    balance: None,
+                    ..entry.clone()
+                }),
+            }
+        }
+        missing
+    }
+
+    /// Appends `entries` to the file with one write and an fsync.
+    pub fn append(path: &Path, entries: &[LedgerEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let io = |source| Error::Io {
+            action: format!("append to the ledger {}", path.display()),
+            source,
+        };
+        let mut text = String::new();
+        for entry in entries {
+            text.push_str(&serde_json::to_string(entry).map_err(|e| Error::Ledger {
+                path: path.to_owned(),
+                line: 0,
+                detail: e.to_string(),
+            })?);
+            text.push('\n');
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        file.write_all(text.as_bytes()).map_err(io)?;
+        file.sync_data().map_err(io)
+    }
+}
