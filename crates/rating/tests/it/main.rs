@@ -4,6 +4,7 @@ mod bookings;
 mod budgets;
 mod corrections;
 mod lake;
+mod notices;
 mod outputs;
 mod properties;
 mod rules;
