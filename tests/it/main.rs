@@ -6,3 +6,4 @@ mod aggregator_groups;
 mod broker_pipeline;
 mod collector;
 mod demo;
+mod watch;

@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 
 /// The broker `tests/run` started. Tests that need it fail, never skip, without it.
 pub fn broker() -> String {
@@ -66,35 +66,43 @@ fn reader(brokers: &str) -> anyhow::Result<BaseConsumer> {
         .create()?)
 }
 
-/// Reads every message of `topic` (all partitions, from the start) until it is drained.
-pub fn read_dead_letters(brokers: &str, topic: &str) -> anyhow::Result<Vec<ReadDeadLetter>> {
+/// Reads every message of a one-partition `topic` from the start until it is drained.
+pub fn read_messages(brokers: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer = reader(brokers)?;
     consumer.subscribe(&[topic])?;
-    let mut letters = Vec::new();
+    let mut messages = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(message)) => {
-                let header = |key: &str| {
-                    message
-                        .headers()
-                        .and_then(|headers| headers.iter().find(|h| h.key == key))
-                        .and_then(|h| h.value)
-                        .map(|value| String::from_utf8_lossy(value).into_owned())
-                        .unwrap_or_default()
-                };
-                letters.push(ReadDeadLetter {
-                    reason: header("tally-reason"),
-                    detail: header("tally-detail"),
-                    payload: message.payload().unwrap_or_default().to_vec(),
-                });
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(letters),
+            Some(Ok(message)) => messages.push(message.detach()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(messages),
             Some(Err(error)) => anyhow::bail!("reading {topic}: {error}"),
             None => {}
         }
     }
     anyhow::bail!("reading {topic} did not reach its end within 60 s")
+}
+
+/// Every dead letter of a one-partition `topic`, with its reason headers.
+pub fn read_dead_letters(brokers: &str, topic: &str) -> anyhow::Result<Vec<ReadDeadLetter>> {
+    Ok(read_messages(brokers, topic)?
+        .into_iter()
+        .map(|message| {
+            let header = |key: &str| {
+                message
+                    .headers()
+                    .and_then(|headers| headers.iter().find(|h| h.key == key))
+                    .and_then(|h| h.value)
+                    .map(|value| String::from_utf8_lossy(value).into_owned())
+                    .unwrap_or_default()
+            };
+            ReadDeadLetter {
+                reason: header("tally-reason"),
+                detail: header("tally-detail"),
+                payload: message.payload().unwrap_or_default().to_vec(),
+            }
+        })
+        .collect())
 }
 
 /// Every sample on `topic` (all partitions, from the start), decoded by its

@@ -167,7 +167,8 @@ impl ClientContext for ConsumerEvents {
     fn error(&self, error: KafkaError, reason: &str) {
         // With `enable.partition.eof` the end of a partition is how a drained run knows
         // it is done, not an error.
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        // librdkafka reports it per partition or, on some paths, as a global error.
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
             tracing::error!(%error, reason, "kafka consumer error");
         }
     }

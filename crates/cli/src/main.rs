@@ -112,8 +112,8 @@ enum Command {
         /// Billing month `YYYY-MM`.
         #[arg(long)]
         month: String,
-        /// Tariff files (TOML).
-        #[arg(long = "tariff", required = true)]
+        /// Tariff files (TOML): `--tariff a.toml --tariff b.toml` or `--tariff tariffs/*.toml`.
+        #[arg(long = "tariff", required = true, num_args = 1..)]
         tariffs: Vec<PathBuf>,
         /// The accounts' contracts (JSON).
         #[arg(long)]
@@ -178,8 +178,8 @@ enum Command {
 struct WatchInputs {
     #[arg(long)]
     lake: PathBuf,
-    /// Tariff files (TOML).
-    #[arg(long = "tariff", required = true)]
+    /// Tariff files (TOML): `--tariff a.toml --tariff b.toml` or `--tariff tariffs/*.toml`.
+    #[arg(long = "tariff", required = true, num_args = 1..)]
     tariffs: Vec<PathBuf>,
     /// The accounts' contracts (JSON).
     #[arg(long)]
@@ -588,9 +588,10 @@ fn print_budget(timeline: &tally_rating::budget::Timeline) {
     println!("  balance           {}", timeline.balance.normalize());
     match timeline.exhausted_since {
         Some(hour) => println!(
-            "  exhausted since   hour {} ({} unpaid within reach)",
+            "  exhausted since   hour {}: {} unpaid, of which a top-up now would charge {}",
             hour.partition_value(),
-            timeline.unpaid.normalize()
+            timeline.unpaid.normalize(),
+            timeline.retroactive_due.normalize()
         ),
         None => println!("  exhausted         no"),
     }

@@ -133,6 +133,7 @@ pub struct Shipper {
     producer: Arc<BaseProducer<ShipContext>>,
     /// Tells the polling thread to end when the shipper is dropped.
     stop_polling: Arc<AtomicBool>,
+    polling: Option<std::thread::JoinHandle<()>>,
     topic: String,
     partitions: i32,
     encoding: Encoding,
@@ -187,7 +188,7 @@ impl Shipper {
         let stop_polling = Arc::new(AtomicBool::new(false));
         let polled = Arc::clone(&producer);
         let stop = Arc::clone(&stop_polling);
-        std::thread::Builder::new()
+        let polling = std::thread::Builder::new()
             .name("tally-kafka-poll".to_owned())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -202,6 +203,7 @@ impl Shipper {
         Ok(Self {
             producer,
             stop_polling,
+            polling: Some(polling),
             topic: config.topic.clone(),
             partitions,
             encoding: config.encoding,
@@ -284,8 +286,12 @@ impl Shipper {
 
 impl Drop for Shipper {
     fn drop(&mut self) {
-        // The polling thread ends within one poll interval; it holds its own reference
-        // to the producer, so nothing waits for it here.
+        // The polling thread ends within one poll interval. It holds a reference to the
+        // producer: waiting for it means the producer is gone when the shipper is, so it
+        // never outlives the broker it talks to (the demo's in-process cluster).
         self.stop_polling.store(true, Ordering::Relaxed);
+        if let Some(polling) = self.polling.take() {
+            let _ = polling.join();
+        }
     }
 }

@@ -24,6 +24,10 @@ use tally_model::{Hour, Minute, ResourceKind};
 const BILLING_TIME_ZONE: chrono_tz::Tz = chrono_tz::Europe::Berlin;
 const SAMPLES_TOPIC: &str = "tally.samples";
 const DEAD_LETTER_TOPIC: &str = "tally.deadletter";
+/// The prepaid ledger the demo writes next to the lake, for `tally watch` and `tally budget`.
+pub const LEDGER_FILE: &str = "ledger.ndjson";
+/// Where the summary's `tally watch` keeps the notices it delivered.
+pub const WATCH_STATE_DIR: &str = "watch";
 
 #[derive(Clone, Debug)]
 pub struct DemoConfig {
@@ -84,6 +88,8 @@ pub struct DemoReport {
     pub rating: tally_rating::RateReport,
     pub lake: PathBuf,
     pub timings: Vec<(&'static str, Duration)>,
+    /// The first hour after the month (`YYYY-MM-DDTHH`, UTC).
+    pub end_hour: String,
 }
 
 /// The UTC minutes `[start, end)` of a billing month in the tariffs' time zone.
@@ -136,6 +142,7 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
         scale: config.scale,
     });
     write_contracts(&contracts, &fleet, &format!("{month}-01"))?;
+    write_ledger(&config.out.join(LEDGER_FILE), &fleet, start)?;
     // The mock cluster keeps only 5 MB per partition and drops older messages beyond it,
     // so the aggregator consumes while the collector ships, and the collector waits for
     // it after each chunk (as a real deployment's aggregator keeps up with its fleet).
@@ -207,6 +214,7 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
         rating,
         lake,
         timings,
+        end_hour: end.hour().partition_value(),
     })
 }
 
@@ -216,6 +224,8 @@ fn prepare_out_dir(out: &Path, lake: &Path) -> Result<()> {
         lake.to_owned(),
         out.join("tariffs"),
         out.join("contracts.json"),
+        out.join(LEDGER_FILE),
+        out.join(WATCH_STATE_DIR),
     ] {
         let removed = if stale.is_dir() {
             fs::remove_dir_all(&stale)
@@ -283,6 +293,7 @@ fn write_contracts(path: &Path, fleet: &Fleet, first_day: &str) -> Result<()> {
                             "options": ["backups"],
                         }]);
                     }
+                    contract["cost_alerts"] = serde_json::json!(["5.00", "20.00"]);
                 }
                 "centron" => {
                     contract["subscriptions"] =
@@ -303,6 +314,41 @@ fn write_contracts(path: &Path, fleet: &Fleet, first_day: &str) -> Result<()> {
         .collect();
     let text = serde_json::to_string_pretty(&serde_json::json!({ "accounts": accounts }))
         .unwrap_or_default();
+    fs::write(path, text).map_err(|source| Error::Io {
+        action: format!("write {}", path.display()),
+        source,
+    })
+}
+
+/// Top-ups for the Trooper.ai (prepaid) accounts an hour before the month: the first
+/// account gets 50.00, too little for its month, so `tally watch` has a budget running out
+/// to tell about; the others 1000.00 (the largest top-up, T5) on the 1st, 11th and 21st.
+fn write_ledger(path: &Path, fleet: &Fleet, start: Minute) -> Result<()> {
+    let mut text = String::new();
+    let prepaid = fleet
+        .contracts()
+        .into_iter()
+        .filter(|(_, tariff)| *tariff == "trooper-ai");
+    for (index, (account, _)) in prepaid.enumerate() {
+        let top_ups: &[(i64, &str)] = if index == 0 {
+            &[(0, "50.00")]
+        } else {
+            &[(0, "1000.00"), (10, "1000.00"), (20, "1000.00")]
+        };
+        for (day, amount) in top_ups {
+            let at =
+                start.to_datetime() + chrono::Duration::days(*day) - chrono::Duration::hours(1);
+            let entry = serde_json::json!({
+                "id": format!("demo-{account}-{day}"),
+                "at": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "account_id": account,
+                "entry": "top_up",
+                "amount": amount,
+            });
+            text.push_str(&entry.to_string());
+            text.push('\n');
+        }
+    }
     fs::write(path, text).map_err(|source| Error::Io {
         action: format!("write {}", path.display()),
         source,

@@ -80,5 +80,17 @@ pub fn render(report: &DemoReport, wall_time: Duration) -> String {
         text,
         "  duckdb -c \"SELECT kind, count(*) AS rows, sum(sample_count) AS samples FROM read_parquet('{lake}/rollups/*/*.parquet', hive_partitioning = true) GROUP BY kind\""
     );
+    let out = report
+        .lake
+        .parent()
+        .map_or_else(|| ".".into(), |out| out.display().to_string());
+    let _ = writeln!(
+        text,
+        "budgets and notices (prepaid Trooper.ai accounts, Hetzner cost alerts):\n  tally watch --lake {lake} --tariff {out}/tariffs/*.toml --contracts {out}/contracts.json --ledger {out}/{} --since {} --until {} --state {out}/{}",
+        crate::LEDGER_FILE,
+        report.month,
+        report.end_hour,
+        crate::WATCH_STATE_DIR
+    );
     text
 }

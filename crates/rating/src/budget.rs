@@ -46,8 +46,11 @@ pub struct Timeline {
     pub balance: Decimal,
     /// The hour whose charge the balance could not pay, while that lasts.
     pub exhausted_since: Option<Hour>,
-    /// Unpaid charges still within reach of a retroactive charge.
+    /// Unpaid charges since the budget ran out (none written off yet).
     pub unpaid: Decimal,
+    /// Of those, what a top-up right after the last hour would charge: the unpaid hours
+    /// within `retroactive_hours` of it (T5: 12 h); the rest would be written off.
+    pub retroactive_due: Decimal,
     /// The last hour replayed and its charge: the rate the balance is spent at.
     pub last_hour: Option<Hour>,
     pub last_charge: Decimal,
@@ -215,6 +218,14 @@ pub fn timeline(
         timeline.last_charge = charge;
     }
     timeline.unpaid = unpaid.iter().map(|(_, amount)| amount).sum();
+    if let Some(last) = timeline.last_hour {
+        let reach = last.unix_hours() + 1 - i64::from(policy.retroactive_hours);
+        timeline.retroactive_due = unpaid
+            .iter()
+            .filter(|(hour, _)| hour.unix_hours() >= reach)
+            .map(|(_, amount)| amount)
+            .sum();
+    }
     timeline
 }
 

@@ -5,6 +5,7 @@
 //! when a run stopped between delivering it and recording it (see `watch.rs`), and then
 //! with the same key, so a receiver that keeps the keys it has seen never acts twice.
 
+use std::io::Write;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -45,8 +46,15 @@ impl Sink {
         })?;
         match self {
             Self::Stdout => {
-                println!("{body}");
-                Ok(())
+                // Not `println!`: a closed pipe is an error of this sink, not a panic.
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{body}")
+                    .and_then(|()| out.flush())
+                    .map_err(|e| Error::Delivery {
+                        id: notice.id.clone(),
+                        sink: self.name(),
+                        detail: e.to_string(),
+                    })
             }
             Self::Webhook(webhook) => {
                 let webhook = webhook.clone();

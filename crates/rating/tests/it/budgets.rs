@@ -221,9 +221,11 @@ async fn t5_without_funds_servers_are_terminated_72_hours_after_the_balance_ran_
     );
     assert_eq!(timeline.balance, dec("0.25"));
     assert_eq!(timeline.exhausted_since, Some(hour("2026-10-05T15")));
-    // Unpaid within reach of a future top-up: all of it until one comes (0.65 + 24 ×
-    // 0.2275 + 48 × 0.065 = 9.23).
+    // Unpaid since it ran out: 0.65 + 24 × 0.2275 + 48 × 0.065 = 9.23.
     assert_eq!(timeline.unpaid, dec("9.23"));
+    // A top-up after hour 23 of the 8th reaches back to 12:00: the frozen hours 12–15
+    // (4 × 0.065), as the terminated server has no usage after 16:00.
+    assert_eq!(timeline.retroactive_due, dec("0.26"));
     assert_eq!(timeline.runs_out(), None);
     let tariff = trooper();
     let decision = check_start(
