@@ -18,7 +18,7 @@
 //! twice. Nothing is ever rewritten: the file is the account's statement.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -83,9 +83,19 @@ impl Ledger {
                 });
             }
         };
+        // A last line without its newline is an append in progress (or cut short): it is
+        // not read now, and nothing is appended after it (see `append`).
+        let complete = text.rfind('\n').map_or(0, |end| end + 1);
+        if complete < text.len() {
+            tracing::warn!(
+                path = %path.display(),
+                line = text[..complete].lines().count() + 1,
+                "the ledger's last line has no newline yet: not read this time"
+            );
+        }
         let mut entries = Vec::new();
         let mut ids = BTreeMap::new();
-        for (index, line) in text.lines().enumerate() {
+        for (index, line) in text[..complete].lines().enumerate() {
             let number = index + 1;
             if line.trim().is_empty() {
                 continue;
@@ -188,9 +198,92 @@ impl Ledger {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
             .map_err(io)?;
+        // Appending after a line without its newline would merge two entries into one
+        // unreadable line: that line must be finished (or removed) by whoever wrote it.
+        let length = file.metadata().map_err(io)?.len();
+        if length > 0 {
+            let mut last = [0u8; 1];
+            file.seek(std::io::SeekFrom::Start(length - 1))
+                .map_err(io)?;
+            file.read_exact(&mut last).map_err(io)?;
+            if last[0] != b'\n' {
+                return Err(Error::Ledger {
+                    path: path.to_owned(),
+                    line: 0,
+                    detail: "the last line has no newline (an append cut short or still being written): finish or remove it; nothing was appended".to_owned(),
+                });
+            }
+        }
         file.write_all(text.as_bytes()).map_err(io)?;
         file.sync_data().map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn top_up(id: &str, amount: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","at":"2026-10-01T08:00:00Z","account_id":"lab","entry":"top_up","amount":"{amount}"}}"#
+        )
+    }
+
+    #[test]
+    fn bad_lines_are_named_and_a_line_being_written_is_left_alone() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("ledger.ndjson");
+        std::fs::write(
+            &path,
+            format!("{}\n{}\n", top_up("a", "10"), top_up("a", "20")),
+        )
+        .expect("write");
+        let error = Ledger::load(&path).expect_err("duplicate id").to_string();
+        assert!(
+            error.contains("line 2: id 'a' is already used on line 1"),
+            "{error}"
+        );
+        std::fs::write(&path, format!("{}\n{{\"id\":\n", top_up("a", "10"))).expect("write");
+        let error = Ledger::load(&path).expect_err("bad json").to_string();
+        assert!(error.contains("ledger.ndjson, line 2"), "{error}");
+        std::fs::write(
+            &path,
+            format!("{}\n{}\n", top_up("a", "10"), top_up("b", "-1")),
+        )
+        .expect("write");
+        assert!(Ledger::load(&path).is_err(), "a negative top-up");
+
+        // Another process is mid-append: its line is not read, and Tally appends nothing
+        // after it, rather than merge two entries into one line.
+        let partial = &top_up("b", "30")[..20];
+        std::fs::write(&path, format!("{}\n{partial}", top_up("a", "10"))).expect("write");
+        let ledger = Ledger::load(&path).expect("load");
+        assert_eq!(ledger.entries.len(), 1);
+        let settled = LedgerEntry {
+            id: "lab/2026-10-01T08/charge".to_owned(),
+            at: "2026-10-01T09:00:00Z".parse().expect("time"),
+            account_id: "lab".to_owned(),
+            entry: EntryKind::Charge,
+            amount: Decimal::ONE,
+            hour: Some("2026-10-01T08".to_owned()),
+            balance: None,
+        };
+        let error = Ledger::append(&path, std::slice::from_ref(&settled))
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("no newline"), "{error}");
+        // Once the line is finished, the append goes through after it.
+        std::fs::write(
+            &path,
+            format!("{}\n{}\n", top_up("a", "10"), top_up("b", "30")),
+        )
+        .expect("write");
+        Ledger::append(&path, std::slice::from_ref(&settled)).expect("append");
+        let ledger = Ledger::load(&path).expect("load");
+        assert_eq!(ledger.entries.len(), 3);
+        assert!(ledger.missing(&[settled]).is_empty());
     }
 }
