@@ -233,6 +233,10 @@ enum BudgetCommand {
     /// A prepaid account's balance, unpaid charges and when the balance runs out.
     Status {
         account: String,
+        /// Also print every settled hour: charge, unpaid, retroactive charge, write-off,
+        /// with the balance after it.
+        #[arg(long)]
+        hours: bool,
         #[command(flatten)]
         inputs: WatchInputs,
     },
@@ -450,11 +454,27 @@ fn main() -> Result<()> {
             }
         }
         Command::Budget {
-            command: BudgetCommand::Status { account, inputs },
+            command:
+                BudgetCommand::Status {
+                    account,
+                    hours,
+                    inputs,
+                },
         } => {
             let request = inputs.request(std::env::temp_dir());
             let timeline = runtime.block_on(budget_timeline(&request, &account))?;
             print_budget(&timeline);
+            if hours {
+                for entry in &timeline.entries {
+                    println!(
+                        "  {} {:<18} {:>14} balance {}",
+                        entry.hour.as_deref().unwrap_or(""),
+                        entry.entry.as_str(),
+                        entry.amount.normalize(),
+                        entry.balance.unwrap_or_default().normalize()
+                    );
+                }
+            }
         }
         Command::Budget {
             command:

@@ -400,16 +400,8 @@ fn entry(
     balance: Option<Decimal>,
 ) -> LedgerEntry {
     let hour = hour.partition_value();
-    let name = match kind {
-        EntryKind::TopUp => "top_up",
-        EntryKind::Charge => "charge",
-        EntryKind::Unpaid => "unpaid",
-        EntryKind::RetroactiveCharge => "retroactive_charge",
-        EntryKind::WriteOff => "write_off",
-        EntryKind::Adjustment => "adjustment",
-    };
     LedgerEntry {
-        id: format!("{account_id}/{hour}/{name}"),
+        id: format!("{account_id}/{hour}/{}", kind.as_str()),
         at,
         account_id: account_id.to_owned(),
         entry: kind,

@@ -70,6 +70,13 @@ pub enum Error {
         line: usize,
         detail: String,
     },
+    /// A line of a state file (the emitted notices) that cannot be read.
+    #[error("{path}, line {line}: {detail}")]
+    StateFile {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
     /// A budget question that has no answer as asked.
     #[error("budget of account '{account_id}': {detail}")]
     Budget { account_id: String, detail: String },

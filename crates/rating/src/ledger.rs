@@ -39,6 +39,19 @@ pub enum EntryKind {
     Adjustment,
 }
 
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TopUp => "top_up",
+            Self::Charge => "charge",
+            Self::Unpaid => "unpaid",
+            Self::RetroactiveCharge => "retroactive_charge",
+            Self::WriteOff => "write_off",
+            Self::Adjustment => "adjustment",
+        }
+    }
+}
+
 /// One line of the ledger.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -347,7 +347,7 @@ impl EmittedLog {
         }
         let mut ids = BTreeSet::new();
         for (index, line) in text[..complete].lines().enumerate() {
-            let notice: Notice = serde_json::from_str(line).map_err(|e| Error::Ledger {
+            let notice: Notice = serde_json::from_str(line).map_err(|e| Error::StateFile {
                 path: path.clone(),
                 line: index + 1,
                 detail: format!("not a notice: {e}"),
