@@ -106,13 +106,13 @@ pub fn timeline(
             .filter(|top_up| top_up.at < hour_end)
         {
             next_top_up += 1;
-            timeline.balance += top_up.amount;
-            if timeline.exhausted_since.is_some() {
-                funds_returned(&mut timeline, policy, &mut unpaid, top_up.at);
-                if timeline.exhausted_since.is_none() {
-                    stopped_by_budget.clear();
-                }
-            }
+            credit(
+                &mut timeline,
+                policy,
+                &mut unpaid,
+                &mut stopped_by_budget,
+                top_up,
+            );
         }
         let charge = view.charge;
         let hour_text = hour.partition_value();
@@ -217,6 +217,18 @@ pub fn timeline(
         timeline.last_hour = Some(hour);
         timeline.last_charge = charge;
     }
+    // Top-ups after the last hour replayed count too (the ledger holds only what has been
+    // paid): a customer who just topped up may start servers now. A later run, replaying
+    // those hours, credits them at the same point: before the charge of their hour.
+    for top_up in &top_ups[next_top_up..] {
+        credit(
+            &mut timeline,
+            policy,
+            &mut unpaid,
+            &mut stopped_by_budget,
+            top_up,
+        );
+    }
     timeline.unpaid = unpaid.iter().map(|(_, amount)| amount).sum();
     if let Some(last) = timeline.last_hour {
         let reach = last.unix_hours() + 1 - i64::from(policy.retroactive_hours);
@@ -227,6 +239,24 @@ pub fn timeline(
             .sum();
     }
     timeline
+}
+
+/// A top-up: the balance grows and, if the budget was exhausted, the unpaid hours within
+/// reach are charged.
+fn credit(
+    timeline: &mut Timeline,
+    policy: &Prepaid,
+    unpaid: &mut Vec<(Hour, Decimal)>,
+    stopped_by_budget: &mut Vec<String>,
+    top_up: &LedgerEntry,
+) {
+    timeline.balance += top_up.amount;
+    if timeline.exhausted_since.is_some() {
+        funds_returned(timeline, policy, unpaid, top_up.at);
+        if timeline.exhausted_since.is_none() {
+            stopped_by_budget.clear();
+        }
+    }
 }
 
 /// Funds came back at `at` while exhausted: charge the unpaid hours within reach, oldest

@@ -195,15 +195,20 @@ async fn t5_the_balance_runs_out_servers_stop_freeze_and_funds_return_with_12_ho
     );
 }
 
-#[tokio::test]
-async fn t5_without_funds_servers_are_terminated_72_hours_after_the_balance_ran_out() {
+/// Runs 16 h on 10.00, then stopped for a day and frozen for two: terminated at 72 h.
+fn terminated_lake() -> Lake {
     let server = gpu_server("lab", "gpu-1", "powerai-4090", 1);
     let mut lake = Lake::default();
     lake.span(&server, Running, "2026-10-05T00:00:00Z", 16 * 60, 0, 0)
         .span(&server, Stopped, "2026-10-05T16:00:00Z", 24 * 60, 0, 0)
         .span(&server, Frozen, "2026-10-06T16:00:00Z", 48 * 60, 0, 0);
+    lake
+}
+
+#[tokio::test]
+async fn t5_without_funds_servers_are_terminated_72_hours_after_the_balance_ran_out() {
     let mut scene = Scene::new(
-        &lake,
+        &terminated_lake(),
         lab_contracts(),
         &[("lab", "2026-10-04T20:00:00Z", "10.00")],
     );
@@ -242,6 +247,51 @@ async fn t5_without_funds_servers_are_terminated_72_hours_after_the_balance_ran_
         "{}",
         decision.reason
     );
+}
+
+#[tokio::test]
+async fn t5_a_top_up_after_the_last_settled_hour_counts_at_once() {
+    let mut scene = Scene::new(
+        &terminated_lake(),
+        lab_contracts(),
+        &[
+            ("lab", "2026-10-04T20:00:00Z", "10.00"),
+            ("lab", "2026-10-09T00:30:00Z", "10.00"),
+        ],
+    );
+    scene.until("2026-10-09T00");
+    let findings = watch::find(&scene.request).await.expect("find");
+    let timeline = &findings.timelines["lab"];
+    // The top-up at 00:30 reaches back to 12:00 of the 8th: 4 frozen hours (0.26) are
+    // charged, the older unpaid hours written off: 0.25 + 10 − 0.26 = 9.99.
+    assert_eq!(timeline.balance, dec("9.99"));
+    assert_eq!(timeline.exhausted_since, None);
+    assert_eq!(
+        ids_of(&timeline.notices, NoticeKind::BudgetRestored),
+        vec!["budget_restored/lab/2026-10-09T00 @ 10-09T00:30"]
+    );
+    let decision = check_start(
+        &trooper(),
+        timeline,
+        &["erkunder-a4000".parse::<StartRequest>().expect("request")],
+    )
+    .expect("decision");
+    // 24 × 0.22 = 5.28 ≤ 9.99.
+    assert!(decision.allowed, "{}", decision.reason);
+    // The next run, with the hour of the top-up replayed, settles it at the same point.
+    scene.until("2026-10-09T02");
+    let later = watch::find(&scene.request).await.expect("find");
+    assert_eq!(later.timelines["lab"].balance, dec("9.99"));
+    let retroactive = |timeline: &tally_rating::budget::Timeline| {
+        timeline
+            .entries
+            .iter()
+            .filter(|entry| entry.entry == EntryKind::RetroactiveCharge)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(retroactive(timeline), retroactive(&later.timelines["lab"]));
+    assert_eq!(retroactive(timeline).len(), 4);
 }
 
 #[tokio::test]
@@ -363,7 +413,7 @@ async fn t7_notices_are_sent_once_across_runs_and_the_ledger_is_appended_once() 
     );
     let state = scene.request.state_dir.clone();
     let ledger_path = scene.path("ledger.ndjson");
-    // First run: up to 20:00 on the 6th (before the second top-up).
+    // First run: up to 20:00 on the 6th, the hour of the second top-up not replayed yet.
     scene.until("2026-10-06T20");
     let first = watch::run(&scene.request, &[]).await.expect("first run");
     let after_first = delivered(&state);
@@ -372,7 +422,11 @@ async fn t7_notices_are_sent_once_across_runs_and_the_ledger_is_appended_once() 
         ids_of(&after_first, NoticeKind::BudgetExhausted),
         vec!["budget_exhausted/lab/2026-10-05T15 @ 10-05T16:00"]
     );
-    assert!(ids_of(&after_first, NoticeKind::BudgetRestored).is_empty());
+    // The top-up at 20:30 is in the ledger, after the last hour replayed: it counts now.
+    assert_eq!(
+        ids_of(&after_first, NoticeKind::BudgetRestored),
+        vec!["budget_restored/lab/2026-10-06T20 @ 10-06T20:30"]
+    );
     // Same hours again: nothing new to send or write.
     let again = watch::run(&scene.request, &[]).await.expect("same run");
     assert_eq!((again.notices_sent, again.ledger_entries_written), (0, 0));
