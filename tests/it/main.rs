@@ -6,4 +6,5 @@ mod aggregator_groups;
 mod broker_pipeline;
 mod collector;
 mod demo;
+mod sql;
 mod watch;

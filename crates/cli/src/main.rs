@@ -129,6 +129,14 @@ enum Command {
         /// behind it; writes nothing.
         #[arg(long, value_name = "ACCOUNT")]
         explain: Option<String>,
+        /// What-if: a tariff file that replaces the loaded tariff of the same id for this
+        /// run (repeatable); with --compare.
+        #[arg(long = "tariff-override", value_name = "FILE", requires = "compare")]
+        tariff_overrides: Vec<PathBuf>,
+        /// Rate the month as configured and with --tariff-override, and print per account
+        /// and in total the old and new amounts and the lines that changed; writes nothing.
+        #[arg(long, conflicts_with_all = ["issue", "explain"])]
+        compare: bool,
     },
     /// Prepaid budgets (T5): balance and start decisions, computed from the lake.
     Budget {
@@ -165,11 +173,22 @@ enum Command {
         #[command(subcommand)]
         command: TariffCommand,
     },
-    /// Run SQL over the lake (tables `rollups` and `line_items`).
+    /// SQL over the lake: tables `rollups`, `line_items`, `invoices`, function `popcount`.
+    /// Without a query: statements (ending in `;`) from the terminal, with line editing,
+    /// history and `.tables` / `.quit`, or from stdin (SQL only).
     Sql {
         #[arg(long)]
         lake: PathBuf,
-        query: String,
+        query: Option<String>,
+        #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
+        format: SqlFormat,
+        /// Write the result here instead of stdout (needed for parquet); each statement
+        /// of a session rewrites it.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The interactive mode's history file; default `~/.tally_sql_history`.
+        #[arg(long)]
+        history: Option<PathBuf>,
     },
 }
 
@@ -257,6 +276,15 @@ enum BudgetCommand {
 enum TariffCommand {
     /// Validate a tariff file; errors name the line and field.
     Check { file: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SqlFormat {
+    Table,
+    Csv,
+    /// JSON lines: one object per row.
+    Json,
+    Parquet,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -437,6 +465,8 @@ fn main() -> Result<()> {
             out,
             issue,
             explain,
+            tariff_overrides,
+            compare,
         } => {
             let request = tally_rating::RateRequest {
                 out: out.unwrap_or_else(|| lake.clone()),
@@ -447,6 +477,12 @@ fn main() -> Result<()> {
                 issue,
                 explain,
             };
+            if compare {
+                let comparison = runtime
+                    .block_on(tally_rating::compare::compare(&request, &tariff_overrides))?;
+                print!("{}", comparison.render());
+                return Ok(());
+            }
             let report = runtime.block_on(tally_rating::rate(&request))?;
             match &report.explanation {
                 Some(explanation) => print!("{explanation}"),
@@ -558,10 +594,131 @@ fn main() -> Result<()> {
                 tariff.version
             );
         }
-        Command::Sql { lake, query } => {
-            let batches = runtime.block_on(tally_rating::sql(&lake, &query))?;
-            println!("{}", tally_rating::format_batches(&batches)?);
+        Command::Sql {
+            lake,
+            query,
+            format,
+            output,
+            history,
+        } => {
+            let format = match format {
+                SqlFormat::Table => tally_rating::sql::Format::Table,
+                SqlFormat::Csv => tally_rating::sql::Format::Csv,
+                SqlFormat::Json => tally_rating::sql::Format::Json,
+                SqlFormat::Parquet => tally_rating::sql::Format::Parquet,
+            };
+            if format == tally_rating::sql::Format::Parquet && output.is_none() {
+                bail!("--format parquet writes a file: give it with --output FILE");
+            }
+            let context = runtime.block_on(tally_rating::sql::session(&lake))?;
+            let answer = |statement: &str| -> Result<()> {
+                let batches = runtime.block_on(tally_rating::sql::run(&context, statement))?;
+                match &output {
+                    Some(path) => {
+                        let mut file = std::fs::File::create(path)
+                            .with_context(|| format!("creating {}", path.display()))?;
+                        tally_rating::sql::write(&batches, format, &mut file)?;
+                    }
+                    None => tally_rating::sql::write(&batches, format, &mut std::io::stdout())?,
+                }
+                Ok(())
+            };
+            match query {
+                Some(query) => answer(&query)?,
+                None => sql_session(&context, history, answer)?,
+            }
         }
+    }
+    Ok(())
+}
+
+/// `tally sql` without a query: statements from the terminal, with line editing and a
+/// history file, or from stdin when it is not a terminal. A failed statement prints its
+/// error and the session goes on (from stdin, the exit status is then 1).
+fn sql_session(
+    context: &tally_rating::sql::SessionContext,
+    history: Option<PathBuf>,
+    answer: impl Fn(&str) -> Result<()>,
+) -> Result<()> {
+    use std::io::{IsTerminal, Read};
+    let tables = || {
+        println!("{}", tally_rating::sql::table_names(context).join("\n"));
+    };
+    if !std::io::stdin().is_terminal() {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading statements from stdin")?;
+        let (mut statements, rest) = tally_rating::sql::split_statements(&text);
+        if !rest.trim().is_empty() {
+            statements.push(rest.trim().to_owned());
+        }
+        let mut failed = false;
+        for statement in statements {
+            if let Err(error) = answer(&statement) {
+                eprintln!("error: {error:#}");
+                failed = true;
+            }
+        }
+        if failed {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let history = history.or_else(|| {
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".tally_sql_history"))
+    });
+    let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
+    if let Some(path) = &history {
+        // A first session has no history yet.
+        let _ = editor.load_history(path);
+    }
+    println!(
+        "tables: {}; statements end with ';'; .tables, .quit",
+        tally_rating::sql::table_names(context).join(", ")
+    );
+    let mut pending = String::new();
+    loop {
+        let prompt = if pending.is_empty() {
+            "tally> "
+        } else {
+            "   ...> "
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                let command = line.trim();
+                if pending.is_empty() && command.starts_with('.') {
+                    let _ = editor.add_history_entry(command);
+                    match command {
+                        ".quit" | ".exit" => break,
+                        ".tables" => tables(),
+                        other => eprintln!("unknown command {other}: .tables, .quit"),
+                    }
+                    continue;
+                }
+                pending.push_str(&line);
+                pending.push('\n');
+                let (statements, rest) = tally_rating::sql::split_statements(&pending);
+                if statements.is_empty() {
+                    continue;
+                }
+                let _ = editor.add_history_entry(pending.trim());
+                for statement in statements {
+                    if let Err(error) = answer(&statement) {
+                        eprintln!("error: {error:#}");
+                    }
+                }
+                pending = rest.trim_start().to_owned();
+            }
+            Err(rustyline::error::ReadlineError::Interrupted) => pending.clear(),
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(error) => return Err(error).context("reading a statement"),
+        }
+    }
+    if let Some(path) = &history
+        && let Err(error) = editor.save_history(path)
+    {
+        eprintln!("cannot save the history to {}: {error}", path.display());
     }
     Ok(())
 }

@@ -122,21 +122,64 @@ fn totals<'a>(lines: &'a [LineItem]) -> Result<BTreeMap<LineKey, Billed<'a>>> {
     Ok(totals)
 }
 
-/// The correcting lines of round `round` that take `issued` to `current`, sorted.
-pub fn corrections(issued: &[LineItem], current: &[LineItem], round: u32) -> Result<Vec<LineItem>> {
-    let before = totals(issued)?;
-    let after = totals(current)?;
-    let mut keys: Vec<&LineKey> = before.keys().chain(after.keys()).collect();
+/// What a line key was billed before and after, for every key whose cost or quantity
+/// differs, sorted by key.
+fn differences<'a>(
+    before: &'a [LineItem],
+    after: &'a [LineItem],
+) -> Result<Vec<(Billed<'a>, Billed<'a>)>> {
+    let mut before = totals(before)?;
+    let mut after = totals(after)?;
+    let mut keys: Vec<LineKey> = before.keys().chain(after.keys()).cloned().collect();
     keys.sort();
     keys.dedup();
-    let zero = Billed::default();
-    let mut lines = Vec::new();
+    let mut changed = Vec::new();
     for key in keys {
-        let was = before.get(key).unwrap_or(&zero);
-        let now = after.get(key).unwrap_or(&zero);
-        if was.cost == now.cost && was.pricing_quantity == now.pricing_quantity {
-            continue;
+        let was = before.remove(&key).unwrap_or_default();
+        let now = after.remove(&key).unwrap_or_default();
+        if was.cost != now.cost || was.pricing_quantity != now.pricing_quantity {
+            changed.push((was, now));
         }
+    }
+    Ok(changed)
+}
+
+/// One line of an invoice that two ratings bill differently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangedLine {
+    pub account_id: String,
+    pub resource_id: Option<String>,
+    pub sku: String,
+    pub description: String,
+    pub before: Decimal,
+    pub after: Decimal,
+    /// The rule and figures of the line as billed after (`None`: no longer billed).
+    pub rule_after: Option<String>,
+}
+
+/// The lines `after` bills differently from `before` (what-if comparisons), sorted.
+pub fn changed_lines(before: &[LineItem], after: &[LineItem]) -> Result<Vec<ChangedLine>> {
+    Ok(differences(before, after)?
+        .into_iter()
+        .filter_map(|(was, now)| {
+            let line = now.line.or(was.line)?;
+            Some(ChangedLine {
+                account_id: line.billing_account_id.clone(),
+                resource_id: line.resource_id.clone(),
+                sku: line.sku_id.clone(),
+                description: line.charge_description.clone(),
+                before: was.cost,
+                after: now.cost,
+                rule_after: now.line.map(|line| line.x_rule.clone()),
+            })
+        })
+        .collect())
+}
+
+/// The correcting lines of round `round` that take `issued` to `current`, sorted.
+pub fn corrections(issued: &[LineItem], current: &[LineItem], round: u32) -> Result<Vec<LineItem>> {
+    let mut lines = Vec::new();
+    for (was, now) in differences(issued, current)? {
         let Some(template) = now.line.or(was.line) else {
             continue;
         };

@@ -24,10 +24,13 @@
 //! Usage that no contract covers, and SKUs that the tariff does not sell, are errors:
 //! nothing is ever silently unbilled.
 //!
-//! [`sql`] gives analysts the same tables (`tally sql`).
+//! [`mod@sql`] gives analysts the lake's tables (`tally sql`); [`watch`] settles prepaid
+//! budgets ([`budget`], [`ledger`]) and sends notices ([`notice`], [`deliver`]) from the
+//! month replayed hour by hour ([`replay`]).
 
 pub mod bookings;
 pub mod budget;
+pub mod compare;
 pub mod contracts;
 pub mod correction;
 pub mod deliver;
@@ -40,6 +43,7 @@ pub mod month;
 pub mod notice;
 pub mod price;
 pub mod replay;
+pub mod sql;
 pub mod tariff;
 pub mod usage;
 pub mod watch;
@@ -123,7 +127,6 @@ pub struct RateReport {
     pub explanation: Option<String>,
 }
 
-/// Rates one month and writes its line items and invoices.
 /// One time zone's month and the usage in it.
 struct ZoneUsage {
     month: BillingMonth,
@@ -132,8 +135,22 @@ struct ZoneUsage {
     resource_hours: BTreeMap<(String, String), Vec<usage::HourStates>>,
 }
 
-pub async fn rate(request: &RateRequest) -> Result<RateReport> {
-    let tariffs = tariff::load_tariffs(&request.tariffs)?;
+/// A month priced in memory: what [`rate`] writes, before anything is written.
+#[derive(Clone, Debug)]
+pub struct PricedMonth {
+    pub line_items: Vec<tally_model::LineItem>,
+    /// One per account with lines, by account id.
+    pub invoices: Vec<invoice::Invoice>,
+    /// Every account's tariff version and month, also of accounts without lines (their
+    /// corrections need them).
+    pub billing: BTreeMap<String, (Tariff, BillingMonth)>,
+    /// The explanation of [`RateRequest::explain`]'s account, if it has an invoice.
+    pub explanation: Option<String>,
+}
+
+/// Prices `request.month` with `tariffs` (the request's own tariff files are not read):
+/// usage from the lake, one usage query per tariff time zone.
+pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<PricedMonth> {
     let contracts = contracts::load_contracts(&request.contracts)?;
     let first_day = month::first_day(&request.month)?;
 
@@ -141,7 +158,7 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
     let mut plans: Vec<(&String, &contracts::AccountContract, &Tariff)> = Vec::new();
     for (account_id, contract) in &contracts {
         let tariff =
-            tariff::version_for(&tariffs, &contract.tariff_id, first_day).ok_or_else(|| {
+            tariff::version_for(tariffs, &contract.tariff_id, first_day).ok_or_else(|| {
                 Error::NoTariff {
                     account_id: account_id.clone(),
                     tariff_id: contract.tariff_id.clone(),
@@ -155,7 +172,7 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
     // Every loaded tariff's zone is queried, so usage of accounts without a contract is
     // found even when no contract uses that zone.
     let mut usage_by_zone: BTreeMap<&str, ZoneUsage> = BTreeMap::new();
-    for tariff in &tariffs {
+    for tariff in tariffs {
         if usage_by_zone.contains_key(tariff.time_zone.as_str()) {
             continue;
         }
@@ -207,11 +224,12 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
         });
     }
 
-    let mut line_items = Vec::new();
-    let mut invoices = Vec::new();
-    // Every account's tariff and month, also for corrections of accounts now without lines.
-    let mut billed: Vec<(&String, &Tariff, &BillingMonth)> = Vec::new();
-    let mut explanation = None;
+    let mut priced = PricedMonth {
+        line_items: Vec::new(),
+        invoices: Vec::new(),
+        billing: BTreeMap::new(),
+        explanation: None,
+    };
     for (account_id, contract, tariff) in plans {
         // Every loaded tariff's zone was queried above; a miss would be a bug, and
         // skipping the account would leave it unbilled.
@@ -225,7 +243,9 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
                 path: PathBuf::from(&tariff.id),
                 detail: format!("time zone {} was not queried", tariff.time_zone),
             })?;
-        billed.push((account_id, tariff, month));
+        priced
+            .billing
+            .insert(account_id.clone(), (tariff.clone(), month.clone()));
         // Usage is sorted by account: the account's is one contiguous run.
         let from = usages.partition_point(|usage| &usage.account_id < account_id);
         let to = usages.partition_point(|usage| &usage.account_id <= account_id);
@@ -250,20 +270,28 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
             contract.credit.unwrap_or_default(),
         )?;
         if request.explain.as_ref() == Some(account_id) {
-            explanation = Some(explain::explain(&invoice, &items, &account_usage));
+            priced.explanation = Some(explain::explain(&invoice, &items, &account_usage));
         }
-        invoices.push(invoice);
-        line_items.extend(items);
+        priced.invoices.push(invoice);
+        priced.line_items.extend(items);
     }
     tracing::info!(
-        line_items = line_items.len(),
-        invoices = invoices.len(),
+        line_items = priced.line_items.len(),
+        invoices = priced.invoices.len(),
         "priced"
     );
-    let billing: BTreeMap<&str, (&Tariff, &BillingMonth)> = billed
-        .iter()
-        .map(|(account_id, tariff, month)| (account_id.as_str(), (*tariff, *month)))
-        .collect();
+    Ok(priced)
+}
+
+/// Rates one month and writes its line items and invoices.
+pub async fn rate(request: &RateRequest) -> Result<RateReport> {
+    let tariffs = tariff::load_tariffs(&request.tariffs)?;
+    let PricedMonth {
+        line_items,
+        invoices,
+        billing,
+        explanation,
+    } = price_month(request, &tariffs).await?;
     let mut report = RateReport {
         month: request.month.clone(),
         invoices: Vec::new(),
@@ -331,7 +359,7 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
             let mut correction_invoices = Vec::new();
             for (account_id, lines) in by_account {
                 let (tariff, month) = match billing.get(account_id) {
-                    Some(found) => *found,
+                    Some((tariff, month)) => (tariff, month),
                     None => {
                         return Err(Error::NoContract {
                             account_id: account_id.to_owned(),
@@ -375,12 +403,9 @@ fn summary(invoice: &invoice::Invoice) -> InvoiceSummary {
     }
 }
 
-/// Runs SQL over the lake (`tally sql`): tables `rollups` (partition column `hour`) and,
-/// once a month was rated into the lake, `line_items` (partition column `month`); the
-/// function `popcount(mask)` counts a minute mask's minutes.
+/// Runs one SQL statement over the lake (`tally sql`; tables in [`sql`]).
 pub async fn sql(lake: &Path, query: &str) -> Result<Vec<RecordBatch>> {
-    let context = usage::lake_session(lake).await?;
-    Ok(context.sql(query).await?.collect().await?)
+    sql::query(lake, query).await
 }
 
 /// Batches as a text table, for printing query results.

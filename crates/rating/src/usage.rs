@@ -127,41 +127,8 @@ impl ResourceUsage {
     }
 }
 
-/// A session with the lake's tables registered: `rollups` (partition `hour`) and, if
-/// present, `line_items` (partition `month`), and the `popcount` function.
-pub async fn lake_session(lake: &Path) -> Result<SessionContext> {
-    // FOCUS columns are CamelCase (`BilledCost`): identifiers keep the case they are
-    // written in, so analysts need no double quotes (DuckDB resolves them the same way).
-    let config =
-        SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
-    let context = SessionContext::new_with_config(config);
-    context.register_udf(popcount_udf());
-    let rollups = lake.join("rollups");
-    if !rollups.is_dir() {
-        return Err(Error::NoLake(lake.to_owned()));
-    }
-    // The schema is given, not inferred: an empty lake (or month) is no usage, not an
-    // error, and every file must have the rollup v1 columns.
-    let schema = rollup_arrow_schema();
-    let options = ParquetReadOptions::default()
-        .schema(&schema)
-        .table_partition_cols(vec![(PARTITION_KEY.to_owned(), DataType::Utf8)]);
-    context
-        .register_parquet("rollups", table_url(&rollups), options)
-        .await?;
-    let line_items = lake.join("line_items");
-    if line_items.is_dir() {
-        let options = ParquetReadOptions::default()
-            .table_partition_cols(vec![("month".to_owned(), DataType::Utf8)]);
-        context
-            .register_parquet("line_items", table_url(&line_items), options)
-            .await?;
-    }
-    Ok(context)
-}
-
 /// A directory as a listing-table URL (the trailing slash makes it a directory).
-fn table_url(directory: &Path) -> String {
+pub fn table_url(directory: &Path) -> String {
     format!("{}/", directory.display())
 }
 
@@ -206,10 +173,7 @@ pub fn popcount_udf() -> ScalarUDF {
 /// The month's rollups in a [`MonthRollups`] session.
 const MONTH_TABLE: &str = "month_rollups";
 
-/// The rollup files of `month`: every Parquet file in its hour directories, and of each
-/// source partition only the highest generation (a restatement holds every row of the
-/// generation before it, which the aggregator removes once its manifest names the new
-/// one; a crash in between leaves both, and only the new one counts).
+/// The rollup files of `month`: of each hour directory, the [`current_generation`].
 pub fn month_files(lake: &Path, month: &BillingMonth) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut superseded = 0;
@@ -219,49 +183,9 @@ pub fn month_files(lake: &Path, month: &BillingMonth) -> Result<Vec<PathBuf>> {
             .join(ROLLUPS_DIR)
             .join(format!("{PARTITION_KEY}={}", hour.partition_value()));
         hour = hour.next();
-        let entries = match std::fs::read_dir(&directory) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(Error::Io {
-                    action: format!("list {}", directory.display()),
-                    source,
-                });
-            }
-        };
-        let mut current: BTreeMap<(String, i32), (u32, PathBuf)> = BTreeMap::new();
-        for entry in entries {
-            let path = entry
-                .map_err(|source| Error::Io {
-                    action: format!("list {}", directory.display()),
-                    source,
-                })?
-                .path();
-            let name = path
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !name.ends_with(".parquet") {
-                continue;
-            }
-            // Files not named by the aggregator (an import, say) are read as they are.
-            let Some(parsed) = RollupFileName::parse(&name) else {
-                files.push(path);
-                continue;
-            };
-            let key = (parsed.source, parsed.partition);
-            match current.get(&key) {
-                Some((generation, _)) if *generation > parsed.generation => superseded += 1,
-                Some(_) => {
-                    superseded += 1;
-                    current.insert(key, (parsed.generation, path));
-                }
-                None => {
-                    current.insert(key, (parsed.generation, path));
-                }
-            }
-        }
-        files.extend(current.into_values().map(|(_, path)| path));
+        let current = current_generation(&directory)?;
+        files.extend(current.files);
+        superseded += current.superseded;
     }
     if superseded > 0 {
         tracing::info!(
@@ -272,6 +196,69 @@ pub fn month_files(lake: &Path, month: &BillingMonth) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// The Parquet files of one hour directory that count.
+#[derive(Clone, Debug, Default)]
+pub struct CurrentFiles {
+    pub files: Vec<PathBuf>,
+    /// Files of an older generation of a source partition that also has a newer one.
+    pub superseded: usize,
+}
+
+/// Of each source partition's files in `directory`, only the highest generation (a
+/// restatement holds every row of the generation before it, which the aggregator removes
+/// once its manifest names the new one; a crash in between leaves both, and only the new
+/// one counts). Files not named by the aggregator (an import, say) are read as they are.
+/// A missing directory has no files.
+pub fn current_generation(directory: &Path) -> Result<CurrentFiles> {
+    let mut found = CurrentFiles::default();
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(source) => {
+            return Err(Error::Io {
+                action: format!("list {}", directory.display()),
+                source,
+            });
+        }
+    };
+    let mut current: BTreeMap<(String, i32), (u32, PathBuf)> = BTreeMap::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|source| Error::Io {
+                action: format!("list {}", directory.display()),
+                source,
+            })?
+            .path();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.ends_with(".parquet") {
+            continue;
+        }
+        let Some(parsed) = RollupFileName::parse(&name) else {
+            found.files.push(path);
+            continue;
+        };
+        let key = (parsed.source, parsed.partition);
+        match current.get(&key) {
+            Some((generation, _)) if *generation > parsed.generation => found.superseded += 1,
+            Some(_) => {
+                found.superseded += 1;
+                current.insert(key, (parsed.generation, path));
+            }
+            None => {
+                current.insert(key, (parsed.generation, path));
+            }
+        }
+    }
+    found
+        .files
+        .extend(current.into_values().map(|(_, path)| path));
+    found.files.sort();
+    Ok(found)
 }
 
 /// One billing month of the rollup lake, ready to be summed: the month's files (see

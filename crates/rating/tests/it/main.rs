@@ -2,6 +2,7 @@
 
 mod bookings;
 mod budgets;
+mod compare;
 mod corrections;
 mod lake;
 mod notices;
