@@ -55,32 +55,30 @@ fn texts(batches: &[RecordBatch], column: &str) -> Vec<String> {
         .collect()
 }
 
-fn floats(batches: &[RecordBatch], column: &str) -> Vec<f64> {
+/// A column's values, of Arrow primitive type `T`.
+fn values<T: arrow::datatypes::ArrowPrimitiveType>(
+    batches: &[RecordBatch],
+    column: &str,
+) -> Vec<T::Native> {
     batches
         .iter()
         .flat_map(|batch| {
             batch
                 .column_by_name(column)
                 .expect("column")
-                .as_primitive::<Float64Type>()
+                .as_primitive::<T>()
                 .values()
                 .to_vec()
         })
         .collect()
 }
 
+fn floats(batches: &[RecordBatch], column: &str) -> Vec<f64> {
+    values::<Float64Type>(batches, column)
+}
+
 fn ints(batches: &[RecordBatch], column: &str) -> Vec<i64> {
-    batches
-        .iter()
-        .flat_map(|batch| {
-            batch
-                .column_by_name(column)
-                .expect("column")
-                .as_primitive::<Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect()
+    values::<Int64Type>(batches, column)
 }
 
 fn decimals(batches: &[RecordBatch], column: &str) -> Vec<Decimal> {

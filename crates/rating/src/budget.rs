@@ -116,31 +116,21 @@ pub fn timeline(
         }
         let charge = view.charge;
         let hour_text = hour.partition_value();
-        match timeline.exhausted_since {
-            None if charge <= timeline.balance => {
-                timeline.balance -= charge;
-                if !charge.is_zero() {
-                    timeline.entries.push(entry(
-                        account_id,
-                        hour,
-                        EntryKind::Charge,
-                        charge,
-                        hour_end,
-                        Some(timeline.balance),
-                    ));
-                }
-            }
-            None => {
-                timeline.exhausted_since = Some(hour);
-                unpaid.push((hour, charge));
+        if timeline.exhausted_since.is_none() && charge <= timeline.balance {
+            timeline.balance -= charge;
+            if !charge.is_zero() {
                 timeline.entries.push(entry(
                     account_id,
                     hour,
-                    EntryKind::Unpaid,
+                    EntryKind::Charge,
                     charge,
                     hour_end,
                     Some(timeline.balance),
                 ));
+            }
+        } else {
+            if timeline.exhausted_since.is_none() {
+                timeline.exhausted_since = Some(hour);
                 timeline.notices.push(
                     Notice::new(
                         NoticeKind::BudgetExhausted,
@@ -177,18 +167,18 @@ pub fn timeline(
                     ));
                 }
             }
-            Some(_) => {
-                if !charge.is_zero() {
-                    unpaid.push((hour, charge));
-                    timeline.entries.push(entry(
-                        account_id,
-                        hour,
-                        EntryKind::Unpaid,
-                        charge,
-                        hour_end,
-                        Some(timeline.balance),
-                    ));
-                }
+            // The hour that ran the balance out, and every one after it until funds
+            // return: recorded, charged later within reach (T5) or written off.
+            if !charge.is_zero() {
+                unpaid.push((hour, charge));
+                timeline.entries.push(entry(
+                    account_id,
+                    hour,
+                    EntryKind::Unpaid,
+                    charge,
+                    hour_end,
+                    Some(timeline.balance),
+                ));
             }
         }
         if let Some(exhausted) = timeline.exhausted_since {

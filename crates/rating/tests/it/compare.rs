@@ -104,9 +104,7 @@ async fn a_price_change_shows_per_account_and_line_and_writes_nothing() {
         explain: None,
     };
     let before = files_under(root.path());
-    let comparison = compare(&request, &[override_path])
-        .await
-        .expect("compare");
+    let comparison = compare(&request, &[override_path]).await.expect("compare");
     assert_eq!(files_under(root.path()), before, "a what-if writes nothing");
 
     let by_account = |id: &str| {
@@ -147,9 +145,7 @@ async fn a_price_change_shows_per_account_and_line_and_writes_nothing() {
         hetzner.replacen("id = \"hetzner-cloud\"", "id = \"other\"", 1),
     )
     .expect("stray");
-    let error = compare(&request, &[stray])
-        .await
-        .expect_err("refused");
+    let error = compare(&request, &[stray]).await.expect_err("refused");
     assert!(
         error.to_string().contains("stray.toml") && error.to_string().contains("'other'"),
         "{error}"
