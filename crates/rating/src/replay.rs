@@ -76,7 +76,7 @@ pub fn replay_month(
     // Sorted like the month's usage: by resource, kind and SKU.
     let mut usages: BTreeMap<(String, &'static str, String), ResourceUsage> = BTreeMap::new();
     let mut resource_hours: BTreeMap<(String, String), Vec<HourStates>> = BTreeMap::new();
-    let mut views = Vec::new();
+    let mut views: Vec<HourView> = Vec::new();
     let mut previous = Decimal::ZERO;
     let mut next_row = 0;
     let mut hour = month.first_hour();
@@ -90,6 +90,21 @@ pub fn replay_month(
                 &rows[next_row].resource_id,
                 "label-hours out of hour order".to_owned(),
             ));
+        }
+        // An hour without usage changes nothing the pricing sees: the bill stands.
+        if from == next_row
+            && let Some(last) = views.last()
+        {
+            let traffic = last.traffic.clone();
+            views.push(HourView {
+                hour,
+                month_to_date: previous,
+                charge: Decimal::ZERO,
+                servers: Vec::new(),
+                traffic,
+            });
+            hour = hour.next();
+            continue;
         }
         // This hour's rows by resource, kind and SKU (they come sorted so).
         let mut by_resource: BTreeMap<(String, &'static str, String), Vec<&LabelHour>> =
