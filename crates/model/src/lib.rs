@@ -23,6 +23,7 @@ pub mod minute;
 pub mod money;
 pub mod rollup;
 pub mod sample;
+pub mod signing;
 pub mod tariff;
 pub mod units;
 pub mod validate;

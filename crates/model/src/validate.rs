@@ -24,16 +24,26 @@ pub enum RejectReason {
     TooOld,
     /// Another sample with the same `(resource_id, minute)` but different values came first.
     Conflict,
+    /// With a keyring: the message carries no host signature.
+    Unsigned,
+    /// With a keyring: the signature does not match the message, or names no known host.
+    BadSignature,
+    /// With a keyring: the signing host may not report this sample (another host's name
+    /// in it, or a resource outside the host's inventory).
+    NotPermitted,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Malformed,
         RejectReason::UnknownEncoding,
         RejectReason::InvalidField,
         RejectReason::FromFuture,
         RejectReason::TooOld,
         RejectReason::Conflict,
+        RejectReason::Unsigned,
+        RejectReason::BadSignature,
+        RejectReason::NotPermitted,
     ];
 
     /// The code carried in the dead-letter header `tally-reason`.
@@ -45,6 +55,9 @@ impl RejectReason {
             RejectReason::FromFuture => "from_future",
             RejectReason::TooOld => "too_old",
             RejectReason::Conflict => "conflict",
+            RejectReason::Unsigned => "unsigned",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::NotPermitted => "not_permitted",
         }
     }
 
