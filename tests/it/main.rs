@@ -6,5 +6,6 @@ mod aggregator_groups;
 mod broker_pipeline;
 mod collector;
 mod demo;
+mod signed;
 mod sql;
 mod watch;

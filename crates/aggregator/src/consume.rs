@@ -342,19 +342,27 @@ pub fn run_kafka(config: &AggregateConfig, input: &KafkaInput) -> Result<Aggrega
                     });
                 }
                 at_end.remove(&partition);
-                let content_type = message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|header| header.key == CONTENT_TYPE_HEADER)
-                        .and_then(|header| header.value)
-                        .and_then(|value| std::str::from_utf8(value).ok())
-                });
+                let header = |key: &str| {
+                    message.headers().and_then(|headers| {
+                        headers
+                            .iter()
+                            .find(|header| header.key == key)
+                            .and_then(|header| header.value)
+                    })
+                };
+                let content_type =
+                    header(CONTENT_TYPE_HEADER).and_then(|value| std::str::from_utf8(value).ok());
+                let signed = crate::ingest::SignedBy {
+                    host: header(tally_model::signing::HOST_HEADER),
+                    signature: header(tally_model::signing::SIGNATURE_HEADER),
+                };
                 let payload = message.payload().unwrap_or_default();
-                ingest.process(
+                ingest.process_signed(
                     &input.topic,
                     partition,
                     message.offset(),
                     content_type,
+                    signed,
                     payload,
                 )?;
                 next_offsets.insert(partition, message.offset() + 1);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tally_model::clock::Clock;
+use tally_model::signing::Keyring;
 use tally_model::validate::validate;
 use tally_model::wire::{DecodedItems, Encoding, json_lines};
 use tally_model::{Minute, RejectReason, ValidationLimits};
@@ -16,6 +17,13 @@ use crate::decode::decode_message;
 use crate::dedup::Verdict;
 use crate::error::Result;
 use crate::partition::{PartitionState, SealReport};
+
+/// The signature headers of a Kafka message (`tally-host`, `tally-signature`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SignedBy<'a> {
+    pub host: Option<&'a [u8]>,
+    pub signature: Option<&'a [u8]>,
+}
 
 /// How the aggregator rolls up, whatever its input.
 #[derive(Clone, Debug)]
@@ -29,6 +37,11 @@ pub struct AggregateConfig {
     /// How often the Kafka consumer saves each partition's open hours (and at a
     /// graceful stop): what a restart reads again is at most this much.
     pub checkpoint_interval: std::time::Duration,
+    /// The hosts allowed to send samples: with it, every Kafka message must carry a
+    /// matching signature of a listed host, and each sample must be one that host may
+    /// report (see [`tally_model::signing`]); others are dead-lettered. A file backfill is
+    /// the operator's own input and is not checked.
+    pub keyring: Option<Arc<Keyring>>,
 }
 
 impl AggregateConfig {
@@ -39,6 +52,7 @@ impl AggregateConfig {
             limits: ValidationLimits::default(),
             clock: tally_model::clock::system_clock(),
             checkpoint_interval: std::time::Duration::from_secs(60),
+            keyring: None,
         }
     }
 }
@@ -184,7 +198,7 @@ impl<'sink> Ingest<'sink> {
         }
     }
 
-    /// Processes one message read from `topic`/`partition` at `offset`.
+    /// Processes one message read from `topic`/`partition` at `offset`, unsigned.
     pub fn process(
         &mut self,
         topic: &str,
@@ -193,6 +207,50 @@ impl<'sink> Ingest<'sink> {
         content_type: Option<&str>,
         payload: &[u8],
     ) -> Result<()> {
+        self.process_signed(
+            topic,
+            partition,
+            offset,
+            content_type,
+            SignedBy::default(),
+            payload,
+        )
+    }
+
+    /// Processes one message with its signature headers: with a keyring, a message that
+    /// is not signed by a listed host is dead-lettered whole, and each of its samples must
+    /// be one the host may report.
+    pub fn process_signed(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        content_type: Option<&str>,
+        signed: SignedBy<'_>,
+        payload: &[u8],
+    ) -> Result<()> {
+        let keyring = self.config.keyring.clone();
+        let signer = match &keyring {
+            None => None,
+            Some(keyring) => match keyring.verify(signed.host, signed.signature, payload) {
+                Ok(host) => Some((keyring.as_ref(), host)),
+                Err(rejection) => {
+                    self.open_partition(partition)?;
+                    self.report.messages += 1;
+                    let origin = Origin {
+                        topic,
+                        partition,
+                        offset,
+                    };
+                    return self.dead_letter(origin.letter(
+                        rejection.reason,
+                        rejection.detail,
+                        None,
+                        payload.to_vec(),
+                    ));
+                }
+            },
+        };
         let mut decoded = std::mem::take(&mut self.decoded);
         let result = match decode_message(content_type, payload, &mut decoded) {
             Ok(encoding) => {
@@ -203,7 +261,15 @@ impl<'sink> Ingest<'sink> {
                     },
                     Encoding::Arrow => Original::Rows(payload),
                 };
-                self.process_decoded(topic, partition, offset, original, &decoded)
+                self.open_partition(partition).and_then(|_| {
+                    self.report.messages += 1;
+                    let origin = Origin {
+                        topic,
+                        partition,
+                        offset,
+                    };
+                    self.process_items(&origin, original, &decoded, signer)
+                })
             }
             Err(rejection) => self.open_partition(partition).and_then(|_| {
                 self.report.messages += 1;
@@ -241,14 +307,16 @@ impl<'sink> Ingest<'sink> {
             partition,
             offset,
         };
-        self.process_items(&origin, original, decoded)
+        self.process_items(&origin, original, decoded, None)
     }
 
+    /// `signer`: the keyring and the host that signed the message, when checked.
     fn process_items(
         &mut self,
         origin: &Origin<'_>,
         original: Original<'_>,
         decoded: &DecodedItems,
+        signer: Option<(&Keyring, &str)>,
     ) -> Result<()> {
         let partition = origin.partition;
         let offset = origin.offset;
@@ -276,7 +344,13 @@ impl<'sink> Ingest<'sink> {
                 }
             };
             self.report.samples += 1;
-            if let Err(rejection) = validate(sample, &self.config.limits, now) {
+            let admitted = match signer {
+                Some((keyring, host)) => keyring.admits(host, sample),
+                None => Ok(()),
+            };
+            if let Err(rejection) =
+                admitted.and_then(|()| validate(sample, &self.config.limits, now))
+            {
                 let (item, raw) = original.item(index);
                 let detail = format!(
                     "resource {} minute {}: {}",

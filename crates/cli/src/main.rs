@@ -104,6 +104,19 @@ enum Command {
         /// checkpoint interval and at exit; for node_exporter's textfile collector).
         #[arg(long)]
         metrics_file: Option<PathBuf>,
+        /// Accept only messages signed by a host of this keyring (TOML), and of each only
+        /// the samples that host may report; the rest are dead-lettered.
+        #[arg(long)]
+        keyring: Option<PathBuf>,
+    },
+    /// Make a host's signing key: writes its seed to --out (readable by its owner only)
+    /// and prints the keyring entry for the aggregators.
+    Keygen {
+        /// The host name the collector stamps on its samples.
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Rate a month of rollups into line items and invoices.
     Rate {
@@ -410,8 +423,16 @@ fn main() -> Result<()> {
             lateness_minutes,
             checkpoint_seconds,
             metrics_file,
+            keyring,
         } => {
             let mut config = tally_aggregator::AggregateConfig::new(lake);
+            if let Some(path) = keyring {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the keyring {}", path.display()))?;
+                let keyring = tally_model::signing::Keyring::parse(&text)
+                    .map_err(|error| anyhow::anyhow!("keyring {}: {error}", path.display()))?;
+                config.keyring = Some(Arc::new(keyring));
+            }
             config.lateness_minutes = lateness_minutes;
             config.checkpoint_interval = std::time::Duration::from_secs(checkpoint_seconds);
             let report = if let Some(path) = from_file {
@@ -582,6 +603,29 @@ fn main() -> Result<()> {
                     break;
                 }
             }
+        }
+        Command::Keygen { host, out } => {
+            use std::io::{Read, Write};
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut seed = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut random| random.read_exact(&mut seed))
+                .context("reading /dev/urandom")?;
+            let key = tally_model::signing::HostKey::from_seed(&host, seed);
+            // Never overwrite a key: a host's old key may still be in keyrings.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| format!("creating {} (an existing key is kept)", out.display()))?;
+            writeln!(file, "{}", key.seed_hex())
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "[[hosts]]\nhost = \"{host}\"\npublic_key = \"{}\"",
+                key.public_hex()
+            );
         }
         Command::Tariff {
             command: TariffCommand::Check { file },

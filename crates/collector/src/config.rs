@@ -124,6 +124,10 @@ pub struct KafkaSection {
     /// Any librdkafka setting, passed through last (TLS, SASL/SCRAM, batching).
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+    /// This host's signing key (a file holding its seed as 64 hex digits, from `tally
+    /// keygen`): every message is signed, for aggregators that check a keyring.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
 }
 
 fn default_topic() -> String {
@@ -275,6 +279,16 @@ impl AgentConfig {
         };
         ship.max_batch_samples = file.kafka.max_batch_samples;
         ship.librdkafka = file.kafka.librdkafka;
+        if let Some(path) = &file.kafka.signing_key {
+            let seed = std::fs::read_to_string(path).map_err(|error| {
+                invalid(format!("kafka.signing_key {}: {error}", path.display()))
+            })?;
+            let key =
+                tally_model::signing::HostKey::from_seed_hex(&host, &seed).map_err(|error| {
+                    invalid(format!("kafka.signing_key {}: {error}", path.display()))
+                })?;
+            ship.signing = Some(std::sync::Arc::new(key));
+        }
         let metrics_listen = file
             .metrics
             .listen
@@ -391,6 +405,25 @@ mod tests {
                 .to_string();
             assert!(message.contains(expected), "{message}");
         }
+    }
+
+    #[test]
+    fn a_signing_key_signs_as_the_host_and_a_bad_one_is_named() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("host.key");
+        let key = tally_model::signing::HostKey::from_seed("any", [4; 32]);
+        std::fs::write(&path, format!("{}\n", key.seed_hex())).expect("key");
+        let text = SIMULATOR.replace(
+            "[kafka]\n",
+            &format!("[kafka]\n        signing_key = \"{}\"\n", path.display()),
+        );
+        let config = AgentConfig::parse(&text, "collect.toml").expect("valid");
+        let signing = config.ship.signing.expect("signing key");
+        assert_eq!(signing.host(), "hv-1");
+        assert_eq!(signing.public_hex(), key.public_hex());
+        std::fs::write(&path, "not hex").expect("key");
+        let error = AgentConfig::parse(&text, "collect.toml").expect_err("bad key");
+        assert!(error.to_string().contains("kafka.signing_key"), "{error}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::Producer;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use tally_model::Sample;
+use tally_model::signing::{HOST_HEADER, HostKey, SIGNATURE_HEADER};
 use tally_model::wire::{CONTENT_TYPE_HEADER, Encoding};
 use tokio::sync::oneshot;
 
@@ -34,6 +35,9 @@ pub struct ShipConfig {
     pub max_batch_samples: usize,
     /// librdkafka settings applied last, overriding Tally's defaults.
     pub librdkafka: BTreeMap<String, String>,
+    /// Signs every message's payload as this host (headers `tally-host`,
+    /// `tally-signature`; see [`tally_model::signing`]).
+    pub signing: Option<Arc<HostKey>>,
 }
 
 impl ShipConfig {
@@ -44,6 +48,7 @@ impl ShipConfig {
             encoding: Encoding::Arrow,
             max_batch_samples: default_max_batch_samples(),
             librdkafka: BTreeMap::new(),
+            signing: None,
         }
     }
 }
@@ -138,6 +143,7 @@ pub struct Shipper {
     partitions: i32,
     encoding: Encoding,
     max_batch_samples: usize,
+    signing: Option<Arc<HostKey>>,
 }
 
 impl Shipper {
@@ -208,6 +214,7 @@ impl Shipper {
             partitions,
             encoding: config.encoding,
             max_batch_samples: config.max_batch_samples.max(1),
+            signing: config.signing.clone(),
         })
     }
 
@@ -236,10 +243,21 @@ impl Shipper {
                 report.samples += batch.len();
                 report.messages += 1;
                 report.bytes += payload.len();
-                let headers = OwnedHeaders::new().insert(Header {
+                let mut headers = OwnedHeaders::new().insert(Header {
                     key: CONTENT_TYPE_HEADER,
                     value: Some(self.encoding.content_type()),
                 });
+                if let Some(key) = &self.signing {
+                    headers = headers
+                        .insert(Header {
+                            key: HOST_HEADER,
+                            value: Some(key.host()),
+                        })
+                        .insert(Header {
+                            key: SIGNATURE_HEADER,
+                            value: Some(&key.sign(&payload)[..]),
+                        });
+                }
                 // The key names the sending host; the partition is chosen above by
                 // resource id, so one resource's samples always share a partition.
                 let (delivered, delivery) = oneshot::channel();
