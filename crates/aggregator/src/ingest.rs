@@ -229,19 +229,19 @@ impl<'sink> Ingest<'sink> {
         signed: SignedBy<'_>,
         payload: &[u8],
     ) -> Result<()> {
+        self.open_partition(partition)?;
+        self.report.messages += 1;
+        let origin = Origin {
+            topic,
+            partition,
+            offset,
+        };
         let keyring = self.config.keyring.clone();
         let signer = match &keyring {
             None => None,
             Some(keyring) => match keyring.verify(signed.host, signed.signature, payload) {
                 Ok(host) => Some((keyring.as_ref(), host)),
                 Err(rejection) => {
-                    self.open_partition(partition)?;
-                    self.report.messages += 1;
-                    let origin = Origin {
-                        topic,
-                        partition,
-                        offset,
-                    };
                     return self.dead_letter(origin.letter(
                         rejection.reason,
                         rejection.detail,
@@ -261,30 +261,14 @@ impl<'sink> Ingest<'sink> {
                     },
                     Encoding::Arrow => Original::Rows(payload),
                 };
-                self.open_partition(partition).and_then(|_| {
-                    self.report.messages += 1;
-                    let origin = Origin {
-                        topic,
-                        partition,
-                        offset,
-                    };
-                    self.process_items(&origin, original, &decoded, signer)
-                })
+                self.process_items(&origin, original, &decoded, signer)
             }
-            Err(rejection) => self.open_partition(partition).and_then(|_| {
-                self.report.messages += 1;
-                let origin = Origin {
-                    topic,
-                    partition,
-                    offset,
-                };
-                self.dead_letter(origin.letter(
-                    rejection.reason,
-                    rejection.detail,
-                    None,
-                    payload.to_vec(),
-                ))
-            }),
+            Err(rejection) => self.dead_letter(origin.letter(
+                rejection.reason,
+                rejection.detail,
+                None,
+                payload.to_vec(),
+            )),
         };
         self.decoded = decoded;
         result
