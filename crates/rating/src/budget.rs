@@ -51,6 +51,8 @@ pub struct Timeline {
     /// Of those, what a top-up right after the last hour would charge: the unpaid hours
     /// within `retroactive_hours` of it (T5: 12 h); the rest would be written off.
     pub retroactive_due: Decimal,
+    /// The first hour replayed.
+    pub first_hour: Option<Hour>,
     /// The last hour replayed and its charge: the rate the balance is spent at.
     pub last_hour: Option<Hour>,
     pub last_charge: Decimal,
@@ -204,6 +206,7 @@ pub fn timeline(
             }
         }
         stopped_servers(&mut timeline, &mut stopped_runs, view, trial, policy, rule);
+        timeline.first_hour.get_or_insert(hour);
         timeline.last_hour = Some(hour);
         timeline.last_charge = charge;
     }

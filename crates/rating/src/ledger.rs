@@ -161,30 +161,60 @@ impl Ledger {
     }
 
     /// Of `settled` (Tally's entries, as computed now), what the file lacks: new entries,
-    /// and an `adjustment` where the amounts under an id no longer add up to the
-    /// computed one (late usage restated an hour already written).
-    pub fn missing(&self, settled: &[LedgerEntry]) -> Vec<LedgerEntry> {
-        let mut written: BTreeMap<&str, (Decimal, usize)> = BTreeMap::new();
-        for entry in &self.entries {
+    /// an `adjustment` where the amounts under an id no longer add up to the computed one
+    /// (late usage restated an hour already written), and an `adjustment` cancelling an
+    /// entry written earlier that the computation no longer makes (late usage changed a
+    /// paid hour into an unpaid one, say) — for the entries `covers` says were computed
+    /// now (their account and hours were replayed). Summed by id, the file then holds
+    /// exactly `settled`.
+    pub fn missing(
+        &self,
+        settled: &[LedgerEntry],
+        covers: impl Fn(&LedgerEntry) -> bool,
+    ) -> Vec<LedgerEntry> {
+        struct Written<'a> {
+            amount: Decimal,
+            adjustments: usize,
+            first: &'a LedgerEntry,
+        }
+        let mut written: BTreeMap<&str, Written<'_>> = BTreeMap::new();
+        for entry in self
+            .entries
+            .iter()
+            .filter(|entry| entry.entry != EntryKind::TopUp)
+        {
             let base = entry.id.split("/adjustment-").next().unwrap_or(&entry.id);
-            let sum = written.entry(base).or_default();
-            sum.0 += entry.amount;
+            let sum = written.entry(base).or_insert(Written {
+                amount: Decimal::ZERO,
+                adjustments: 0,
+                first: entry,
+            });
+            sum.amount += entry.amount;
             if entry.entry == EntryKind::Adjustment {
-                sum.1 += 1;
+                sum.adjustments += 1;
             }
         }
+        let adjustment = |written: &Written<'_>, base: &str, amount: Decimal| LedgerEntry {
+            id: format!("{base}/adjustment-{}", written.adjustments + 1),
+            entry: EntryKind::Adjustment,
+            amount,
+            balance: None,
+            ..written.first.clone()
+        };
         let mut missing = Vec::new();
         for entry in settled {
-            match written.get(entry.id.as_str()) {
+            match written.remove(entry.id.as_str()) {
                 None => missing.push(entry.clone()),
-                Some((amount, _)) if *amount == entry.amount => {}
-                Some((amount, adjustments)) => missing.push(LedgerEntry {
-                    id: format!("{}/adjustment-{}", entry.id, adjustments + 1),
-                    entry: EntryKind::Adjustment,
-                    amount: entry.amount - *amount,
-                    balance: None,
-                    ..entry.clone()
+                Some(sum) if sum.amount == entry.amount => {}
+                Some(sum) => missing.push(LedgerEntry {
+                    at: entry.at,
+                    ..adjustment(&sum, &entry.id, entry.amount - sum.amount)
                 }),
+            }
+        }
+        for (base, sum) in written {
+            if !sum.amount.is_zero() && covers(sum.first) {
+                missing.push(adjustment(&sum, base, -sum.amount));
             }
         }
         missing
@@ -297,6 +327,6 @@ mod tests {
         Ledger::append(&path, std::slice::from_ref(&settled)).expect("append");
         let ledger = Ledger::load(&path).expect("load");
         assert_eq!(ledger.entries.len(), 3);
-        assert!(ledger.missing(&[settled]).is_empty());
+        assert!(ledger.missing(&[settled], |_| true).is_empty());
     }
 }

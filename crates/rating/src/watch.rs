@@ -204,7 +204,21 @@ pub async fn run(request: &WatchRequest, sinks: &[Sink]) -> Result<WatchReport> 
             .values()
             .flat_map(|timeline| timeline.entries.iter().cloned())
             .collect();
-        let missing = ledger.missing(&settled);
+        // Entries of the accounts and hours replayed now that the replay no longer makes
+        // are cancelled; older hours are left as written.
+        let covers = |entry: &LedgerEntry| {
+            let hour = entry
+                .hour
+                .as_deref()
+                .and_then(|hour| Hour::parse_partition_value(hour).ok());
+            match (findings.timelines.get(&entry.account_id), hour) {
+                (Some(timeline), Some(hour)) => {
+                    timeline.first_hour.is_some_and(|first| hour >= first) && hour < request.until
+                }
+                _ => false,
+            }
+        };
+        let missing = ledger.missing(&settled, covers);
         Ledger::append(path, &missing)?;
         report.ledger_entries_written = missing.len();
     }

@@ -455,7 +455,7 @@ async fn t7_notices_are_sent_once_across_runs_and_the_ledger_is_appended_once() 
         .entries
         .clone();
     assert_eq!(ledger.entries.len(), 2 + settled.len());
-    assert!(ledger.missing(&settled).is_empty());
+    assert!(ledger.missing(&settled, |_| true).is_empty());
     // Late usage for a settled hour: the next run appends the difference, once.
     let late = gpu_server("lab", "gpu-2", "powerai-4090", 1);
     let mut lake = run_out_lake();
@@ -473,4 +473,85 @@ async fn t7_notices_are_sent_once_across_runs_and_the_ledger_is_appended_once() 
     assert_eq!(adjustments.len(), 1, "{:?}", third);
     assert_eq!(adjustments[0].id, "lab/2026-10-06T23/charge/adjustment-1");
     assert_eq!(adjustments[0].amount, dec("0.65"));
+}
+
+/// Tally's entries of a ledger summed by id (adjustments into the entry they adjust).
+fn net(ledger: &Ledger) -> std::collections::BTreeMap<String, Decimal> {
+    let mut sums = std::collections::BTreeMap::new();
+    for entry in ledger
+        .entries
+        .iter()
+        .filter(|e| e.entry != EntryKind::TopUp)
+    {
+        let base = entry.id.split("/adjustment-").next().unwrap_or(&entry.id);
+        *sums.entry(base.to_owned()).or_insert(Decimal::ZERO) += entry.amount;
+    }
+    sums.retain(|_, amount| !amount.is_zero());
+    sums
+}
+
+#[tokio::test]
+async fn t5_late_usage_that_runs_the_budget_out_earlier_restates_the_ledger_once() {
+    let mut scene = Scene::new(
+        &run_out_lake(),
+        lab_contracts(),
+        &[("lab", "2026-10-04T23:30:00Z", "10.00")],
+    );
+    let ledger_path = scene.path("ledger.ndjson");
+    scene.until("2026-10-05T12");
+    // Hours 00–11 paid: 12 × 0.65 = 7.80.
+    watch::run(&scene.request, &[]).await.expect("first run");
+    let first = Ledger::load(&ledger_path).expect("ledger");
+    assert_eq!(net(&first).len(), 12);
+    // Late: a second server ran hours 00–05. At 1.30 an hour the 10.00 pays hours 00–08
+    // (9.35) and runs out at hour 09 (0.65 > 0.25): hours 09–11, written as paid, are
+    // unpaid now.
+    let mut lake = run_out_lake();
+    lake.span(
+        &gpu_server("lab", "gpu-2", "powerai-4090", 1),
+        Running,
+        "2026-10-05T00:00:00Z",
+        6 * 60,
+        0,
+        0,
+    );
+    lake.write(scene.root.path(), Layout::ONE_FILE);
+    let second = watch::run(&scene.request, &[]).await.expect("second run");
+    let ledger = Ledger::load(&ledger_path).expect("ledger");
+    let settled: std::collections::BTreeMap<String, Decimal> =
+        watch::find(&scene.request).await.expect("find").timelines["lab"]
+            .entries
+            .iter()
+            .map(|entry| (entry.id.clone(), entry.amount))
+            .collect();
+    // Summed by id, the ledger now says exactly what the replay does.
+    assert_eq!(net(&ledger), settled);
+    assert_eq!(settled["lab/2026-10-05T09/unpaid"], dec("0.65"));
+    assert!(!settled.contains_key("lab/2026-10-05T09/charge"));
+    // 6 adjustments up (00–05), 3 cancelled charges (09–11), 3 new unpaid hours.
+    assert_eq!(second.ledger_entries_written, 6 + 3 + 3);
+    let cancelled: Vec<&str> = ledger
+        .entries
+        .iter()
+        .filter(|entry| entry.entry == EntryKind::Adjustment && entry.amount < Decimal::ZERO)
+        .map(|entry| entry.id.as_str())
+        .collect();
+    assert_eq!(
+        cancelled,
+        vec![
+            "lab/2026-10-05T09/charge/adjustment-1",
+            "lab/2026-10-05T10/charge/adjustment-1",
+            "lab/2026-10-05T11/charge/adjustment-1",
+        ]
+    );
+    // The notice of the earlier exhaustion goes out once; a third run changes nothing.
+    assert_eq!(
+        ids_of(
+            &delivered(&scene.request.state_dir),
+            NoticeKind::BudgetExhausted
+        ),
+        vec!["budget_exhausted/lab/2026-10-05T09 @ 10-05T10:00"]
+    );
+    let third = watch::run(&scene.request, &[]).await.expect("third run");
+    assert_eq!((third.ledger_entries_written, third.notices_sent), (0, 0));
 }
