@@ -11,7 +11,8 @@
 //! - `unpaid`: an hour's charge the balance could not pay;
 //! - `retroactive_charge`: an unpaid hour paid when funds returned (T5: at most 12 h back);
 //! - `write_off`: an unpaid hour beyond that reach, never charged;
-//! - `adjustment`: late usage changed an hour already written; the difference.
+//! - `adjustment`: late usage changed an hour already written; the difference, or the
+//!   cancellation of an entry the replay no longer makes.
 //!
 //! Tally's entries are derived (from the rollups, the tariff and the top-ups): a run
 //! appends only what the file does not hold yet, by id, so running twice writes nothing
