@@ -158,6 +158,8 @@ pub struct OwnBroker {
     dir: tempfile::TempDir,
     port: u16,
     process: Option<std::process::Child>,
+    /// Started with `--authentication`: clients must log in (SASL/SCRAM).
+    pub authentication: bool,
 }
 
 impl OwnBroker {
@@ -173,9 +175,26 @@ impl OwnBroker {
             dir: tempfile::tempdir()?,
             port,
             process: None,
+            authentication: false,
         };
         broker.restart()?;
         Ok(broker)
+    }
+
+    /// Adds a SCRAM-SHA-512 user, kept in the broker's SQLite storage. Tansu 0.6 takes
+    /// the request only from a client it need not authenticate: create users before
+    /// restarting with [`Self::authentication`].
+    pub fn create_user(&self, name: &str, password: &str) -> anyhow::Result<()> {
+        let output = std::process::Command::new(&self.tansu)
+            .args(["user", "create", name, password, "--mechanism", "scram512"])
+            .args(["--broker", &format!("tcp://{}", self.address())])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "tansu user create {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
     }
 
     pub fn address(&self) -> String {
@@ -197,6 +216,7 @@ impl OwnBroker {
                 &url,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(self.authentication.then_some("--authentication"))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;

@@ -93,6 +93,9 @@ pub struct ShipReport {
 #[derive(Debug, Default)]
 pub struct ShipContext {
     last_logged: Mutex<Option<(String, Instant)>>,
+    /// The first few distinct client errors, to explain a failed connect (an
+    /// authentication failure surfaces there only as a transport failure).
+    early_errors: Mutex<Vec<String>>,
 }
 
 const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -119,6 +122,12 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ClientContext for ShipContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        if let Ok(mut early) = self.early_errors.lock() {
+            let text = format!("{error}: {reason}");
+            if early.len() < 4 && !early.contains(&text) {
+                early.push(text);
+            }
+        }
         let kind = format!("{:?}", error.rdkafka_error_code());
         let Ok(mut last_logged) = self.last_logged.lock() else {
             return;
@@ -174,7 +183,23 @@ impl Shipper {
         let metadata = producer
             .client()
             .fetch_metadata(Some(&config.topic), Duration::from_secs(10))
-            .map_err(|error| metadata_error(error.to_string()))?;
+            .map_err(|error| {
+                // The client's own errors (a refused SASL login, a TLS failure) are
+                // delivered by polling: fetch them to say why.
+                producer.poll(Duration::from_millis(100));
+                let why = producer
+                    .context()
+                    .early_errors
+                    .lock()
+                    .map(|early| early.join("; "))
+                    .unwrap_or_default();
+                let why = if why.is_empty() {
+                    why
+                } else {
+                    format!("; the client reported: {why}")
+                };
+                metadata_error(format!("{error}{why}"))
+            })?;
         let topic = metadata
             .topics()
             .iter()
