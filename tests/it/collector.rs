@@ -465,8 +465,12 @@ async fn a_corrupted_spool_record_is_skipped_and_reported_and_the_rest_delivered
     assert_eq!(report.stopped, Stopped::Pending);
     assert!(report.samples_taken >= 4 * resources as u64);
 
-    // Damage one sample record: a byte of a resource id, in a record in the middle of
-    // the segment (sample records hold ids as plain bytes; checkpoints quote them).
+    // Damage one sample record: a byte of a resource id, in the segment's first record of
+    // it (sample records hold ids as plain bytes; checkpoints quote them). Not one of the
+    // last append: a damaged last append makes its checkpoint untrusted, the agent then
+    // samples those minutes again from the older checkpoint, and a live source's second
+    // look differs (a known limit, see the collector's closing note); this test is about
+    // a record skipped and the rest delivered.
     let fleet = simulated_fleet(resources, SEED, from, from.plus(24 * 60));
     let victim = fleet.resources[5].resource_id.clone();
     let segment = std::fs::read_dir(spool_dir.path())?
@@ -486,7 +490,7 @@ async fn a_corrupted_spool_record_is_skipped_and_reported_and_the_rest_delivered
         "{victim} is in {} sample records",
         places.len()
     );
-    let damaged_at = places[places.len() / 2];
+    let damaged_at = places[0];
     bytes[damaged_at] ^= 0x20;
     std::fs::write(&segment, &bytes)?;
 
