@@ -229,13 +229,7 @@ impl<'sink> Ingest<'sink> {
         signed: SignedBy<'_>,
         payload: &[u8],
     ) -> Result<()> {
-        self.open_partition(partition)?;
-        self.report.messages += 1;
-        let origin = Origin {
-            topic,
-            partition,
-            offset,
-        };
+        let origin = self.begin_message(topic, partition, offset)?;
         let keyring = self.config.keyring.clone();
         let signer = match &keyring {
             None => None,
@@ -284,14 +278,24 @@ impl<'sink> Ingest<'sink> {
         original: Original<'_>,
         decoded: &DecodedItems,
     ) -> Result<()> {
+        let origin = self.begin_message(topic, partition, offset)?;
+        self.process_items(&origin, original, decoded, None)
+    }
+
+    /// A message of `partition` begins: the partition is open, the message counted.
+    fn begin_message<'t>(
+        &mut self,
+        topic: &'t str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Origin<'t>> {
         self.open_partition(partition)?;
         self.report.messages += 1;
-        let origin = Origin {
+        Ok(Origin {
             topic,
             partition,
             offset,
-        };
-        self.process_items(&origin, original, decoded, None)
+        })
     }
 
     /// `signer`: the keyring and the host that signed the message, when checked.
