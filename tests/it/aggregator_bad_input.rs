@@ -8,13 +8,13 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tally_aggregator::{AggregateConfig, KafkaInput, Ownership};
+use tally_aggregator::AggregateConfig;
 use tally_collector::partition::partition_for;
 use tally_collector::{Fleet, FleetSpec, GroundTruth};
 use tally_model::clock::FixedClock;
 use tally_model::wire::{CONTENT_TYPE_HEADER, Encoding};
 use tally_model::{Minute, Sample};
-use tally_tests::{broker, create_topic, read_dead_letters, unique_topic};
+use tally_tests::{aggregate_drained, broker, create_topic, read_dead_letters, unique_topic};
 
 const PARTITIONS: i32 = 3;
 const SAMPLES_PER_MESSAGE: usize = 250;
@@ -169,12 +169,7 @@ async fn bad_and_repeated_messages_are_dead_lettered_and_deduplicated() -> anyho
     let lake = tempfile::tempdir()?;
     let mut config = AggregateConfig::new(lake.path());
     config.clock = Arc::new(FixedClock(fleet_spec().end.to_datetime()));
-    let mut input = KafkaInput::new(&brokers, &topic);
-    input.ownership = Ownership::AllPartitions;
-    input.dead_letter_topic = dead_letters.clone();
-    input.until_drained = true;
-    let report =
-        tokio::task::spawn_blocking(move || tally_aggregator::run_kafka(&config, &input)).await??;
+    let report = aggregate_drained(config, &brokers, &topic, &dead_letters).await?;
     println!(
         "{messages} good messages, {} bad ones, {resent} samples re-sent: {report:?}",
         expected_reasons.len()

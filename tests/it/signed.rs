@@ -9,13 +9,13 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tally_aggregator::{AggregateConfig, KafkaInput, Ownership};
+use tally_aggregator::AggregateConfig;
 use tally_collector::{Fleet, FleetSpec, GroundTruth, ShipConfig, Shipper};
 use tally_model::Sample;
 use tally_model::clock::FixedClock;
 use tally_model::signing::{HOST_HEADER, HostKey, Keyring, SIGNATURE_HEADER};
 use tally_model::wire::{CONTENT_TYPE_HEADER, Encoding};
-use tally_tests::{broker, create_topic, read_dead_letters, unique_topic};
+use tally_tests::{aggregate_drained, broker, create_topic, read_dead_letters, unique_topic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_samples_a_listed_host_signed_for_itself_are_counted() -> anyhow::Result<()> {
@@ -132,12 +132,7 @@ async fn only_samples_a_listed_host_signed_for_itself_are_counted() -> anyhow::R
     let mut config = AggregateConfig::new(lake.path());
     config.clock = Arc::new(FixedClock(spec.end.to_datetime()));
     config.keyring = Some(Arc::new(keyring));
-    let mut input = KafkaInput::new(&brokers, &topic);
-    input.ownership = Ownership::AllPartitions;
-    input.dead_letter_topic = dead_letters.clone();
-    input.until_drained = true;
-    let report =
-        tokio::task::spawn_blocking(move || tally_aggregator::run_kafka(&config, &input)).await??;
+    let report = aggregate_drained(config, &brokers, &topic, &dead_letters).await?;
 
     // The lake is exactly what hv-a signed for itself.
     tally_demo::check_against_truth(lake.path(), &truth)?;

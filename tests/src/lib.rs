@@ -47,6 +47,21 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow
     Ok(())
 }
 
+/// Runs one aggregator with `config` over every partition of `topic` alone until it is
+/// drained, dead letters to `dead_letters`.
+pub async fn aggregate_drained(
+    config: tally_aggregator::AggregateConfig,
+    brokers: &str,
+    topic: &str,
+    dead_letters: &str,
+) -> anyhow::Result<tally_aggregator::AggregateReport> {
+    let mut input = tally_aggregator::KafkaInput::new(brokers, topic);
+    input.ownership = tally_aggregator::Ownership::AllPartitions;
+    input.dead_letter_topic = dead_letters.to_owned();
+    input.until_drained = true;
+    Ok(tokio::task::spawn_blocking(move || tally_aggregator::run_kafka(&config, &input)).await??)
+}
+
 /// A message read back from the dead-letter topic.
 #[derive(Debug, Clone)]
 pub struct ReadDeadLetter {

@@ -157,17 +157,15 @@ pub fn timeline(
                     .iter()
                     .map(|server| server.resource_id.clone())
                     .collect();
-                for server in &stopped_by_budget {
-                    timeline.notices.push(state_change(
-                        account_id,
-                        server,
-                        &hour_text,
-                        hour_end,
-                        rule,
-                        "stopped",
-                        "budget exhausted".to_owned(),
-                    ));
-                }
+                timeline.notices.extend(state_changes(
+                    account_id,
+                    &stopped_by_budget,
+                    &hour_text,
+                    hour_end,
+                    rule,
+                    "stopped",
+                    "budget exhausted",
+                ));
             }
             // The hour that ran the balance out, and every one after it until funds
             // return: recorded, charged later within reach (T5) or written off.
@@ -192,17 +190,15 @@ pub fn timeline(
                 if since != i64::from(after) || after == 0 {
                     continue;
                 }
-                for server in &stopped_by_budget {
-                    timeline.notices.push(state_change(
-                        account_id,
-                        server,
-                        &hour_text,
-                        hour_end,
-                        rule,
-                        to,
-                        format!("budget exhausted {after} h ago"),
-                    ));
-                }
+                timeline.notices.extend(state_changes(
+                    account_id,
+                    &stopped_by_budget,
+                    &hour_text,
+                    hour_end,
+                    rule,
+                    to,
+                    &format!("budget exhausted {after} h ago"),
+                ));
             }
         }
         stopped_servers(&mut timeline, &mut stopped_runs, view, trial, policy, rule);
@@ -390,6 +386,21 @@ fn stopped_servers(
             ));
         }
     }
+}
+
+/// The same state change for each of `servers` (what a budget prescribes).
+fn state_changes<'a>(
+    account_id: &'a str,
+    servers: &'a [String],
+    key: &'a str,
+    at: DateTime<Utc>,
+    rule: &'a str,
+    to: &'a str,
+    reason: &'a str,
+) -> impl Iterator<Item = Notice> + 'a {
+    servers
+        .iter()
+        .map(move |server| state_change(account_id, server, key, at, rule, to, reason.to_owned()))
 }
 
 fn state_change(

@@ -495,10 +495,7 @@ impl MonthRollups {
                     hour_start, max(zone) AS last_zone,
                     bit_or(running_mask) AS running_mask, bit_or(stopped_mask) AS stopped_mask,
                     bit_or(frozen_mask) AS frozen_mask, bit_or(active_mask) AS active_mask,
-                    sum(CAST(out_external_bytes AS DECIMAL(38, 0))) AS out_external_bytes,
-                    sum(CAST(out_internal_bytes AS DECIMAL(38, 0))) AS out_internal_bytes,
-                    sum(CAST(in_bytes AS DECIMAL(38, 0))) AS in_bytes,
-                    sum(CAST(size_byte_minutes AS DECIMAL(38, 0))) AS size_byte_minutes,
+                    {HOUR_METER_SUMS},
                     count(*) AS rollup_rows
              FROM {MONTH_TABLE}
              WHERE account_id IN ({wanted})
@@ -723,6 +720,14 @@ pub fn folded_usage_sql() -> String {
     )
 }
 
+/// A resource-hour's meters summed over its rows, as DECIMAL(38, 0) so no sum overflows;
+/// named as the rollup columns.
+const HOUR_METER_SUMS: &str =
+    "sum(CAST(out_external_bytes AS DECIMAL(38, 0))) AS out_external_bytes,
+    sum(CAST(out_internal_bytes AS DECIMAL(38, 0))) AS out_internal_bytes,
+    sum(CAST(in_bytes AS DECIMAL(38, 0))) AS in_bytes,
+    sum(CAST(size_byte_minutes AS DECIMAL(38, 0))) AS size_byte_minutes";
+
 /// Per resource and (states seen, GPU count): hours, minutes, meters and lineage.
 pub fn hour_buckets_sql() -> String {
     format!(
@@ -731,10 +736,7 @@ pub fn hour_buckets_sql() -> String {
                   max(gpus) AS gpus, max(zone) AS zone, max(labels) AS labels,
                   bit_or(running_mask) AS r, bit_or(stopped_mask) AS s,
                   bit_or(frozen_mask) AS f, bit_or(active_mask) AS a,
-                  sum(CAST(out_external_bytes AS DECIMAL(38, 0))) AS out_external,
-                  sum(CAST(out_internal_bytes AS DECIMAL(38, 0))) AS out_internal,
-                  sum(CAST(in_bytes AS DECIMAL(38, 0))) AS inbound,
-                  sum(CAST(size_byte_minutes AS DECIMAL(38, 0))) AS size_minutes,
+                  {HOUR_METER_SUMS},
                   count(*) AS row_count
            FROM {MONTH_TABLE}
            GROUP BY account_id, resource_id, kind, sku, hour_start),
@@ -752,10 +754,10 @@ pub fn hour_buckets_sql() -> String {
                 sum(popcount(f)) AS frozen_minutes,
                 sum(popcount(a)) AS active_minutes,
                 sum(popcount(r | s | f | a)) AS present_minutes,
-                sum(out_external) AS out_external_bytes,
-                sum(out_internal) AS out_internal_bytes,
-                sum(inbound) AS in_bytes,
-                sum(size_minutes) AS size_byte_minutes,
+                sum(out_external_bytes) AS out_external_bytes,
+                sum(out_internal_bytes) AS out_internal_bytes,
+                sum(in_bytes) AS in_bytes,
+                sum(size_byte_minutes) AS size_byte_minutes,
                 min(hour_start) AS first_hour, max(hour_start) AS last_hour,
                 last_value(zone ORDER BY hour_start) AS last_zone,
                 last_value(labels ORDER BY hour_start) AS last_labels,

@@ -70,12 +70,17 @@ pub struct WatchReport {
 
 /// Replays, settles and finds; writes and sends nothing.
 pub async fn find(request: &WatchRequest) -> Result<Findings> {
+    find_with(request, load_ledger(request)?.as_ref()).await
+}
+
+fn load_ledger(request: &WatchRequest) -> Result<Option<Ledger>> {
+    request.ledger.as_deref().map(Ledger::load).transpose()
+}
+
+/// [`find`] with the request's ledger already read.
+async fn find_with(request: &WatchRequest, ledger: Option<&Ledger>) -> Result<Findings> {
     let tariffs = tariff::load_tariffs(&request.tariffs)?;
     let contracts = contracts::load_contracts(&request.contracts)?;
-    let ledger = match &request.ledger {
-        Some(path) => Some(Ledger::load(path)?),
-        None => None,
-    };
     let first_day = month::first_day(&request.since)?;
     // Accounts by the time zone of their tariff (as of the first month; a later version
     // in another zone is an error below).
@@ -142,7 +147,7 @@ pub async fn find(request: &WatchRequest) -> Result<Findings> {
             label = format!("{:04}-{:02}", next.year(), next.month());
         }
     }
-    if let Some(ledger) = &ledger {
+    if let Some(ledger) = ledger {
         for contract in contracts.values() {
             let tariff = version(&tariffs, contract, first_day, &request.since)?;
             let Some(policy) = &tariff.prepaid else {
@@ -191,14 +196,14 @@ pub async fn find(request: &WatchRequest) -> Result<Findings> {
 /// One run: find, append to the ledger what it lacks, deliver the notices not yet
 /// delivered to every sink.
 pub async fn run(request: &WatchRequest, sinks: &[Sink]) -> Result<WatchReport> {
-    let findings = find(request).await?;
+    let ledger = load_ledger(request)?;
+    let findings = find_with(request, ledger.as_ref()).await?;
     let mut report = WatchReport {
         accounts: findings.timelines.len(),
         notices_found: findings.notices.len(),
         ..WatchReport::default()
     };
-    if let Some(path) = &request.ledger {
-        let ledger = Ledger::load(path)?;
+    if let (Some(path), Some(ledger)) = (&request.ledger, &ledger) {
         let settled: Vec<LedgerEntry> = findings
             .timelines
             .values()
