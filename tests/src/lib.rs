@@ -1,5 +1,8 @@
 //! Shared helpers of the integration tests: the real broker started by `tests/run`,
-//! topics of their own for each test, and reading the dead-letter topic back.
+//! topics of their own for each test, and reading the dead-letter topic back. And the
+//! [`chaos`] runner, which uses them.
+
+pub mod chaos;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -244,6 +247,15 @@ impl OwnBroker {
                 self.address()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Kills the broker with SIGKILL: no chance to flush or close anything.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.kill()?;
+            process.wait()?;
         }
         Ok(())
     }

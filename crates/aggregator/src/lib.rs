@@ -4,7 +4,8 @@
 //! [`consume`] (or [`backfill`] from a file) → [`decode`] → validate (in the model crate)
 //! → [`dedup`] → [`rollup`] → seal ([`partition`]) → [`write`] → [`manifest`];
 //! [`deadletter`] keeps what could not be used, [`metrics`] counts. [`ingest`] ties them
-//! together for one input.
+//! together for one input. [`failpoint`] lets fault tests kill the process at chosen
+//! places of the write path.
 //!
 //! Guarantees: a sample counts once however often it arrives (dedup on
 //! `(resource_id, minute)`, no time window); files are written temp → fsync → rename and
@@ -19,6 +20,7 @@ pub mod deadletter;
 pub mod decode;
 pub mod dedup;
 pub mod error;
+pub mod failpoint;
 pub mod ingest;
 pub mod manifest;
 pub mod metrics;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tally_model::Hour;
 
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::write::{ROLLUPS_DIR, TEMP_SUFFIX, file_name, hour_dir, sync_dir};
 
 /// Where manifests live under the lake root.
@@ -119,7 +120,9 @@ impl Manifest {
         file.write_all(&bytes)
             .and_then(|()| file.sync_all())
             .map_err(|e| io_error("write", e))?;
+        failpoint::pass(failpoint::MANIFEST_WRITTEN);
         fs::rename(&temp, &path).map_err(|e| io_error("rename into place", e))?;
+        failpoint::pass(failpoint::MANIFEST_RENAMED);
         sync_dir(directory)
     }
 

@@ -12,6 +12,7 @@ use tally_model::{Hour, Minute, Sample};
 
 use crate::dedup::Verdict;
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::manifest::{Checkpoint, Manifest, OpenHourState, SealedHour};
 use crate::rollup::OpenHour;
 use crate::write::{read_rows, write_rows};
@@ -103,6 +104,7 @@ impl PartitionState {
             let file = self.manifest.checkpoint_file(next_offset);
             let rows: Vec<_> = self.open.values().flat_map(OpenHour::sorted_rows).collect();
             write_rows(&self.lake, &file, &rows)?;
+            failpoint::pass(failpoint::CHECKPOINT_WRITTEN);
             self.manifest.checkpoint = Some(Checkpoint {
                 file,
                 next_offset,
@@ -245,6 +247,9 @@ impl PartitionState {
             self.manifest.remove_stale_checkpoints(&self.lake)?;
         }
         // Only once the manifest names the new generations may the old ones go.
+        if !superseded.is_empty() {
+            failpoint::pass(failpoint::SUPERSEDED_KEPT);
+        }
         for file in superseded {
             let path = self.lake.join(&file);
             if let Err(error) = std::fs::remove_file(&path) {

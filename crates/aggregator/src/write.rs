@@ -16,6 +16,7 @@ use tally_model::rollup::{PARTITION_KEY, batch_to_rows, rows_to_batch};
 use tally_model::{Hour, RollupFileName, RollupRow};
 
 use crate::error::{Error, Result};
+use crate::failpoint;
 
 /// Suffix of files being written; leftovers from a crash are removed at start-up.
 pub const TEMP_SUFFIX: &str = ".tmp";
@@ -72,7 +73,9 @@ pub fn write_rows(lake: &Path, relative: &Path, rows: &[RollupRow]) -> Result<u6
     file.sync_all().map_err(|e| io_error("fsync", e))?;
     let bytes = file.metadata().map_err(|e| io_error("stat", e))?.len();
     drop(file);
+    failpoint::pass(failpoint::PARQUET_WRITTEN);
     fs::rename(&temp, &path).map_err(|e| io_error("rename into place", e))?;
+    failpoint::pass(failpoint::PARQUET_RENAMED);
     sync_dir(directory)?;
     Ok(bytes)
 }

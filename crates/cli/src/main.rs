@@ -69,6 +69,10 @@ enum Command {
         seed: u64,
         #[arg(long, value_enum, default_value_t = WireFormat::Arrow)]
         encoding: WireFormat,
+        /// Wait this long after each simulated hour: a steady stream instead of one burst
+        /// (fault runs keep the producer busy while faults hit).
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
     /// Roll samples up into the hourly Parquet lake, from Kafka or from an NDJSON file.
     Aggregate {
@@ -383,6 +387,7 @@ fn main() -> Result<()> {
             scale,
             seed,
             encoding,
+            pause_ms,
         } => {
             if to <= from {
                 bail!("--to ({to}) must come after --from ({from})");
@@ -403,6 +408,7 @@ fn main() -> Result<()> {
             runtime.block_on(async {
                 for chunk in fleet.chunks(60) {
                     samples += shipper.ship(chunk).await?.samples;
+                    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
                 }
                 anyhow::Ok(())
             })?;

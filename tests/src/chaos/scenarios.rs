@@ -1,0 +1,359 @@
+//! The scenarios: each starts the pipeline, injects its faults while samples flow, drains
+//! the topic with a clean aggregator and hands the lake to the [`verdict`](super::verdict).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure};
+use tally_aggregator::failpoint;
+use tally_collector::{Fleet, FleetSpec, ShipConfig, Shipper};
+use tally_model::Sample;
+
+use super::pipeline::{
+    Dice, Pipeline, Producer, RatingInputs, SAMPLES_TOPIC, exited_within, sigkill,
+};
+use super::verdict::{self, Figures, InvoiceCheck, Truth, conflicting};
+
+/// Full size: what RELIABILITY.md reports. Smoke: CI's short variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    Full,
+    Smoke,
+}
+
+impl Size {
+    fn pick<T>(self, full: T, smoke: T) -> T {
+        match self {
+            Size::Full => full,
+            Size::Smoke => smoke,
+        }
+    }
+
+    /// 35 copies of the base fleet for 10 hours (a little over a million samples), or 8
+    /// copies for 4 hours in a smoke run.
+    fn fleet(self, seed: u64) -> FleetSpec {
+        let hours = self.pick(10, 4);
+        let start: tally_model::Minute = "2026-11-10T00:00:00Z".parse().expect("minute");
+        FleetSpec {
+            seed,
+            start,
+            end: start.plus(hours * 60),
+            scale: self.pick(35, 8),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// 1: the aggregator SIGKILLed at random moments and aborted at failpoints.
+    AggregatorKilled,
+    /// 3: the broker SIGKILLed and restarted after 5–60 s.
+    BrokerKilled,
+    /// 9: re-produced samples, an hour replayed twice, conflicting samples.
+    DuplicatesAndConflicts,
+    /// 11: late samples after their hours were sealed and the month rated and issued.
+    LateAfterRating,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [
+        Scenario::AggregatorKilled,
+        Scenario::BrokerKilled,
+        Scenario::DuplicatesAndConflicts,
+        Scenario::LateAfterRating,
+    ];
+
+    /// The number RELIABILITY.md and issue 7 give it.
+    pub fn number(self) -> u32 {
+        match self {
+            Scenario::AggregatorKilled => 1,
+            Scenario::BrokerKilled => 3,
+            Scenario::DuplicatesAndConflicts => 9,
+            Scenario::LateAfterRating => 11,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::AggregatorKilled => "aggregator SIGKILL",
+            Scenario::BrokerKilled => "broker SIGKILL",
+            Scenario::DuplicatesAndConflicts => "duplicates and conflicts",
+            Scenario::LateAfterRating => "late data after sealing and rating",
+        }
+    }
+
+    pub fn from_number(number: u32) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|scenario| scenario.number() == number)
+    }
+
+    /// Runs the scenario in `dir` with the `tally` binary; returns its figures and the
+    /// dead letters it injected on purpose.
+    pub async fn run(
+        self,
+        tally: &Path,
+        dir: &Path,
+        size: Size,
+        seed: u64,
+    ) -> anyhow::Result<(Figures, BTreeMap<String, u64>)> {
+        let started = Instant::now();
+        let fleet = Fleet::generate(size.fleet(seed));
+        let truth = Truth::of(&fleet);
+        let mut pipeline = Pipeline::start(tally, dir, fleet.spec.clone()).await?;
+        let mut dice = Dice::new(seed);
+        let outcome = match self {
+            Scenario::AggregatorKilled => {
+                Outcome::faults(aggregator_killed(&pipeline, size, &mut dice).await?)
+            }
+            Scenario::BrokerKilled => {
+                Outcome::faults(broker_killed(&mut pipeline, size, &mut dice).await?)
+            }
+            Scenario::DuplicatesAndConflicts => {
+                duplicates_and_conflicts(&pipeline, &fleet, size, &mut dice).await?
+            }
+            Scenario::LateAfterRating => late_after_rating(&pipeline, &fleet, &mut dice).await?,
+        };
+        let name = format!("{} {}", self.number(), self.name());
+        let figures = verdict::check(
+            &pipeline,
+            &fleet,
+            &truth,
+            outcome.invoices,
+            name,
+            outcome.faults,
+            started,
+        )?;
+        Ok((figures, outcome.dead_letters))
+    }
+}
+
+/// What a scenario did, and what the verdict should therefore expect.
+struct Outcome {
+    faults: String,
+    /// Dead letters injected on purpose, by reason.
+    dead_letters: BTreeMap<String, u64>,
+    invoices: InvoiceCheck,
+}
+
+impl Outcome {
+    /// Faults after which nothing may be dead-lettered and the lake rates as the truth.
+    fn faults(faults: String) -> Self {
+        Self {
+            faults,
+            dead_letters: BTreeMap::new(),
+            invoices: InvoiceCheck::Identical,
+        }
+    }
+}
+
+/// 1: twenty times (six in a smoke run) an aggregator is started and dies: every other
+/// one by SIGKILL after a random 0.2–3 s, the others by aborting at a failpoint of the
+/// write path (a file fsynced but not renamed, renamed but its directory not fsynced, a
+/// checkpoint not yet in the manifest, a manifest half-stored, a superseded generation not
+/// yet removed), which a signal from outside would almost never hit.
+async fn aggregator_killed(
+    pipeline: &Pipeline,
+    size: Size,
+    dice: &mut Dice,
+) -> anyhow::Result<String> {
+    let rounds = size.pick(20, 6);
+    let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(3_000, 1_500)))?;
+    let (mut sigkills, mut fired, mut missed) = (0, BTreeMap::<&str, u32>::new(), 0);
+    for round in 0..rounds {
+        if round % 2 == 1 {
+            let name = failpoint::ALL[(round / 2) % failpoint::ALL.len()];
+            let pass = 1 + dice.below(3);
+            let mut aggregator = pipeline.aggregator(Some((name, pass)))?;
+            match exited_within(&mut aggregator, Duration::from_secs(20)).await? {
+                Some(status) if status.signal() == Some(libc_sigabrt()) => {
+                    *fired.entry(name).or_default() += 1;
+                }
+                Some(status) => bail!("an aggregator armed at {name} exited with {status}"),
+                None => {
+                    // The write path did not pass there in time (no restatement yet):
+                    // a SIGKILL instead.
+                    sigkill(&mut aggregator)?;
+                    missed += 1;
+                }
+            }
+        } else {
+            let mut aggregator = pipeline.aggregator(None)?;
+            let moment = dice.millis(200, 3_000);
+            if let Some(status) = exited_within(&mut aggregator, moment).await? {
+                bail!("an aggregator exited by itself with {status}");
+            }
+            sigkill(&mut aggregator)?;
+            sigkills += 1;
+        }
+        producer.poll(pipeline)?;
+    }
+    producer.finish(pipeline, Duration::from_secs(600)).await?;
+    pipeline.drain()?;
+    let aborted: u32 = fired.values().sum();
+    let at: Vec<_> = fired
+        .iter()
+        .map(|(name, count)| format!("{count} {name}"))
+        .collect();
+    Ok(format!(
+        "{rounds} kills: {} SIGKILLs ({missed} of them after an armed failpoint was not reached \
+         in 20 s), {aborted} aborts at failpoints ({}); {} producer restarts",
+        sigkills + missed,
+        at.join(", "),
+        producer.restarts
+    ))
+}
+
+/// SIGABRT's number (6 on every Unix Tally runs on).
+const fn libc_sigabrt() -> i32 {
+    6
+}
+
+/// 3: the broker (Tansu, SQLite storage) SIGKILLed ten times (three in a smoke run),
+/// each time down 5–60 s (2–6 s) before it starts again on the same port and data, while
+/// `tally simulate` produces and `tally aggregate` consumes; an aggregator or producer
+/// that gives up is started again.
+async fn broker_killed(
+    pipeline: &mut Pipeline,
+    size: Size,
+    dice: &mut Dice,
+) -> anyhow::Result<String> {
+    let kills = size.pick(10, 3);
+    let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(8_000, 3_000)))?;
+    let mut aggregator = pipeline.aggregator(None)?;
+    let (mut aggregator_restarts, mut down_total) = (0, Duration::ZERO);
+    for _ in 0..kills {
+        tokio::time::sleep(dice.millis(2_000, 8_000)).await;
+        pipeline.broker.kill()?;
+        let down = size.pick(dice.millis(5_000, 60_000), dice.millis(2_000, 6_000));
+        down_total += down;
+        tokio::time::sleep(down).await;
+        // The same port and data: clients reconnect to the address they know.
+        pipeline.broker.restart()?;
+        producer.poll(pipeline)?;
+        if aggregator.try_wait()?.is_some() {
+            aggregator_restarts += 1;
+            aggregator = pipeline.aggregator(None)?;
+        }
+    }
+    producer.finish(pipeline, Duration::from_secs(900)).await?;
+    sigkill(&mut aggregator)?;
+    pipeline.drain()?;
+    Ok(format!(
+        "{kills} broker SIGKILLs, down {:.0} s in all; {} producer restarts, \
+         {aggregator_restarts} aggregator restarts",
+        down_total.as_secs_f64(),
+        producer.restarts
+    ))
+}
+
+/// 9: while an aggregator runs, the fleet is shipped once by `tally simulate`, then again
+/// in part by a producer of the runner's own: 1 % of the samples at random, every sample
+/// of one hour twice, and for 0.1 % of the samples a conflicting version (another state
+/// and other counters). The lake must equal the truth; exactly the conflicts are
+/// dead-lettered, as conflicts.
+async fn duplicates_and_conflicts(
+    pipeline: &Pipeline,
+    fleet: &Fleet,
+    size: Size,
+    dice: &mut Dice,
+) -> anyhow::Result<Outcome> {
+    let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(1_000, 500)))?;
+    let mut aggregator = pipeline.aggregator(None)?;
+    producer.finish(pipeline, Duration::from_secs(600)).await?;
+
+    let (mut resent, mut conflicts, mut replayed) = (Vec::new(), Vec::new(), Vec::new());
+    let replayed_hour = fleet.spec.start.plus(60).hour();
+    for chunk in fleet.chunks(60) {
+        for sample in chunk {
+            if sample.minute.hour() == replayed_hour {
+                replayed.push(sample.clone());
+            }
+            match dice.below(1000) {
+                0..10 => resent.push(sample),
+                10 => conflicts.push(conflicting(&sample)),
+                _ => {}
+            }
+        }
+    }
+    let shipper = Shipper::connect(&ShipConfig::new(pipeline.broker.address(), SAMPLES_TOPIC))?;
+    let batches: [&[Sample]; 4] = [&resent, &replayed, &replayed, &conflicts];
+    for batch in batches {
+        shipper.ship(batch.to_vec()).await?;
+    }
+    drop(shipper);
+    // Let the running aggregator restate the sealed hours with the late copies, then drain.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sigkill(&mut aggregator)?;
+    pipeline.drain()?;
+    ensure!(!conflicts.is_empty(), "no conflict was injected");
+    Ok(Outcome {
+        faults: format!(
+            "{} samples re-produced (1 %), hour {} replayed twice ({} samples each time), {} \
+             conflicting samples (0.1 %)",
+            resent.len(),
+            replayed_hour.partition_value(),
+            replayed.len(),
+            conflicts.len()
+        ),
+        dead_letters: BTreeMap::from([("conflict".to_owned(), conflicts.len() as u64)]),
+        invoices: InvoiceCheck::Identical,
+    })
+}
+
+/// 11: half a percent of the samples is held back. The rest is shipped and drained, and
+/// the month rated and issued (`tally rate --issue`); then the held-back samples arrive,
+/// days late in event time. A running aggregator restates their sealed hours, and rating
+/// the month again writes correction lines: each account's issued subtotal plus its
+/// corrections must equal the truth's, exactly.
+async fn late_after_rating(
+    pipeline: &Pipeline,
+    fleet: &Fleet,
+    dice: &mut Dice,
+) -> anyhow::Result<Outcome> {
+    let (mut on_time, mut late) = (Vec::new(), Vec::new());
+    for chunk in fleet.chunks(60) {
+        for sample in chunk {
+            if dice.below(200) == 0 {
+                late.push(sample);
+            } else {
+                on_time.push(sample);
+            }
+        }
+    }
+    let shipper = Shipper::connect(&ShipConfig::new(pipeline.broker.address(), SAMPLES_TOPIC))?;
+    shipper.ship(on_time).await?;
+    pipeline.drain()?;
+    let month = verdict::month_of(fleet);
+    let inputs = RatingInputs::write(&pipeline.dir, &fleet.contracts())?;
+    let out = pipeline.dir.join("rated");
+    pipeline.rate(&pipeline.lake, &month, &inputs, &out, true)?;
+
+    let late_hours: BTreeSet<_> = late.iter().map(|sample| sample.minute.hour()).collect();
+    let mut aggregator = pipeline.aggregator(None)?;
+    shipper.ship(late.clone()).await?;
+    drop(shipper);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sigkill(&mut aggregator)?;
+    pipeline.drain()?;
+    pipeline.rate(&pipeline.lake, &month, &inputs, &out, false)?;
+    let issued = tally_rating::correction::read_issued(&out, &month)?
+        .ok_or_else(|| anyhow::anyhow!("the month was not issued"))?;
+    ensure!(
+        issued.corrections == 1,
+        "{} correction rounds, expected 1",
+        issued.corrections
+    );
+    Ok(Outcome {
+        faults: format!(
+            "{} samples (0.5 %) of {} hours shipped after the month was rated and issued; \
+             1 correction round",
+            late.len(),
+            late_hours.len()
+        ),
+        dead_letters: BTreeMap::new(),
+        invoices: InvoiceCheck::IssuedPlusCorrections { out },
+    })
+}

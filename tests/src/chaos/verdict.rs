@@ -1,0 +1,376 @@
+//! The end of every run: the sealed lake compared with the generator's truth minute by
+//! minute and in every total, the dead letters counted by reason, and the invoices rated
+//! from the lake compared with those rated from a lake built straight from the truth.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use tally_collector::{Fleet, GroundTruth};
+use tally_model::{Hour, Sample};
+
+use super::pipeline::{DEAD_LETTER_TOPIC, Pipeline, RatingInputs};
+use crate::read_dead_letters;
+
+/// One scenario's line of figures.
+#[derive(Debug)]
+pub struct Figures {
+    pub scenario: String,
+    /// Distinct samples the fleet produced (the truth).
+    pub samples: u64,
+    /// What was injected, e.g. "20 SIGKILLs (9 at failpoints)".
+    pub faults: String,
+    /// Minutes of the truth missing from the lake.
+    pub lost: u64,
+    /// Minutes counted more than once in the lake.
+    pub duplicated: u64,
+    /// Minutes in the lake that no resource had.
+    pub invented: u64,
+    pub dead_letters: BTreeMap<String, u64>,
+    /// Every rollup total equal to the truth's (bytes, sizes, minutes per state).
+    pub totals_exact: bool,
+    pub totals_detail: String,
+    /// Invoices rated from the lake, each equal to the reference's: byte-identical, or
+    /// for an issued month its subtotal plus its corrections' equal to the reference's.
+    pub invoices: usize,
+    pub invoices_differing: Vec<String>,
+    pub invoice_check: InvoiceCheck,
+    pub wall: Duration,
+}
+
+impl Figures {
+    /// Whether the run kept every promise; `expected_dead_letters` are those the
+    /// scenario injected on purpose (conflicts), by reason.
+    pub fn failures(&self, expected_dead_letters: &BTreeMap<String, u64>) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (what, count) in [
+            ("lost", self.lost),
+            ("duplicated", self.duplicated),
+            ("invented", self.invented),
+        ] {
+            if count > 0 {
+                failures.push(format!("{count} minutes {what}"));
+            }
+        }
+        if !self.totals_exact {
+            failures.push(format!("totals differ: {}", self.totals_detail));
+        }
+        if &self.dead_letters != expected_dead_letters {
+            failures.push(format!(
+                "dead letters {:?}, expected {expected_dead_letters:?}",
+                self.dead_letters
+            ));
+        }
+        if !self.invoices_differing.is_empty() {
+            failures.push(format!(
+                "invoices differ from the reference: {}",
+                self.invoices_differing.join(", ")
+            ));
+        }
+        failures
+    }
+}
+
+impl fmt::Display for Figures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dead_letters = if self.dead_letters.is_empty() {
+            "0".to_owned()
+        } else {
+            let total: u64 = self.dead_letters.values().sum();
+            let reasons: Vec<_> = self
+                .dead_letters
+                .iter()
+                .map(|(reason, count)| format!("{count} {reason}"))
+                .collect();
+            format!("{total} ({})", reasons.join(", "))
+        };
+        write!(
+            f,
+            "{}: {} samples, faults: {}; lost {}, duplicated {}, invented {}, dead-lettered {}, \
+             totals {}, {} invoices {} {}, {:.1} s",
+            self.scenario,
+            self.samples,
+            self.faults,
+            self.lost,
+            self.duplicated,
+            self.invented,
+            dead_letters,
+            if self.totals_exact { "exact" } else { "DIFFER" },
+            self.invoices,
+            match self.invoice_check {
+                InvoiceCheck::Identical => "byte-identical",
+                InvoiceCheck::IssuedPlusCorrections { .. } => "issued + corrections equal",
+            },
+            if self.invoices_differing.is_empty() {
+                "to the reference"
+            } else {
+                "DIFFERING from the reference"
+            },
+            self.wall.as_secs_f64()
+        )
+    }
+}
+
+/// What the fleet produced, minute by minute.
+pub struct Truth {
+    pub totals: GroundTruth,
+    /// Per resource-hour, the minutes it existed (bit `m` = minute `m` of the hour).
+    minutes: HashMap<(String, Hour), u64>,
+    pub samples: u64,
+}
+
+impl Truth {
+    pub fn of(fleet: &Fleet) -> Self {
+        let mut totals = GroundTruth::default();
+        let mut minutes: HashMap<(String, Hour), u64> = HashMap::new();
+        let mut samples = 0;
+        for chunk in fleet.chunks(60) {
+            for sample in &chunk {
+                totals.record(sample);
+                *minutes
+                    .entry((sample.resource_id.clone(), sample.minute.hour()))
+                    .or_default() |= 1 << sample.minute.minute_of_hour();
+                samples += 1;
+            }
+        }
+        Self {
+            totals,
+            minutes,
+            samples,
+        }
+    }
+}
+
+/// Minutes lost, duplicated and invented: the lake's current rollup files (those rating
+/// reads) against the truth.
+fn compare_minutes(lake: &Path, truth: &Truth) -> anyhow::Result<(u64, u64, u64)> {
+    let mut found: HashMap<(String, Hour), u64> = HashMap::new();
+    let mut duplicated = 0u64;
+    let rollups = lake.join(tally_aggregator::write::ROLLUPS_DIR);
+    for hour_dir in std::fs::read_dir(&rollups)? {
+        let current = tally_rating::usage::current_generation(&hour_dir?.path())?;
+        for file in current.files {
+            for row in tally_aggregator::write::read_rows(&file)? {
+                let seen = found
+                    .entry((row.key.resource_id.clone(), row.key.hour))
+                    .or_default();
+                for mask in row.meters.state_masks {
+                    duplicated += u64::from((*seen & mask).count_ones());
+                    *seen |= mask;
+                }
+            }
+        }
+    }
+    let (mut lost, mut invented) = (0u64, 0u64);
+    for (key, expected) in &truth.minutes {
+        let seen = found.get(key).copied().unwrap_or_default();
+        lost += u64::from((expected & !seen).count_ones());
+    }
+    for (key, seen) in &found {
+        let expected = truth.minutes.get(key).copied().unwrap_or_default();
+        invented += u64::from((seen & !expected).count_ones());
+    }
+    Ok((lost, duplicated, invented))
+}
+
+/// The truth's samples as NDJSON, rolled up by the aggregator's file backfill into a
+/// reference lake: what the lake must equal had nothing gone wrong.
+fn reference_lake(fleet: &Fleet, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let samples_path = dir.join("truth.ndjson");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&samples_path)?);
+    for chunk in fleet.chunks(60) {
+        file.write_all(&tally_model::wire::encode_json(&chunk))?;
+    }
+    file.flush()?;
+    drop(file);
+    let lake = dir.join("reference-lake");
+    let config = tally_aggregator::AggregateConfig::new(&lake);
+    let (_, dead_letters) = tally_aggregator::run_file(&config, &samples_path)?;
+    anyhow::ensure!(
+        dead_letters.is_empty(),
+        "the truth itself has {} dead letters",
+        dead_letters.len()
+    );
+    std::fs::remove_file(&samples_path)?;
+    Ok(lake)
+}
+
+/// Invoice files of `out`'s month that differ from (or are missing in) `reference`'s.
+fn differing_invoices(
+    out: &Path,
+    reference: &Path,
+    month: &str,
+) -> anyhow::Result<(usize, Vec<String>)> {
+    let listing = |root: &Path| -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+        let dir = tally_rating::write::invoices_dir(root, month);
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if name.ends_with(".json") && !name.starts_with('_') {
+                files.insert(name, std::fs::read(&path)?);
+            }
+        }
+        Ok(files)
+    };
+    let (found, expected) = (listing(out)?, listing(reference)?);
+    let mut differing: Vec<String> = expected
+        .iter()
+        .filter(|(name, bytes)| found.get(*name) != Some(*bytes))
+        .map(|(name, _)| name.clone())
+        .collect();
+    differing.extend(
+        found
+            .keys()
+            .filter(|name| !expected.contains_key(*name))
+            .map(|name| format!("{name} (not in the reference)")),
+    );
+    Ok((expected.len(), differing))
+}
+
+/// How the lake's invoices are held against the reference's.
+#[derive(Clone, Debug)]
+pub enum InvoiceCheck {
+    /// The lake is rated now; every invoice file must be byte-identical.
+    Identical,
+    /// The scenario issued the month (`tally rate --issue`) into `out` and rated it again
+    /// after late usage: each account's issued subtotal plus its corrections' must equal
+    /// the reference's subtotal exactly.
+    IssuedPlusCorrections { out: PathBuf },
+}
+
+/// The `subtotal` of every invoice JSON directly in `dir`, by file name.
+fn subtotals(dir: &Path) -> anyhow::Result<BTreeMap<String, Decimal>> {
+    let mut subtotals = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if path.is_file() && name.ends_with(".json") && !name.starts_with('_') {
+            let invoice: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+            let subtotal = invoice["subtotal"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("{} has no subtotal", path.display()))?;
+            subtotals.insert(name, subtotal.parse()?);
+        }
+    }
+    Ok(subtotals)
+}
+
+/// Accounts whose issued subtotal plus corrections (in `out`) differ from the reference's.
+fn differing_after_corrections(
+    out: &Path,
+    reference: &Path,
+    month: &str,
+) -> anyhow::Result<(usize, Vec<String>)> {
+    let issued_dir = tally_rating::write::invoices_dir(out, month);
+    let mut found = subtotals(&issued_dir)?;
+    for entry in std::fs::read_dir(&issued_dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            for (name, correction) in subtotals(&path)? {
+                *found.entry(name).or_default() += correction;
+            }
+        }
+    }
+    let expected = subtotals(&tally_rating::write::invoices_dir(reference, month))?;
+    let mut differing: Vec<String> = expected
+        .iter()
+        .filter(|(name, subtotal)| found.get(*name) != Some(*subtotal))
+        .map(|(name, subtotal)| {
+            format!(
+                "{name}: {} instead of {subtotal}",
+                found.get(name).copied().unwrap_or_default()
+            )
+        })
+        .collect();
+    differing.extend(
+        found
+            .keys()
+            .filter(|name| !expected.contains_key(*name))
+            .map(|name| format!("{name} (not in the reference)")),
+    );
+    Ok((expected.len(), differing))
+}
+
+/// Checks the drained pipeline's lake, dead letters and invoices.
+pub fn check(
+    pipeline: &Pipeline,
+    fleet: &Fleet,
+    truth: &Truth,
+    invoice_check: InvoiceCheck,
+    scenario: String,
+    faults: String,
+    started: std::time::Instant,
+) -> anyhow::Result<Figures> {
+    let (lost, duplicated, invented) = compare_minutes(&pipeline.lake, truth)?;
+    // Strict: every file in the lake counts, so a superseded generation left behind
+    // would show here even though rating would skip it.
+    let totals = tally_demo::check_against_truth(&pipeline.lake, &truth.totals);
+    let mut dead_letters = BTreeMap::new();
+    for letter in read_dead_letters(&pipeline.broker.address(), DEAD_LETTER_TOPIC)? {
+        *dead_letters.entry(letter.reason).or_default() += 1;
+    }
+
+    let month = month_of(fleet);
+    let inputs = RatingInputs::write(&pipeline.dir, &fleet.contracts())?;
+    let reference = reference_lake(fleet, &pipeline.dir)?;
+    let reference_out = pipeline.dir.join("reference-rated");
+    pipeline.rate(&reference, &month, &inputs, &reference_out, false)?;
+    let (invoices, invoices_differing) = match &invoice_check {
+        InvoiceCheck::Identical => {
+            let out = pipeline.dir.join("rated");
+            pipeline.rate(&pipeline.lake, &month, &inputs, &out, false)?;
+            differing_invoices(&out, &reference_out, &month)?
+        }
+        InvoiceCheck::IssuedPlusCorrections { out } => {
+            differing_after_corrections(out, &reference_out, &month)?
+        }
+    };
+
+    Ok(Figures {
+        scenario,
+        samples: truth.samples,
+        faults,
+        lost,
+        duplicated,
+        invented,
+        dead_letters,
+        totals_exact: totals.is_ok(),
+        totals_detail: totals
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default(),
+        invoices,
+        invoices_differing,
+        invoice_check,
+        wall: started.elapsed(),
+    })
+}
+
+/// The billing month of the fleet's span (`YYYY-MM`).
+pub fn month_of(fleet: &Fleet) -> String {
+    fleet.spec.start.to_datetime().format("%Y-%m").to_string()
+}
+
+/// A sample that says something else about its minute than `sample` did: another state
+/// and other counters (a conflict whether or not its hour is still open).
+pub fn conflicting(sample: &Sample) -> Sample {
+    let mut other = sample.clone();
+    other.state = match sample.state {
+        tally_model::ResourceState::Running => tally_model::ResourceState::Stopped,
+        _ => tally_model::ResourceState::Running,
+    };
+    other.in_bytes += 1;
+    other
+}
