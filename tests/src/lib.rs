@@ -70,6 +70,9 @@ pub async fn aggregate_drained(
 pub struct ReadDeadLetter {
     pub reason: String,
     pub detail: String,
+    /// Where the rejected item came from: `topic/partition/offset/item`. A dead letter
+    /// sent again after a restart has the same origin.
+    pub origin: String,
     pub payload: Vec<u8>,
 }
 
@@ -117,6 +120,11 @@ pub fn read_dead_letters(brokers: &str, topic: &str) -> anyhow::Result<Vec<ReadD
             ReadDeadLetter {
                 reason: header("tally-reason"),
                 detail: header("tally-detail"),
+                origin: ["topic", "partition", "offset"]
+                    .map(|part| header(&format!("tally-source-{part}")))
+                    .join("/")
+                    + "/"
+                    + &header("tally-item"),
                 payload: message.payload().unwrap_or_default().to_vec(),
             }
         })

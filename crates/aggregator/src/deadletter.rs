@@ -4,7 +4,10 @@
 //! for a conflict the rejected sample as JSON), where it came from (topic, partition,
 //! offset, line or row) and a reason code. The Kafka sink sends them to the dead-letter
 //! topic (`tally.deadletter` by default) and flushes before any manifest moves the resume
-//! offset past them.
+//! offset past them. So none is lost, but one can be sent twice: an aggregator that
+//! restarts (a crash, a hand-over) reads again from the manifest's resume offset and
+//! rejects the same items again. Its origin headers (`tally-source-topic`, `-partition`,
+//! `-offset`, `tally-item`) identify it; readers count dead letters by origin.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

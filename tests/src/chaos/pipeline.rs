@@ -105,10 +105,16 @@ impl Pipeline {
         Ok(command)
     }
 
-    /// A `tally aggregate` that runs until stopped; with `failpoint` (`NAME`, pass) armed
-    /// it aborts itself there.
-    pub fn aggregator(&self, failpoint: Option<(&str, u64)>) -> anyhow::Result<Child> {
+    /// A `tally aggregate` that runs until stopped (or with `until_drained`, until it has
+    /// read everything and sealed every hour); with `failpoint` (`NAME`, pass) armed it
+    /// aborts itself there.
+    pub fn aggregator(
+        &self,
+        until_drained: bool,
+        failpoint: Option<(&str, u64)>,
+    ) -> anyhow::Result<Child> {
         let mut command = self.aggregate_command()?;
+        command.args(until_drained.then_some("--until-drained"));
         if let Some((name, pass)) = failpoint {
             command.env(tally_aggregator::failpoint::ENV, format!("{name}:{pass}"));
         }
@@ -118,7 +124,7 @@ impl Pipeline {
     /// Runs `tally aggregate --until-drained` to its end: everything on the topic in the
     /// lake, every hour sealed.
     pub fn drain(&self) -> anyhow::Result<()> {
-        let status = self.aggregate_command()?.arg("--until-drained").status()?;
+        let status = self.aggregator(true, None)?.wait()?;
         ensure!(
             status.success(),
             "the draining aggregator failed ({status}); see {}",

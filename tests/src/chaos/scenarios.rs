@@ -152,21 +152,28 @@ impl Outcome {
 /// 1: twenty times (six in a smoke run) an aggregator is started and dies: every other
 /// one by SIGKILL after a random 0.2–3 s, the others by aborting at a failpoint of the
 /// write path (a file fsynced but not renamed, renamed but its directory not fsynced, a
-/// checkpoint not yet in the manifest, a manifest half-stored, a superseded generation not
-/// yet removed), which a signal from outside would almost never hit.
+/// checkpoint not yet in the manifest, a manifest fsynced but not renamed or renamed but
+/// its directory not fsynced), which a signal from outside would almost never hit.
 async fn aggregator_killed(
     pipeline: &Pipeline,
     size: Size,
     dice: &mut Dice,
 ) -> anyhow::Result<String> {
     let rounds = size.pick(20, 6);
-    let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(3_000, 1_500)))?;
+    // Restatements come with late data: scenario 11 aborts at `superseded-kept`.
+    let failpoints: Vec<_> = failpoint::ALL
+        .into_iter()
+        .filter(|name| *name != failpoint::SUPERSEDED_KEPT)
+        .collect();
+    // Hours paced so that samples still flow when the last kills come (an aggregator
+    // with nothing to read writes no files, and its failpoints wait in vain).
+    let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(12_000, 8_000)))?;
     let (mut sigkills, mut fired, mut missed) = (0, BTreeMap::<&str, u32>::new(), 0);
     for round in 0..rounds {
         if round % 2 == 1 {
-            let name = failpoint::ALL[(round / 2) % failpoint::ALL.len()];
+            let name = failpoints[(round / 2) % failpoints.len()];
             let pass = 1 + dice.below(3);
-            let mut aggregator = pipeline.aggregator(Some((name, pass)))?;
+            let mut aggregator = pipeline.aggregator(false, Some((name, pass)))?;
             match exited_within(&mut aggregator, Duration::from_secs(20)).await? {
                 Some(status) if status.signal() == Some(libc_sigabrt()) => {
                     *fired.entry(name).or_default() += 1;
@@ -180,7 +187,7 @@ async fn aggregator_killed(
                 }
             }
         } else {
-            let mut aggregator = pipeline.aggregator(None)?;
+            let mut aggregator = pipeline.aggregator(false, None)?;
             let moment = dice.millis(200, 3_000);
             if let Some(status) = exited_within(&mut aggregator, moment).await? {
                 bail!("an aggregator exited by itself with {status}");
@@ -206,6 +213,15 @@ async fn aggregator_killed(
     ))
 }
 
+/// Rollup files of an older generation than another file of their source partition.
+fn superseded_files(lake: &Path) -> anyhow::Result<usize> {
+    let mut superseded = 0;
+    for hour_dir in std::fs::read_dir(lake.join(tally_aggregator::write::ROLLUPS_DIR))? {
+        superseded += tally_rating::usage::current_generation(&hour_dir?.path())?.superseded;
+    }
+    Ok(superseded)
+}
+
 /// SIGABRT's number (6 on every Unix Tally runs on).
 const fn libc_sigabrt() -> i32 {
     6
@@ -222,7 +238,7 @@ async fn broker_killed(
 ) -> anyhow::Result<String> {
     let kills = size.pick(10, 3);
     let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(8_000, 3_000)))?;
-    let mut aggregator = pipeline.aggregator(None)?;
+    let mut aggregator = pipeline.aggregator(false, None)?;
     let (mut aggregator_restarts, mut down_total) = (0, Duration::ZERO);
     for _ in 0..kills {
         tokio::time::sleep(dice.millis(2_000, 8_000)).await;
@@ -235,7 +251,7 @@ async fn broker_killed(
         producer.poll(pipeline)?;
         if aggregator.try_wait()?.is_some() {
             aggregator_restarts += 1;
-            aggregator = pipeline.aggregator(None)?;
+            aggregator = pipeline.aggregator(false, None)?;
         }
     }
     producer.finish(pipeline, Duration::from_secs(900)).await?;
@@ -261,7 +277,7 @@ async fn duplicates_and_conflicts(
     dice: &mut Dice,
 ) -> anyhow::Result<Outcome> {
     let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(1_000, 500)))?;
-    let mut aggregator = pipeline.aggregator(None)?;
+    let mut aggregator = pipeline.aggregator(false, None)?;
     producer.finish(pipeline, Duration::from_secs(600)).await?;
 
     let (mut resent, mut conflicts, mut replayed) = (Vec::new(), Vec::new(), Vec::new());
@@ -305,9 +321,10 @@ async fn duplicates_and_conflicts(
 
 /// 11: half a percent of the samples is held back. The rest is shipped and drained, and
 /// the month rated and issued (`tally rate --issue`); then the held-back samples arrive,
-/// days late in event time. A running aggregator restates their sealed hours, and rating
-/// the month again writes correction lines: each account's issued subtotal plus its
-/// corrections must equal the truth's, exactly.
+/// weeks late in event time. An aggregator restates their sealed hours, dying at the first
+/// restatement between storing the manifest and removing the superseded file; a second
+/// one finishes. Rating the month again writes correction lines: each account's issued
+/// subtotal plus its corrections must equal the truth's (to 20 decimal places).
 async fn late_after_rating(
     pipeline: &Pipeline,
     fleet: &Fleet,
@@ -332,11 +349,19 @@ async fn late_after_rating(
     pipeline.rate(&pipeline.lake, &month, &inputs, &out, true)?;
 
     let late_hours: BTreeSet<_> = late.iter().map(|sample| sample.minute.hour()).collect();
-    let mut aggregator = pipeline.aggregator(None)?;
     shipper.ship(late.clone()).await?;
     drop(shipper);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    sigkill(&mut aggregator)?;
+    // The aggregator that restates the first hour dies once the manifest names the new
+    // generation, before it removes the old file: the next one must clean up after it.
+    let mut aggregator = pipeline.aggregator(true, Some((failpoint::SUPERSEDED_KEPT, 1)))?;
+    let aborted = exited_within(&mut aggregator, Duration::from_secs(60)).await?;
+    ensure!(
+        aborted.is_some_and(|status| status.signal() == Some(libc_sigabrt())),
+        "the restating aggregator did not abort at {} ({aborted:?})",
+        failpoint::SUPERSEDED_KEPT
+    );
+    let left = superseded_files(&pipeline.lake)?;
+    ensure!(left > 0, "the abort left no superseded generation behind");
     pipeline.drain()?;
     pipeline.rate(&pipeline.lake, &month, &inputs, &out, false)?;
     let issued = tally_rating::correction::read_issued(&out, &month)?
@@ -348,10 +373,11 @@ async fn late_after_rating(
     );
     Ok(Outcome {
         faults: format!(
-            "{} samples (0.5 %) of {} hours shipped after the month was rated and issued; \
-             1 correction round",
+            "{} samples (0.5 %) of {} hours shipped after the month was rated and issued, \
+             the restating aggregator aborted at {}; 1 correction round",
             late.len(),
-            late_hours.len()
+            late_hours.len(),
+            failpoint::SUPERSEDED_KEPT
         ),
         dead_letters: BTreeMap::new(),
         invoices: InvoiceCheck::IssuedPlusCorrections { out },
