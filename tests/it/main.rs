@@ -6,6 +6,7 @@ mod aggregator_groups;
 mod broker_pipeline;
 mod collector;
 mod demo;
+mod fuzz_corpus;
 mod sasl;
 mod signed;
 mod sql;

@@ -24,6 +24,8 @@
 //! the contracts file, which refers to the tariff by `id`. A change that alters the
 //! meaning of an existing field is a new schema, `tally.tariff.v2`.
 
+pub mod check;
+
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;

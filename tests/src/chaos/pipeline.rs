@@ -112,13 +112,13 @@ impl Pipeline {
         &self,
         until_drained: bool,
         failpoint: Option<(&str, u64)>,
-    ) -> anyhow::Result<Child> {
+    ) -> anyhow::Result<Process> {
         let mut command = self.aggregate_command()?;
         command.args(until_drained.then_some("--until-drained"));
         if let Some((name, pass)) = failpoint {
             command.env(tally_aggregator::failpoint::ENV, format!("{name}:{pass}"));
         }
-        Ok(command.spawn()?)
+        Ok(Process(command.spawn()?))
     }
 
     /// Runs `tally aggregate --until-drained` to its end: everything on the topic in the
@@ -259,6 +259,33 @@ impl Drop for Producer {
         if !self.done {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// A process of the pipeline, killed if the runner lets go of it early (a scenario that
+/// fails part-way must not leave an aggregator running).
+pub struct Process(Child);
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }

@@ -1,0 +1,3 @@
+//! The fuzz targets' checks, in [`checks`] (shared with the stable regression test).
+
+pub mod checks;
