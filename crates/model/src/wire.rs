@@ -329,6 +329,28 @@ pub fn decode_arrow(bytes: &[u8]) -> Result<Vec<Decoded>, Rejection> {
 }
 
 fn decode_arrow_into(bytes: &[u8], decoded: &mut DecodedItems) -> Result<(), Rejection> {
+    // arrow-ipc trusts parts of a message it should check: a schema message without its
+    // fields makes it unwrap a None (found by fuzzing, arrow-ipc 59). One bad message must
+    // be dead-lettered, not crash the aggregator that would read it again after every
+    // restart. Decoding touches nothing but `decoded`, which a panic leaves cleared.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_arrow_stream(bytes, decoded)
+    }));
+    outcome.unwrap_or_else(|panic| {
+        decoded.clear();
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Rejection::new(
+            RejectReason::Malformed,
+            format!("the Arrow IPC reader failed on this message: {message}"),
+        ))
+    })
+}
+
+fn read_arrow_stream(bytes: &[u8], decoded: &mut DecodedItems) -> Result<(), Rejection> {
     let malformed = |error: ArrowError| Rejection::new(RejectReason::Malformed, error.to_string());
     let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(malformed)?;
     for batch in reader {
