@@ -230,7 +230,7 @@ pub fn write_month(lake: &Path, spec: &MonthSpec) -> anyhow::Result<Generated> {
                             fleet.iter().filter_map(|r| row(r, hour, offset)).collect();
                         let relative: PathBuf =
                             hour_dir(Path::new(""), hour).join(file_name("tally.samples", 0, 0));
-                        bytes += write_rows(lake, &relative, &rows)?;
+                        bytes += write_rows(lake, &relative, &rows)?.bytes;
                         rows_written += rows.len() as u64;
                     }
                     Ok((rows_written, bytes))

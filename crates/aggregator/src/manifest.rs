@@ -23,6 +23,9 @@ use crate::write::{ROLLUPS_DIR, TEMP_SUFFIX, file_name, hour_dir, sync_dir};
 /// Where manifests live under the lake root.
 pub const STATE_DIR: &str = "_state";
 
+/// Where damaged checkpoints are moved (`_quarantine/<source>/<file>`), kept for a look.
+pub const QUARANTINE_DIR: &str = "_quarantine";
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -52,6 +55,11 @@ pub struct Checkpoint {
     pub latest_minute: Option<i64>,
     /// Per open hour (`YYYY-MM-DDTHH`): what its rows alone do not say.
     pub hours: BTreeMap<String, OpenHourState>,
+    /// CRC-32 of the file: a checkpoint that does not match is quarantined, and the
+    /// partition read again from `resume_offset` (absent in manifests of Tally before
+    /// checkpoints were checksummed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

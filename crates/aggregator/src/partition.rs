@@ -8,14 +8,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use tally_model::{Hour, Minute, Sample};
+use tally_model::{Hour, Minute, RollupRow, Sample};
 
 use crate::dedup::Verdict;
 use crate::error::{Error, Result};
 use crate::failpoint;
+use crate::manifest::QUARANTINE_DIR;
 use crate::manifest::{Checkpoint, Manifest, OpenHourState, SealedHour};
 use crate::rollup::OpenHour;
-use crate::write::{read_rows, write_rows};
+use crate::write::{file_crc32, read_rows, write_rows};
 
 pub struct PartitionState {
     /// The partition's lock, held while this state exists (see [`claim`]).
@@ -56,34 +57,82 @@ impl PartitionState {
             manifest,
         };
         if let Some(checkpoint) = state.manifest.checkpoint.clone() {
-            let path = lake.join(&checkpoint.file);
-            let mut rows_by_hour: BTreeMap<Hour, Vec<_>> = BTreeMap::new();
-            for row in read_rows(&path)? {
-                rows_by_hour.entry(row.key.hour).or_default().push(row);
+            match checkpoint_rows(lake, &checkpoint) {
+                Ok(rows) => state.restore(&checkpoint, rows, source, partition)?,
+                Err(damage) => state.quarantine(&checkpoint, &damage, source)?,
             }
-            for (hour, saved) in &checkpoint.hours {
-                let hour = Hour::parse_partition_value(hour).map_err(|error| Error::Manifest {
-                    path: Manifest::path(lake, source, partition),
-                    detail: format!("checkpoint hour '{hour}': {error}"),
-                })?;
-                let rows = rows_by_hour.remove(&hour).unwrap_or_default();
-                let mut open = OpenHour::restore(hour, rows, saved.generation, &path)?;
-                open.samples_added = saved.samples_added;
-                open.first_offset = saved.first_offset;
-                state.open.insert(hour, open);
-            }
-            if let Some((hour, _)) = rows_by_hour.first_key_value() {
-                return Err(Error::Manifest {
-                    path: Manifest::path(lake, source, partition),
-                    detail: format!(
-                        "checkpoint {} has rows of hour {hour}, which the manifest does not list",
-                        path.display()
-                    ),
-                });
-            }
-            state.latest_minute = checkpoint.latest_minute.map(Minute::from_unix_minutes);
         }
         Ok(state)
+    }
+
+    /// Brings back the open hours of a checkpoint whose rows were read.
+    fn restore(
+        &mut self,
+        checkpoint: &Checkpoint,
+        rows: Vec<RollupRow>,
+        source: &str,
+        partition: i32,
+    ) -> Result<()> {
+        let path = self.lake.join(&checkpoint.file);
+        let mut rows_by_hour: BTreeMap<Hour, Vec<_>> = BTreeMap::new();
+        for row in rows {
+            rows_by_hour.entry(row.key.hour).or_default().push(row);
+        }
+        for (hour, saved) in &checkpoint.hours {
+            let hour = Hour::parse_partition_value(hour).map_err(|error| Error::Manifest {
+                path: Manifest::path(&self.lake, source, partition),
+                detail: format!("checkpoint hour '{hour}': {error}"),
+            })?;
+            let rows = rows_by_hour.remove(&hour).unwrap_or_default();
+            let mut open = OpenHour::restore(hour, rows, saved.generation, &path)?;
+            open.samples_added = saved.samples_added;
+            open.first_offset = saved.first_offset;
+            self.open.insert(hour, open);
+        }
+        if let Some((hour, _)) = rows_by_hour.first_key_value() {
+            return Err(Error::Manifest {
+                path: Manifest::path(&self.lake, source, partition),
+                detail: format!(
+                    "checkpoint {} has rows of hour {hour}, which the manifest does not list",
+                    path.display()
+                ),
+            });
+        }
+        self.latest_minute = checkpoint.latest_minute.map(Minute::from_unix_minutes);
+        Ok(())
+    }
+
+    /// Moves a damaged checkpoint to `_quarantine/<source>/` and forgets it: reading
+    /// resumes at `resume_offset`, the first message of the oldest open hour, and builds
+    /// the open hours again from the messages themselves. Nothing of the damaged file
+    /// is counted.
+    fn quarantine(&mut self, checkpoint: &Checkpoint, damage: &str, source: &str) -> Result<()> {
+        let path = self.lake.join(&checkpoint.file);
+        let quarantine = self.lake.join(QUARANTINE_DIR).join(source);
+        let io_error = |action: String| move |source| Error::Io { action, source };
+        std::fs::create_dir_all(&quarantine)
+            .map_err(io_error(format!("create {}", quarantine.display())))?;
+        if path.exists() {
+            // A later checkpoint can have the same name (the same offset, reached again).
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let target = (1..)
+                .map(|copy| quarantine.join(format!("{name}.{copy}")))
+                .find(|target| !target.exists())
+                .unwrap_or_default();
+            std::fs::rename(&path, &target).map_err(io_error(format!(
+                "move the damaged checkpoint {} to {}",
+                path.display(),
+                target.display()
+            )))?;
+        }
+        tracing::error!(
+            checkpoint = %path.display(),
+            damage,
+            resume_offset = self.manifest.resume_offset,
+            "damaged checkpoint quarantined; reading its open hours again from the topic"
+        );
+        self.manifest.checkpoint = None;
+        self.manifest.store(&self.lake)
     }
 
     /// Where to start reading this partition.
@@ -103,7 +152,7 @@ impl PartitionState {
         } else {
             let file = self.manifest.checkpoint_file(next_offset);
             let rows: Vec<_> = self.open.values().flat_map(OpenHour::sorted_rows).collect();
-            write_rows(&self.lake, &file, &rows)?;
+            let written = write_rows(&self.lake, &file, &rows)?;
             failpoint::pass(failpoint::CHECKPOINT_WRITTEN);
             self.manifest.checkpoint = Some(Checkpoint {
                 file,
@@ -123,6 +172,7 @@ impl PartitionState {
                         )
                     })
                     .collect(),
+                crc32: Some(written.crc32),
             });
         }
         self.manifest.store(&self.lake)?;
@@ -200,7 +250,7 @@ impl PartitionState {
             let samples_added = open.samples_added;
             let rows = open.sorted_rows();
             let file = self.manifest.file_for(hour, generation);
-            let bytes = write_rows(&self.lake, &file, &rows)?;
+            let bytes = write_rows(&self.lake, &file, &rows)?.bytes;
             let samples = rows
                 .iter()
                 .map(|row| u64::from(row.meters.sample_count))
@@ -258,6 +308,27 @@ impl PartitionState {
         }
         Ok(report)
     }
+}
+
+/// A checkpoint's rows, or what is wrong with its file: missing or unreadable, not
+/// matching the checksum its manifest recorded, or not rollup rows.
+fn checkpoint_rows(
+    lake: &Path,
+    checkpoint: &Checkpoint,
+) -> std::result::Result<Vec<RollupRow>, String> {
+    let path = lake.join(&checkpoint.file);
+    if let Some(expected) = checkpoint.crc32 {
+        match file_crc32(&path) {
+            Ok(found) if found == expected => {}
+            Ok(found) => {
+                return Err(format!(
+                    "CRC-32 {found:08x}, the manifest recorded {expected:08x}"
+                ));
+            }
+            Err(error) => return Err(format!("cannot read it: {error}")),
+        }
+    }
+    read_rows(&path).map_err(|error| error.to_string())
 }
 
 /// Takes the partition's lock file (`_state/<source>/p<N>.lock`), waiting while another

@@ -47,8 +47,40 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
+/// What [`write_rows`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub bytes: u64,
+    /// CRC-32 of the file's bytes: a checkpoint's manifest keeps it, so that a damaged
+    /// checkpoint is told from a good one (Parquet checks its footer, not its values).
+    pub crc32: u32,
+}
+
+/// Passes bytes on to a file, summing them as they go.
+struct Checksummed<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: io::Write> io::Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.crc.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The CRC-32 of a whole file, to compare with the one [`write_rows`] reported.
+pub fn file_crc32(path: &Path) -> io::Result<u32> {
+    Ok(crc32fast::hash(&fs::read(path)?))
+}
+
 /// Writes `rows` atomically to `path` (relative names are resolved against `lake`).
-pub fn write_rows(lake: &Path, relative: &Path, rows: &[RollupRow]) -> Result<u64> {
+pub fn write_rows(lake: &Path, relative: &Path, rows: &[RollupRow]) -> Result<Written> {
     let path = lake.join(relative);
     let io_error = |action: &str, source: io::Error| Error::Io {
         action: format!("{action} {}", path.display()),
@@ -61,7 +93,10 @@ pub fn write_rows(lake: &Path, relative: &Path, rows: &[RollupRow]) -> Result<u6
         context: format!("building the batch for {}", path.display()),
         source,
     })?;
-    let file = File::create(&temp).map_err(|e| io_error("create", e))?;
+    let file = Checksummed {
+        inner: File::create(&temp).map_err(|e| io_error("create", e))?,
+        crc: crc32fast::Hasher::new(),
+    };
     let parquet_error = |source: parquet::errors::ParquetError| Error::Parquet {
         path: temp.clone(),
         source,
@@ -69,7 +104,7 @@ pub fn write_rows(lake: &Path, relative: &Path, rows: &[RollupRow]) -> Result<u6
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))
         .map_err(parquet_error)?;
     writer.write(&batch).map_err(parquet_error)?;
-    let file = writer.into_inner().map_err(parquet_error)?;
+    let Checksummed { inner: file, crc } = writer.into_inner().map_err(parquet_error)?;
     file.sync_all().map_err(|e| io_error("fsync", e))?;
     let bytes = file.metadata().map_err(|e| io_error("stat", e))?.len();
     drop(file);
@@ -77,7 +112,10 @@ pub fn write_rows(lake: &Path, relative: &Path, rows: &[RollupRow]) -> Result<u6
     fs::rename(&temp, &path).map_err(|e| io_error("rename into place", e))?;
     failpoint::pass(failpoint::PARQUET_RENAMED);
     sync_dir(directory)?;
-    Ok(bytes)
+    Ok(Written {
+        bytes,
+        crc32: crc.finalize(),
+    })
 }
 
 /// Reads every row of a rollup file.

@@ -4,7 +4,9 @@
 //!
 //! A restart here is what a crash leaves: the in-memory state is dropped, the partition
 //! is reopened from the lake (its manifest, and the checkpoint of open hours it names) and
-//! the stream is read again from where the manifest says, as Kafka would deliver it.
+//! the stream is read again from where the manifest says, as Kafka would deliver it. In
+//! some runs each crash also damages the checkpoint on disk: it must be quarantined and
+//! its hours read again, never counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use tally_aggregator::deadletter::CollectedDeadLetters;
 use tally_aggregator::ingest::{AggregateConfig, Ingest};
-use tally_aggregator::manifest::Manifest;
+use tally_aggregator::manifest::{Manifest, QUARANTINE_DIR};
 use tally_aggregator::write::read_rows;
 use tally_model::clock::FixedClock;
 use tally_model::wire::Encoding;
@@ -125,6 +127,9 @@ struct Scenario {
     /// Messages between two checkpoints of the open hours, as the Kafka loop takes every
     /// minute.
     checkpoint_every: usize,
+    /// After each crash, flip a byte of the checkpoint the manifest names (a disk's
+    /// damage): the restart must quarantine it and read its hours again.
+    damage_checkpoints: bool,
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -134,14 +139,16 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         proptest::collection::btree_set(0usize..200, 0..6),
         1usize..8,
         1usize..12,
+        any::<bool>(),
     )
         .prop_map(
-            |(samples, message_sizes, crashes, seal_every, checkpoint_every)| Scenario {
+            |(samples, message_sizes, crashes, seal_every, checkpoint_every, damage)| Scenario {
                 samples,
                 message_sizes,
                 crashes,
                 seal_every,
                 checkpoint_every,
+                damage_checkpoints: damage,
             },
         )
 }
@@ -202,9 +209,28 @@ fn reference(scenario: &Scenario) -> BTreeMap<RollupKey, RollupMeters> {
     rows
 }
 
+/// Flips one byte of the checkpoint the manifest names, if it names one.
+fn damage_checkpoint(lake: &Path, salt: usize) -> bool {
+    let manifest = Manifest::load(lake, SOURCE, 0).expect("manifest");
+    let Some(checkpoint) = manifest.checkpoint else {
+        return false;
+    };
+    let path = lake.join(&checkpoint.file);
+    let mut bytes = std::fs::read(&path).expect("read the checkpoint");
+    let position = salt.wrapping_mul(7919) % bytes.len();
+    bytes[position] ^= 0x5a;
+    std::fs::write(&path, bytes).expect("damage the checkpoint");
+    true
+}
+
+/// Damaged checkpoints the aggregator moved aside.
+fn quarantined(lake: &Path) -> usize {
+    std::fs::read_dir(lake.join(QUARANTINE_DIR).join(SOURCE)).map_or(0, Iterator::count)
+}
+
 /// Runs the stream through the aggregator, killing it after the scenario's messages.
-/// Returns the dead letters of every run.
-fn aggregate(lake: &Path, scenario: &Scenario, messages: &[(Encoding, Vec<u8>)]) -> usize {
+/// Returns the dead letters of every run and how many checkpoints it damaged.
+fn aggregate(lake: &Path, scenario: &Scenario, messages: &[(Encoding, Vec<u8>)]) -> (usize, usize) {
     let mut config = AggregateConfig::new(lake);
     config.lateness_minutes = LATENESS_MINUTES;
     // A day after the stream: nothing is from the future, nothing beyond retention.
@@ -213,7 +239,7 @@ fn aggregate(lake: &Path, scenario: &Scenario, messages: &[(Encoding, Vec<u8>)])
     ));
     let end = i64::try_from(messages.len()).expect("messages");
     let mut crashes = scenario.crashes.clone();
-    let mut dead_letters = 0;
+    let (mut dead_letters, mut damaged) = (0, 0);
     loop {
         let mut sink = CollectedDeadLetters::default();
         let mut ingest = Ingest::new(config.clone(), SOURCE, &mut sink);
@@ -243,7 +269,10 @@ fn aggregate(lake: &Path, scenario: &Scenario, messages: &[(Encoding, Vec<u8>)])
         drop(ingest);
         dead_letters += sink.letters.len();
         if !crashed {
-            return dead_letters;
+            return (dead_letters, damaged);
+        }
+        if scenario.damage_checkpoints && damage_checkpoint(lake, dead_letters + damaged + 1) {
+            damaged += 1;
         }
     }
 }
@@ -289,8 +318,9 @@ proptest! {
     fn the_sealed_lake_equals_a_rollup_of_the_distinct_samples(scenario in scenario()) {
         let lake = tempfile::tempdir().expect("temp dir");
         let messages = messages(&scenario);
-        let dead_letters = aggregate(lake.path(), &scenario, &messages);
+        let (dead_letters, damaged) = aggregate(lake.path(), &scenario, &messages);
         prop_assert_eq!(dead_letters, 0, "a duplicate is not a dead letter");
+        prop_assert_eq!(quarantined(lake.path()), damaged, "every damaged checkpoint quarantined");
         let sealed = sealed_lake(lake.path());
         let expected = reference(&scenario);
         prop_assert_eq!(sealed.len(), expected.len());

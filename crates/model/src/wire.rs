@@ -350,8 +350,62 @@ fn decode_arrow_into(bytes: &[u8], decoded: &mut DecodedItems) -> Result<(), Rej
     })
 }
 
+/// Checks an IPC stream's framing before arrow-ipc reads it: each message's metadata and
+/// body must lie within `bytes`. arrow-ipc allocates a message's metadata and body at
+/// the lengths the stream declares before reading them, so a few bytes declaring a
+/// 16 GB body would take 16 GB (found by fuzzing, arrow-ipc 59). Where the framing ends
+/// early, arrow-ipc's own reading reports it.
+fn check_ipc_framing(bytes: &[u8]) -> Result<(), String> {
+    const CONTINUATION: i32 = -1;
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|word| i32::from_le_bytes([word[0], word[1], word[2], word[3]]))
+    };
+    let mut at = 0;
+    loop {
+        let Some(mut length) = word(at) else {
+            return Ok(());
+        };
+        at += 4;
+        if length == CONTINUATION {
+            let Some(after_marker) = word(at) else {
+                return Ok(());
+            };
+            length = after_marker;
+            at += 4;
+        }
+        if length == 0 {
+            return Ok(()); // the end-of-stream marker
+        }
+        let metadata = usize::try_from(length)
+            .ok()
+            .and_then(|length| bytes.get(at..at.checked_add(length)?))
+            .ok_or_else(|| {
+                format!(
+                    "a message at byte {at} declares {length} bytes of metadata; {} remain",
+                    bytes.len() - at
+                )
+            })?;
+        let message = arrow::ipc::root_as_message(metadata)
+            .map_err(|error| format!("the message metadata at byte {at}: {error}"))?;
+        at += metadata.len();
+        let body = message.bodyLength();
+        match usize::try_from(body) {
+            Ok(body) if body <= bytes.len() - at => at += body,
+            _ => {
+                return Err(format!(
+                    "a message at byte {at} declares a body of {body} bytes; {} remain",
+                    bytes.len() - at
+                ));
+            }
+        }
+    }
+}
+
 fn read_arrow_stream(bytes: &[u8], decoded: &mut DecodedItems) -> Result<(), Rejection> {
     let malformed = |error: ArrowError| Rejection::new(RejectReason::Malformed, error.to_string());
+    check_ipc_framing(bytes).map_err(|detail| Rejection::new(RejectReason::Malformed, detail))?;
     let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(malformed)?;
     for batch in reader {
         let batch = batch.map_err(malformed)?;

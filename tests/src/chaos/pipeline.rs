@@ -13,7 +13,7 @@ use tally_collector::FleetSpec;
 use crate::{OwnBroker, create_topic};
 
 /// Partitions of the samples topic: enough that a kill lands between partitions' writes.
-const SAMPLE_PARTITIONS: i32 = 3;
+pub const SAMPLE_PARTITIONS: i32 = 3;
 pub const SAMPLES_TOPIC: &str = "tally.samples";
 pub const DEAD_LETTER_TOPIC: &str = "tally.deadletter";
 

@@ -12,7 +12,8 @@ use tally_collector::{Fleet, FleetSpec, ShipConfig, Shipper};
 use tally_model::Sample;
 
 use super::pipeline::{
-    Dice, Pipeline, Producer, RatingInputs, SAMPLES_TOPIC, exited_within, sigkill,
+    Dice, Pipeline, Producer, RatingInputs, SAMPLE_PARTITIONS, SAMPLES_TOPIC, exited_within,
+    sigkill,
 };
 use super::verdict::{self, Figures, InvoiceCheck, Truth, conflicting};
 
@@ -51,6 +52,8 @@ pub enum Scenario {
     AggregatorKilled,
     /// 3: the broker SIGKILLed and restarted after 5–60 s.
     BrokerKilled,
+    /// 8: checkpoints of open hours damaged on disk between a kill and the restart.
+    DamagedCheckpoints,
     /// 9: re-produced samples, an hour replayed twice, conflicting samples.
     DuplicatesAndConflicts,
     /// 11: late samples after their hours were sealed and the month rated and issued.
@@ -58,9 +61,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::AggregatorKilled,
         Scenario::BrokerKilled,
+        Scenario::DamagedCheckpoints,
         Scenario::DuplicatesAndConflicts,
         Scenario::LateAfterRating,
     ];
@@ -70,6 +74,7 @@ impl Scenario {
         match self {
             Scenario::AggregatorKilled => 1,
             Scenario::BrokerKilled => 3,
+            Scenario::DamagedCheckpoints => 8,
             Scenario::DuplicatesAndConflicts => 9,
             Scenario::LateAfterRating => 11,
         }
@@ -79,6 +84,7 @@ impl Scenario {
         match self {
             Scenario::AggregatorKilled => "aggregator SIGKILL",
             Scenario::BrokerKilled => "broker SIGKILL",
+            Scenario::DamagedCheckpoints => "damaged checkpoints",
             Scenario::DuplicatesAndConflicts => "duplicates and conflicts",
             Scenario::LateAfterRating => "late data after sealing and rating",
         }
@@ -110,6 +116,9 @@ impl Scenario {
             }
             Scenario::BrokerKilled => {
                 Outcome::faults(broker_killed(&mut pipeline, size, &mut dice).await?)
+            }
+            Scenario::DamagedCheckpoints => {
+                Outcome::faults(damaged_checkpoints(&pipeline, size, &mut dice).await?)
             }
             Scenario::DuplicatesAndConflicts => {
                 duplicates_and_conflicts(&pipeline, &fleet, size, &mut dice).await?
@@ -220,6 +229,96 @@ fn superseded_files(lake: &Path) -> anyhow::Result<usize> {
         superseded += tally_rating::usage::current_generation(&hour_dir?.path())?.superseded;
     }
     Ok(superseded)
+}
+
+/// 8: ten times (three in a smoke run) the aggregator is SIGKILLed once a manifest names
+/// a checkpoint of open hours, and a byte of that checkpoint is flipped before the next
+/// start (the spool's side of this scenario, a flipped byte in a collector's spool record,
+/// is `tests/it/collector.rs`). Each damaged checkpoint must be quarantined — its CRC-32
+/// no longer matches the manifest's — and its hours read again from the topic; nothing
+/// of it may be counted.
+async fn damaged_checkpoints(
+    pipeline: &Pipeline,
+    size: Size,
+    dice: &mut Dice,
+) -> anyhow::Result<String> {
+    let rounds = size.pick(10, 3);
+    let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(8_000, 5_000)))?;
+    // Distinct files: a run killed before it opened a partition leaves the damaged
+    // checkpoint named, and the next round may flip another bit of it.
+    let (mut damaged, mut without_checkpoint) = (BTreeSet::new(), 0);
+    for _ in 0..rounds {
+        let mut aggregator = pipeline.aggregator(false, None)?;
+        // A checkpoint taken by this run (a named one older than the run would be one the
+        // previous round already damaged and the start quarantined).
+        tokio::time::sleep(dice.millis(1_500, 4_000)).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut checkpoints = named_checkpoints(&pipeline.lake)?;
+        while checkpoints.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            checkpoints = named_checkpoints(&pipeline.lake)?;
+        }
+        sigkill(&mut aggregator)?;
+        // The checkpoint as the manifest names it after the kill.
+        let checkpoints = named_checkpoints(&pipeline.lake)?;
+        let Some(victim) = checkpoints.get(dice.below(checkpoints.len() as u64) as usize) else {
+            without_checkpoint += 1;
+            continue;
+        };
+        let mut bytes = std::fs::read(victim)?;
+        let position = dice.below(bytes.len() as u64) as usize;
+        bytes[position] ^= 1 << dice.below(8);
+        std::fs::write(victim, bytes)?;
+        damaged.insert(victim.clone());
+        producer.poll(pipeline)?;
+    }
+    producer.finish(pipeline, Duration::from_secs(600)).await?;
+    pipeline.drain()?;
+    let quarantined = count_files(
+        &pipeline
+            .lake
+            .join(tally_aggregator::manifest::QUARANTINE_DIR),
+    )?;
+    ensure!(
+        quarantined == damaged.len(),
+        "{} checkpoints damaged, {quarantined} quarantined",
+        damaged.len()
+    );
+    Ok(format!(
+        "{rounds} SIGKILLs, {} checkpoints with one bit flipped ({without_checkpoint} kills \
+         found none to damage), {quarantined} quarantined",
+        damaged.len()
+    ))
+}
+
+/// The checkpoint files the samples topic's manifests name.
+fn named_checkpoints(lake: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let source = tally_aggregator::ingest::source_name(SAMPLES_TOPIC);
+    let mut files = Vec::new();
+    for partition in 0..SAMPLE_PARTITIONS {
+        let manifest = tally_aggregator::manifest::Manifest::load(lake, &source, partition)?;
+        if let Some(checkpoint) = manifest.checkpoint {
+            files.push(lake.join(checkpoint.file));
+        }
+    }
+    Ok(files)
+}
+
+/// Files anywhere under `dir` (0 if it does not exist).
+fn count_files(dir: &Path) -> anyhow::Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut count = 0;
+    for entry in entries {
+        let path = entry?.path();
+        count += if path.is_dir() {
+            count_files(&path)?
+        } else {
+            1
+        };
+    }
+    Ok(count)
 }
 
 /// SIGABRT's number (6 on every Unix Tally runs on).
