@@ -30,6 +30,11 @@ pub enum MinuteError {
 }
 
 impl Minute {
+    /// 0000-01-01T00:00Z and 9999-12-31T23:59Z: the minutes RFC 3339 can write, so the
+    /// ones a sample may carry in either wire encoding.
+    pub const FIRST_WRITABLE: Self = Self(-62_167_219_200 / 60);
+    pub const LAST_WRITABLE: Self = Self(253_402_300_740 / 60);
+
     pub const fn from_unix_minutes(minutes: i64) -> Self {
         Self(minutes)
     }
@@ -164,6 +169,17 @@ impl<'de> Deserialize<'de> for Minute {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writable_minutes_are_those_rfc_3339_writes_and_reads() {
+        for minute in [Minute::FIRST_WRITABLE, Minute::LAST_WRITABLE] {
+            let text = minute.to_string();
+            assert_eq!(text.len(), "2026-10-01T13:45:00Z".len(), "{text}");
+            assert_eq!(text.parse::<Minute>(), Ok(minute));
+        }
+        let beyond = Minute::from_unix_minutes(Minute::LAST_WRITABLE.unix_minutes() + 1);
+        assert!(beyond.to_string().parse::<Minute>().is_err());
+    }
 
     #[test]
     fn minute_round_trips_through_text() {
