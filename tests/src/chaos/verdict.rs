@@ -206,43 +206,6 @@ fn reference_lake(fleet: &Fleet, dir: &Path) -> anyhow::Result<std::path::PathBu
     Ok(lake)
 }
 
-/// Invoice files of `out`'s month that differ from (or are missing in) `reference`'s.
-fn differing_invoices(
-    out: &Path,
-    reference: &Path,
-    month: &str,
-) -> anyhow::Result<(usize, Vec<String>)> {
-    let listing = |root: &Path| -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-        let dir = tally_rating::write::invoices_dir(root, month);
-        let mut files = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            let name = path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            if name.ends_with(".json") && !name.starts_with('_') {
-                files.insert(name, std::fs::read(&path)?);
-            }
-        }
-        Ok(files)
-    };
-    let (found, expected) = (listing(out)?, listing(reference)?);
-    let mut differing: Vec<String> = expected
-        .iter()
-        .filter(|(name, bytes)| found.get(*name) != Some(*bytes))
-        .map(|(name, _)| name.clone())
-        .collect();
-    differing.extend(
-        found
-            .keys()
-            .filter(|name| !expected.contains_key(*name))
-            .map(|name| format!("{name} (not in the reference)")),
-    );
-    Ok((expected.len(), differing))
-}
-
 /// How the lake's invoices are held against the reference's.
 #[derive(Clone, Debug)]
 pub enum InvoiceCheck {
@@ -254,9 +217,9 @@ pub enum InvoiceCheck {
     IssuedPlusCorrections { out: PathBuf },
 }
 
-/// The `subtotal` of every invoice JSON directly in `dir`, by file name.
-fn subtotals(dir: &Path) -> anyhow::Result<BTreeMap<String, Decimal>> {
-    let mut subtotals = BTreeMap::new();
+/// The invoice files directly in `dir` (`<account>.json`; not the issue record), by name.
+fn invoice_files(dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path
@@ -265,14 +228,57 @@ fn subtotals(dir: &Path) -> anyhow::Result<BTreeMap<String, Decimal>> {
             .to_string_lossy()
             .into_owned();
         if path.is_file() && name.ends_with(".json") && !name.starts_with('_') {
-            let invoice: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-            let subtotal = invoice["subtotal"]
-                .as_str()
-                .ok_or_else(|| anyhow::anyhow!("{} has no subtotal", path.display()))?;
-            subtotals.insert(name, subtotal.parse()?);
+            files.insert(name, std::fs::read(&path)?);
         }
     }
+    Ok(files)
+}
+
+/// The `subtotal` of every invoice directly in `dir`, by file name.
+fn subtotals(dir: &Path) -> anyhow::Result<BTreeMap<String, Decimal>> {
+    let mut subtotals = BTreeMap::new();
+    for (name, bytes) in invoice_files(dir)? {
+        let invoice: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let subtotal = invoice["subtotal"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("{name} in {} has no subtotal", dir.display()))?;
+        subtotals.insert(name, subtotal.parse()?);
+    }
     Ok(subtotals)
+}
+
+/// The invoices of `expected` that `found` lacks or has otherwise (`equal` says), as
+/// `describe` puts them, then those only `found` has.
+fn differences<V>(
+    found: &BTreeMap<String, V>,
+    expected: &BTreeMap<String, V>,
+    equal: impl Fn(&V, &V) -> bool,
+    describe: impl Fn(&str, Option<&V>, &V) -> String,
+) -> Vec<String> {
+    let mut differing: Vec<String> = expected
+        .iter()
+        .filter(|(name, value)| !found.get(*name).is_some_and(|found| equal(found, value)))
+        .map(|(name, value)| describe(name, found.get(name), value))
+        .collect();
+    differing.extend(
+        found
+            .keys()
+            .filter(|name| !expected.contains_key(*name))
+            .map(|name| format!("{name} (not in the reference)")),
+    );
+    differing
+}
+
+/// Invoice files of `out`'s month that differ from (or are missing in) `reference`'s.
+fn differing_invoices(
+    out: &Path,
+    reference: &Path,
+    month: &str,
+) -> anyhow::Result<(usize, Vec<String>)> {
+    let found = invoice_files(&tally_rating::write::invoices_dir(out, month))?;
+    let expected = invoice_files(&tally_rating::write::invoices_dir(reference, month))?;
+    let differing = differences(&found, &expected, Vec::eq, |name, _, _| name.to_owned());
+    Ok((expected.len(), differing))
 }
 
 /// The decimal places to which an issued subtotal plus its corrections must equal the
@@ -301,22 +307,12 @@ fn differing_after_corrections(
     let equal = |found: &Decimal, expected: &Decimal| {
         found.round_dp(SUBTOTAL_PLACES) == expected.round_dp(SUBTOTAL_PLACES)
     };
-    let mut differing: Vec<String> = expected
-        .iter()
-        .filter(|(name, subtotal)| !found.get(*name).is_some_and(|found| equal(found, subtotal)))
-        .map(|(name, subtotal)| {
-            format!(
-                "{name}: {} instead of {subtotal}",
-                found.get(name).copied().unwrap_or_default()
-            )
-        })
-        .collect();
-    differing.extend(
-        found
-            .keys()
-            .filter(|name| !expected.contains_key(*name))
-            .map(|name| format!("{name} (not in the reference)")),
-    );
+    let differing = differences(&found, &expected, equal, |name, found, expected| {
+        format!(
+            "{name}: {} instead of {expected}",
+            found.copied().unwrap_or_default()
+        )
+    });
     Ok((expected.len(), differing))
 }
 
