@@ -186,10 +186,18 @@ pub struct OwnBroker {
     process: Option<std::process::Child>,
     /// Started with `--authentication`: clients must log in (SASL/SCRAM).
     pub authentication: bool,
+    /// The port clients are told to connect to: the broker's own, or a proxy's in front.
+    advertised_port: u16,
 }
 
 impl OwnBroker {
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_advertising(None)
+    }
+
+    /// Starts a broker that tells clients to connect to `advertised_port` on 127.0.0.1
+    /// (a proxy that forwards to [`Self::address`]) instead of its own port.
+    pub fn start_advertising(advertised_port: Option<u16>) -> anyhow::Result<Self> {
         let tansu = std::env::var("TALLY_TANSU").map_err(|_| {
             anyhow::anyhow!("TALLY_TANSU is not set: run the suite with `tests/run`")
         })?;
@@ -202,6 +210,7 @@ impl OwnBroker {
             port,
             process: None,
             authentication: false,
+            advertised_port: advertised_port.unwrap_or(port),
         };
         broker.restart()?;
         Ok(broker)
@@ -231,6 +240,7 @@ impl OwnBroker {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.process.is_none(), "the broker is running");
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         let log = std::fs::File::create(self.dir.path().join("tansu.log"))?;
         let child = std::process::Command::new(&self.tansu)
             .current_dir(self.dir.path())
@@ -239,7 +249,7 @@ impl OwnBroker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .args(self.authentication.then_some("--authentication"))

@@ -5,9 +5,11 @@
 //! scenarios with the figures of their last run.
 //!
 //! [`pipeline`] starts and stops the processes, [`scenarios`] injects each scenario's
-//! faults, [`verdict`] compares the outcome with the truth.
+//! faults (network faults through [`proxy`]), [`verdict`] compares the outcome with the
+//! truth.
 
 pub mod pipeline;
+pub mod proxy;
 pub mod scenarios;
 pub mod verdict;
 

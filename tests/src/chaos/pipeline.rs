@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use tally_collector::FleetSpec;
 
+use super::proxy::FaultProxy;
 use crate::{OwnBroker, create_topic};
 
 /// Partitions of the samples topic: enough that a kill lands between partitions' writes.
@@ -22,22 +23,43 @@ pub struct Pipeline {
     /// Everything of the run: the lake, logs, the reference lake, invoices.
     pub dir: PathBuf,
     pub broker: OwnBroker,
+    /// What clients connect to: the broker, or the fault proxy in front of it.
+    pub clients: String,
+    pub proxy: Option<FaultProxy>,
     pub lake: PathBuf,
     pub spec: FleetSpec,
 }
 
 impl Pipeline {
-    /// Starts the run's broker in `dir` and creates its topics.
-    pub async fn start(tally: &Path, dir: &Path, spec: FleetSpec) -> anyhow::Result<Self> {
+    /// Starts the run's broker in `dir` (behind a fault proxy with `proxied`) and
+    /// creates its topics.
+    pub async fn start(
+        tally: &Path,
+        dir: &Path,
+        spec: FleetSpec,
+        proxied: bool,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let broker = OwnBroker::start()?;
-        create_topic(&broker.address(), SAMPLES_TOPIC, SAMPLE_PARTITIONS).await?;
-        create_topic(&broker.address(), DEAD_LETTER_TOPIC, 1).await?;
+        let (broker, proxy) = if proxied {
+            let (proxy, upstream) = FaultProxy::bind().await?;
+            let broker = OwnBroker::start_advertising(Some(proxy.address.port()))?;
+            upstream.set(broker.address().parse()?);
+            (broker, Some(proxy))
+        } else {
+            (OwnBroker::start()?, None)
+        };
+        let clients = proxy
+            .as_ref()
+            .map_or_else(|| broker.address(), |proxy| proxy.address.to_string());
+        create_topic(&clients, SAMPLES_TOPIC, SAMPLE_PARTITIONS).await?;
+        create_topic(&clients, DEAD_LETTER_TOPIC, 1).await?;
         Ok(Self {
             tally: tally.to_owned(),
             dir: dir.to_owned(),
             lake: dir.join("lake"),
             broker,
+            clients,
+            proxy,
             spec,
         })
     }

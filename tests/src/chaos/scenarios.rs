@@ -15,6 +15,7 @@ use super::pipeline::{
     Dice, Pipeline, Producer, RatingInputs, SAMPLE_PARTITIONS, SAMPLES_TOPIC, exited_within,
     sigkill,
 };
+use super::proxy::Fault;
 use super::verdict::{self, Figures, InvoiceCheck, Truth, conflicting};
 
 /// Full size: what RELIABILITY.md reports. Smoke: CI's short variant.
@@ -52,6 +53,9 @@ pub enum Scenario {
     AggregatorKilled,
     /// 3: the broker SIGKILLed and restarted after 5–60 s.
     BrokerKilled,
+    /// 5: latency and jitter, a blackhole and connection resets between the clients and
+    /// the broker.
+    NetworkFaults,
     /// 8: checkpoints of open hours damaged on disk between a kill and the restart.
     DamagedCheckpoints,
     /// 9: re-produced samples, an hour replayed twice, conflicting samples.
@@ -61,9 +65,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::AggregatorKilled,
         Scenario::BrokerKilled,
+        Scenario::NetworkFaults,
         Scenario::DamagedCheckpoints,
         Scenario::DuplicatesAndConflicts,
         Scenario::LateAfterRating,
@@ -74,6 +79,7 @@ impl Scenario {
         match self {
             Scenario::AggregatorKilled => 1,
             Scenario::BrokerKilled => 3,
+            Scenario::NetworkFaults => 5,
             Scenario::DamagedCheckpoints => 8,
             Scenario::DuplicatesAndConflicts => 9,
             Scenario::LateAfterRating => 11,
@@ -84,6 +90,7 @@ impl Scenario {
         match self {
             Scenario::AggregatorKilled => "aggregator SIGKILL",
             Scenario::BrokerKilled => "broker SIGKILL",
+            Scenario::NetworkFaults => "network faults",
             Scenario::DamagedCheckpoints => "damaged checkpoints",
             Scenario::DuplicatesAndConflicts => "duplicates and conflicts",
             Scenario::LateAfterRating => "late data after sealing and rating",
@@ -108,7 +115,8 @@ impl Scenario {
         let started = Instant::now();
         let fleet = Fleet::generate(size.fleet(seed));
         let truth = Truth::of(&fleet);
-        let mut pipeline = Pipeline::start(tally, dir, fleet.spec.clone()).await?;
+        let proxied = self == Scenario::NetworkFaults;
+        let mut pipeline = Pipeline::start(tally, dir, fleet.spec.clone(), proxied).await?;
         let mut dice = Dice::new(seed);
         let outcome = match self {
             Scenario::AggregatorKilled => {
@@ -116,6 +124,9 @@ impl Scenario {
             }
             Scenario::BrokerKilled => {
                 Outcome::faults(broker_killed(&mut pipeline, size, &mut dice).await?)
+            }
+            Scenario::NetworkFaults => {
+                Outcome::faults(network_faults(&pipeline, size, &mut dice).await?)
             }
             Scenario::DamagedCheckpoints => {
                 Outcome::faults(damaged_checkpoints(&pipeline, size, &mut dice).await?)
@@ -229,6 +240,59 @@ fn superseded_files(lake: &Path) -> anyhow::Result<usize> {
         superseded += tally_rating::usage::current_generation(&hour_dir?.path())?.superseded;
     }
     Ok(superseded)
+}
+
+/// 5: six times (twice in a smoke run), while `tally simulate` produces and `tally
+/// aggregate` consumes through the fault proxy: 100–300 ms of latency with up to 200 ms of
+/// jitter on every chunk for 15 s, a blackhole of 40 s (8 s) — longer than librdkafka's
+/// 30 s request timeout, so requests time out and are sent again — and every connection
+/// cut with a TCP reset. A client that gives up is started again.
+async fn network_faults(
+    pipeline: &Pipeline,
+    size: Size,
+    dice: &mut Dice,
+) -> anyhow::Result<String> {
+    let proxy = pipeline
+        .proxy
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("scenario 5 runs behind the fault proxy"))?;
+    let rounds = size.pick(6, 2);
+    let blackhole = Duration::from_secs(size.pick(40, 8));
+    let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(12_000, 5_000)))?;
+    let mut aggregator = pipeline.aggregator(false, None)?;
+    let mut aggregator_restarts = 0;
+    let mut keep_running = |aggregator: &mut super::pipeline::Process| -> anyhow::Result<()> {
+        if aggregator.try_wait()?.is_some() {
+            aggregator_restarts += 1;
+            *aggregator = pipeline.aggregator(false, None)?;
+        }
+        Ok(())
+    };
+    for _ in 0..rounds {
+        proxy.set(Fault::Latency {
+            base: dice.millis(100, 300),
+            jitter: Duration::from_millis(200),
+        });
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        proxy.set(Fault::Blackhole);
+        tokio::time::sleep(blackhole).await;
+        proxy.set(Fault::None);
+        tokio::time::sleep(dice.millis(1_000, 4_000)).await;
+        proxy.reset_connections();
+        tokio::time::sleep(dice.millis(2_000, 5_000)).await;
+        producer.poll(pipeline)?;
+        keep_running(&mut aggregator)?;
+    }
+    producer.finish(pipeline, Duration::from_secs(900)).await?;
+    sigkill(&mut aggregator)?;
+    pipeline.drain()?;
+    Ok(format!(
+        "{rounds} rounds of 15 s latency (100–300 ms + up to 200 ms jitter), a {} s \
+         blackhole and a reset of every connection; {} producer restarts, \
+         {aggregator_restarts} aggregator restarts",
+        blackhole.as_secs(),
+        producer.restarts
+    ))
 }
 
 /// 8: ten times (three in a smoke run) the aggregator is SIGKILLed once a manifest names
@@ -393,7 +457,7 @@ async fn duplicates_and_conflicts(
             }
         }
     }
-    let shipper = Shipper::connect(&ShipConfig::new(pipeline.broker.address(), SAMPLES_TOPIC))?;
+    let shipper = Shipper::connect(&ShipConfig::new(&pipeline.clients, SAMPLES_TOPIC))?;
     let batches: [&[Sample]; 4] = [&resent, &replayed, &replayed, &conflicts];
     for batch in batches {
         shipper.ship(batch.to_vec()).await?;
@@ -439,7 +503,7 @@ async fn late_after_rating(
             }
         }
     }
-    let shipper = Shipper::connect(&ShipConfig::new(pipeline.broker.address(), SAMPLES_TOPIC))?;
+    let shipper = Shipper::connect(&ShipConfig::new(&pipeline.clients, SAMPLES_TOPIC))?;
     shipper.ship(on_time).await?;
     pipeline.drain()?;
     let month = verdict::month_of(fleet);

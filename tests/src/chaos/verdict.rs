@@ -332,7 +332,7 @@ pub fn check(
     let totals = tally_demo::check_against_truth(&pipeline.lake, &truth.totals);
     let (mut dead_letters, mut origins, mut dead_letters_resent) =
         (BTreeMap::new(), HashSet::new(), 0);
-    for letter in read_dead_letters(&pipeline.broker.address(), DEAD_LETTER_TOPIC)? {
+    for letter in read_dead_letters(&pipeline.clients, DEAD_LETTER_TOPIC)? {
         if origins.insert(letter.origin) {
             *dead_letters.entry(letter.reason).or_default() += 1;
         } else {
