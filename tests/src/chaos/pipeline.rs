@@ -84,12 +84,7 @@ impl Pipeline {
         Ok(self
             .tally("simulate")?
             .arg("simulate")
-            .args([
-                "--brokers",
-                &self.broker.address(),
-                "--topic",
-                SAMPLES_TOPIC,
-            ])
+            .args(["--brokers", &self.clients, "--topic", SAMPLES_TOPIC])
             .args([
                 "--from",
                 &spec.start.to_string(),
@@ -106,25 +101,25 @@ impl Pipeline {
             .spawn()?)
     }
 
+    /// `tally aggregate` on the run's lake and topics, checkpointing every second (so
+    /// that kills land in and between checkpoints).
     fn aggregate_command(&self) -> anyhow::Result<Command> {
         let mut command = self.tally("aggregate")?;
         command
             .arg("aggregate")
             .arg("--lake")
             .arg(&self.lake)
-            .args([
-                "--brokers",
-                &self.broker.address(),
-                "--topic",
-                SAMPLES_TOPIC,
-            ])
+            .args(["--brokers", &self.clients, "--topic", SAMPLES_TOPIC])
             .args(["--dead-letter-topic", DEAD_LETTER_TOPIC])
-            // One instance restarted in place, reading every partition: no group session
-            // of the instance just killed to wait out.
-            .arg("--all-partitions")
-            // Checkpoints every second, so that kills land in and between them.
             .args(["--checkpoint-seconds", "1"]);
         Ok(command)
+    }
+
+    /// A member of the consumer group `chaos`: it reads the partitions the group gives it.
+    pub fn group_member(&self) -> anyhow::Result<Process> {
+        let mut command = self.aggregate_command()?;
+        command.args(["--group", "chaos"]);
+        Ok(Process(command.spawn()?))
     }
 
     /// A `tally aggregate` that runs until stopped (or with `until_drained`, until it has
@@ -136,6 +131,9 @@ impl Pipeline {
         failpoint: Option<(&str, u64)>,
     ) -> anyhow::Result<Process> {
         let mut command = self.aggregate_command()?;
+        // One instance restarted in place, reading every partition: no group session of
+        // the instance just killed to wait out.
+        command.arg("--all-partitions");
         command.args(until_drained.then_some("--until-drained"));
         if let Some((name, pass)) = failpoint {
             command.env(tally_aggregator::failpoint::ENV, format!("{name}:{pass}"));

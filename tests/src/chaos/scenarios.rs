@@ -56,6 +56,8 @@ pub enum Scenario {
     /// 5: latency and jitter, a blackhole and connection resets between the clients and
     /// the broker.
     NetworkFaults,
+    /// 6: two aggregators in a group with rebalances, one paused past its session.
+    GroupWithPausedMember,
     /// 8: checkpoints of open hours damaged on disk between a kill and the restart.
     DamagedCheckpoints,
     /// 9: re-produced samples, an hour replayed twice, conflicting samples.
@@ -65,10 +67,11 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::AggregatorKilled,
         Scenario::BrokerKilled,
         Scenario::NetworkFaults,
+        Scenario::GroupWithPausedMember,
         Scenario::DamagedCheckpoints,
         Scenario::DuplicatesAndConflicts,
         Scenario::LateAfterRating,
@@ -80,6 +83,7 @@ impl Scenario {
             Scenario::AggregatorKilled => 1,
             Scenario::BrokerKilled => 3,
             Scenario::NetworkFaults => 5,
+            Scenario::GroupWithPausedMember => 6,
             Scenario::DamagedCheckpoints => 8,
             Scenario::DuplicatesAndConflicts => 9,
             Scenario::LateAfterRating => 11,
@@ -91,6 +95,7 @@ impl Scenario {
             Scenario::AggregatorKilled => "aggregator SIGKILL",
             Scenario::BrokerKilled => "broker SIGKILL",
             Scenario::NetworkFaults => "network faults",
+            Scenario::GroupWithPausedMember => "group rebalances, a paused member",
             Scenario::DamagedCheckpoints => "damaged checkpoints",
             Scenario::DuplicatesAndConflicts => "duplicates and conflicts",
             Scenario::LateAfterRating => "late data after sealing and rating",
@@ -127,6 +132,9 @@ impl Scenario {
             }
             Scenario::NetworkFaults => {
                 Outcome::faults(network_faults(&pipeline, size, &mut dice).await?)
+            }
+            Scenario::GroupWithPausedMember => {
+                Outcome::faults(group_with_paused_member(&pipeline, size).await?)
             }
             Scenario::DamagedCheckpoints => {
                 Outcome::faults(damaged_checkpoints(&pipeline, size, &mut dice).await?)
@@ -293,6 +301,90 @@ async fn network_faults(
         blackhole.as_secs(),
         producer.restarts
     ))
+}
+
+/// 6: two aggregators in consumer group `chaos` while `tally simulate` produces; every
+/// 30 s a third member joins or leaves (SIGTERM), a rebalance each time; once, member A is
+/// stopped with SIGSTOP for 60 s, past the group's 45 s session timeout, so the group
+/// hands its partitions to the others while it still holds them, and then resumed. The
+/// partition locks keep its writes from crossing a new owner's: the lake must equal the
+/// truth. A member that stops (as a resumed one may, finding its partitions gone) is
+/// started again.
+async fn group_with_paused_member(pipeline: &Pipeline, size: Size) -> anyhow::Result<String> {
+    let rebalances = size.pick(8, 2);
+    let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(20_000, 20_000)))?;
+    let mut members = vec![pipeline.group_member()?, pipeline.group_member()?];
+    let mut third: Option<super::pipeline::Process> = None;
+    let mut restarts = 0;
+    let mut keep_members = |members: &mut Vec<super::pipeline::Process>| -> anyhow::Result<()> {
+        for member in members.iter_mut() {
+            if member.try_wait()?.is_some() {
+                restarts += 1;
+                *member = pipeline.group_member()?;
+            }
+        }
+        Ok(())
+    };
+    for round in 0..rebalances {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        match third.take() {
+            Some(mut member) => {
+                signal(&member, "TERM")?;
+                if exited_within(&mut member, Duration::from_secs(30))
+                    .await?
+                    .is_none()
+                {
+                    sigkill(&mut member)?;
+                }
+            }
+            None => third = Some(pipeline.group_member()?),
+        }
+        if round == 0 {
+            let paused = &members[0];
+            signal(paused, "STOP")?;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            signal(paused, "CONT")?;
+        }
+        keep_members(&mut members)?;
+        producer.poll(pipeline)?;
+    }
+    producer.finish(pipeline, Duration::from_secs(900)).await?;
+    // Let the group read what was shipped last, then hand everything to one drain.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for member in members.iter_mut().chain(third.iter_mut()) {
+        sigkill(member)?;
+    }
+    // The group, not the drain, must have done the work.
+    let read_by_group = resume_offsets(&pipeline.lake)?;
+    ensure!(read_by_group > 0, "the group's members read nothing");
+    pipeline.drain()?;
+    Ok(format!(
+        "{rebalances} rebalances (a third member joining or leaving every 30 s), member A \
+         stopped (SIGSTOP) 60 s past the 45 s session timeout and resumed; the group's \
+         manifests stood at {read_by_group} messages read before the drain; {restarts} \
+         member restarts, {} producer restarts",
+        producer.restarts
+    ))
+}
+
+/// The offsets the partitions' manifests resume at, summed: how far the lake has read.
+fn resume_offsets(lake: &Path) -> anyhow::Result<i64> {
+    let source = tally_aggregator::ingest::source_name(SAMPLES_TOPIC);
+    let mut sum = 0;
+    for partition in 0..SAMPLE_PARTITIONS {
+        sum += tally_aggregator::manifest::Manifest::load(lake, &source, partition)?.next_offset();
+    }
+    Ok(sum)
+}
+
+/// Sends `kill -SIGNAL` to a process.
+fn signal(process: &std::process::Child, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(process.id().to_string())
+        .status()?;
+    ensure!(status.success(), "kill -{signal} {} failed", process.id());
+    Ok(())
 }
 
 /// 8: ten times (three in a smoke run) the aggregator is SIGKILLed once a manifest names
