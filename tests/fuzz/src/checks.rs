@@ -49,10 +49,10 @@ pub fn arrow_samples(data: &[u8]) {
 
 /// Tariff text: accepted or refused with a message, never a panic.
 pub fn tariff(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Err(message) = tally_model::tariff::check::parse(text) {
-            assert!(!message.is_empty(), "a refusal says why");
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Err(message) = tally_model::tariff::check::parse(text)
+    {
+        assert!(!message.is_empty(), "a refusal says why");
     }
 }
 

@@ -203,7 +203,7 @@ async fn aggregator_killed(
             let pass = 1 + dice.below(3);
             let mut aggregator = pipeline.aggregator(false, Some((name, pass)))?;
             match exited_within(&mut aggregator, Duration::from_secs(20)).await? {
-                Some(status) if status.signal() == Some(libc_sigabrt()) => {
+                Some(status) if status.signal() == Some(SIGABRT) => {
                     *fired.entry(name).or_default() += 1;
                 }
                 Some(status) => bail!("an aggregator armed at {name} exited with {status}"),
@@ -312,7 +312,8 @@ async fn network_faults(
 /// started again.
 async fn group_with_paused_member(pipeline: &Pipeline, size: Size) -> anyhow::Result<String> {
     let rebalances = size.pick(8, 2);
-    let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(20_000, 20_000)))?;
+    // An hour every 20 s: samples flow through every rebalance and the pause.
+    let mut producer = Producer::start(pipeline, Duration::from_secs(20))?;
     let mut members = vec![pipeline.group_member()?, pipeline.group_member()?];
     let mut third: Option<super::pipeline::Process> = None;
     let mut restarts = 0;
@@ -477,10 +478,8 @@ fn count_files(dir: &Path) -> anyhow::Result<usize> {
     Ok(count)
 }
 
-/// SIGABRT's number (6 on every Unix Tally runs on).
-const fn libc_sigabrt() -> i32 {
-    6
-}
+/// SIGABRT's number (6 on every Unix Tally runs on): how a failpoint ends the process.
+const SIGABRT: i32 = 6;
 
 /// 3: the broker (Tansu, SQLite storage) SIGKILLed ten times (three in a smoke run),
 /// each time down 5–60 s (2–6 s) before it starts again on the same port and data, while
@@ -611,7 +610,7 @@ async fn late_after_rating(
     let mut aggregator = pipeline.aggregator(true, Some((failpoint::SUPERSEDED_KEPT, 1)))?;
     let aborted = exited_within(&mut aggregator, Duration::from_secs(60)).await?;
     ensure!(
-        aborted.is_some_and(|status| status.signal() == Some(libc_sigabrt())),
+        aborted.is_some_and(|status| status.signal() == Some(SIGABRT)),
         "the restating aggregator did not abort at {} ({aborted:?})",
         failpoint::SUPERSEDED_KEPT
     );
