@@ -401,9 +401,11 @@ async fn damaged_checkpoints(
 ) -> anyhow::Result<String> {
     let rounds = size.pick(10, 3);
     let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(8_000, 5_000)))?;
-    // Distinct files: a run killed before it opened a partition leaves the damaged
-    // checkpoint named, and the next round may flip another bit of it.
-    let (mut damaged, mut without_checkpoint) = (BTreeSet::new(), 0);
+    // Only intact checkpoints count: a run killed before it opened a partition leaves a
+    // damaged checkpoint named, and the next round may flip another bit of the same file.
+    // (A quarantined checkpoint's hours, read again, checkpoint again under the same name
+    // and bytes: that file is a new one, intact until flipped.)
+    let (mut damaged, mut without_checkpoint) = (0, 0);
     for _ in 0..rounds {
         let mut aggregator = pipeline.aggregator(false, None)?;
         // A checkpoint taken by this run (a named one older than the run would be one the
@@ -418,15 +420,19 @@ async fn damaged_checkpoints(
         sigkill(&mut aggregator)?;
         // The checkpoint as the manifest names it after the kill.
         let checkpoints = named_checkpoints(&pipeline.lake)?;
-        let Some(victim) = checkpoints.get(dice.below(checkpoints.len() as u64) as usize) else {
+        let Some((victim, recorded)) =
+            checkpoints.get(dice.below(checkpoints.len() as u64) as usize)
+        else {
             without_checkpoint += 1;
             continue;
         };
         let mut bytes = std::fs::read(victim)?;
+        if *recorded == Some(crc32fast::hash(&bytes)) {
+            damaged += 1;
+        }
         let position = dice.below(bytes.len() as u64) as usize;
         bytes[position] ^= 1 << dice.below(8);
         std::fs::write(victim, bytes)?;
-        damaged.insert(victim.clone());
         producer.poll(pipeline)?;
     }
     producer.finish(pipeline, Duration::from_secs(600)).await?;
@@ -437,25 +443,23 @@ async fn damaged_checkpoints(
             .join(tally_aggregator::manifest::QUARANTINE_DIR),
     )?;
     ensure!(
-        quarantined == damaged.len(),
-        "{} checkpoints damaged, {quarantined} quarantined",
-        damaged.len()
+        quarantined == damaged,
+        "{damaged} checkpoints damaged, {quarantined} quarantined"
     );
     Ok(format!(
-        "{rounds} SIGKILLs, {} checkpoints with one bit flipped ({without_checkpoint} kills \
-         found none to damage), {quarantined} quarantined",
-        damaged.len()
+        "{rounds} SIGKILLs, {damaged} checkpoints with one bit flipped ({without_checkpoint} \
+         kills found none to damage), {quarantined} quarantined"
     ))
 }
 
-/// The checkpoint files the samples topic's manifests name.
-fn named_checkpoints(lake: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+/// The checkpoint files the samples topic's manifests name, with the CRC-32 recorded.
+fn named_checkpoints(lake: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, Option<u32>)>> {
     let source = tally_aggregator::ingest::source_name(SAMPLES_TOPIC);
     let mut files = Vec::new();
     for partition in 0..SAMPLE_PARTITIONS {
         let manifest = tally_aggregator::manifest::Manifest::load(lake, &source, partition)?;
         if let Some(checkpoint) = manifest.checkpoint {
-            files.push(lake.join(checkpoint.file));
+            files.push((lake.join(checkpoint.file), checkpoint.crc32));
         }
     }
     Ok(files)
