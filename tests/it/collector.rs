@@ -93,7 +93,7 @@ impl Setup {
 }
 
 /// What the simulator's truth says the agent must have sent for `minutes`: every
-/// resource alive then, stamped with the agent's host; the agent's first minute carries
+/// resource alive then (the fleet is the agent's host's); the agent's first minute carries
 /// no traffic (its counters prime).
 fn expected_samples(
     resources: usize,
@@ -101,14 +101,13 @@ fn expected_samples(
     minutes: impl Iterator<Item = Minute>,
     first_sampled: Minute,
 ) -> BTreeMap<(String, Minute), Sample> {
-    let fleet = simulated_fleet(resources, SEED, from, from.plus(24 * 60));
+    let fleet = simulated_fleet(HOST, resources, SEED, from, from.plus(24 * 60));
     let mut expected = BTreeMap::new();
     for minute in minutes {
         for resource in &fleet.resources {
             let Some(mut sample) = resource.sample_at(minute) else {
                 continue;
             };
-            sample.host = HOST.to_owned();
             if minute == first_sampled {
                 sample.out_external_bytes = 0;
                 sample.out_internal_bytes = 0;
@@ -471,7 +470,7 @@ async fn a_corrupted_spool_record_is_skipped_and_reported_and_the_rest_delivered
     // samples those minutes again from the older checkpoint, and a live source's second
     // look differs (a known limit, see the collector's closing note); this test is about
     // a record skipped and the rest delivered.
-    let fleet = simulated_fleet(resources, SEED, from, from.plus(24 * 60));
+    let fleet = simulated_fleet(HOST, resources, SEED, from, from.plus(24 * 60));
     let victim = fleet.resources[5].resource_id.clone();
     let segment = std::fs::read_dir(spool_dir.path())?
         .filter_map(Result::ok)

@@ -79,7 +79,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
     flush_deadline: Duration,
 ) -> Result<AgentReport, AgentError> {
-    let source = open_source(&config.source)?;
+    let source = open_source(&config.host, &config.source)?;
     run_with_source(config, source, metrics, shutdown, flush_deadline).await
 }
 
@@ -169,8 +169,8 @@ pub async fn run_with_source(
     Ok(report)
 }
 
-/// The source the configuration names.
-pub fn open_source(config: &SourceConfig) -> Result<Box<dyn Source>, SourceError> {
+/// The source the configuration names, on the agent of `host`.
+pub fn open_source(host: &str, config: &SourceConfig) -> Result<Box<dyn Source>, SourceError> {
     match config {
         SourceConfig::Simulator {
             resources,
@@ -179,7 +179,7 @@ pub fn open_source(config: &SourceConfig) -> Result<Box<dyn Source>, SourceError
             to,
             ..
         } => Ok(Box::new(SimulatedSource::new(simulated_fleet(
-            *resources, *seed, *from, *to,
+            host, *resources, *seed, *from, *to,
         )))),
         SourceConfig::File { path } => Ok(Box::new(FileSource::open(path)?)),
         #[cfg(feature = "libvirt")]
@@ -194,8 +194,17 @@ pub fn open_source(config: &SourceConfig) -> Result<Box<dyn Source>, SourceError
     }
 }
 
-/// The simulator's fleet of exactly `resources` resources over `[from, to)`.
-pub fn simulated_fleet(resources: usize, seed: u64, from: Minute, to: Minute) -> Fleet {
+/// The simulator's fleet of exactly `resources` resources over `[from, to)`, as the agent
+/// of `host` sees it: every resource on that host, its id prefixed with the host's name,
+/// so that agents of several hosts simulate distinct resources (the same id from two
+/// hosts would be two conflicting reports of one resource).
+pub fn simulated_fleet(
+    host: &str,
+    resources: usize,
+    seed: u64,
+    from: Minute,
+    to: Minute,
+) -> Fleet {
     let spec = |scale| FleetSpec {
         seed,
         start: from,
@@ -205,6 +214,10 @@ pub fn simulated_fleet(resources: usize, seed: u64, from: Minute, to: Minute) ->
     let per_copy = Fleet::generate(spec(1)).resources.len().max(1);
     let mut fleet = Fleet::generate(spec(resources.div_ceil(per_copy)));
     fleet.resources.truncate(resources);
+    for resource in &mut fleet.resources {
+        resource.resource_id = format!("{host}-{}", resource.resource_id);
+        resource.host = host.to_owned();
+    }
     fleet
 }
 

@@ -5,9 +5,10 @@
 //! scenarios with the figures of their last run.
 //!
 //! [`pipeline`] starts and stops the processes, [`scenarios`] injects each scenario's
-//! faults (network faults through [`proxy`]), [`verdict`] compares the outcome with the
-//! truth.
+//! faults (network faults through [`proxy`]; the scenarios fed by collector agents are in
+//! `collected`), [`verdict`] compares the outcome with the truth.
 
+mod collected;
 pub mod pipeline;
 pub mod proxy;
 pub mod scenarios;

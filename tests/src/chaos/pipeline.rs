@@ -8,9 +8,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use tally_collector::FleetSpec;
+use tally_collector::agent::simulated_fleet;
+use tally_collector::spool::SpoolConfig;
+use tally_collector::{Fleet, FleetSpec};
+use tally_model::Minute;
 
 use super::proxy::FaultProxy;
+use super::verdict::Sampled;
 use crate::{OwnBroker, create_topic};
 
 /// Partitions of the samples topic: enough that a kill lands between partitions' writes.
@@ -28,6 +32,8 @@ pub struct Pipeline {
     pub proxy: Option<FaultProxy>,
     pub lake: PathBuf,
     pub spec: FleetSpec,
+    /// Small file systems of the run (scenario 7), unmounted when the run is over.
+    pub mounts: Vec<Tmpfs>,
 }
 
 impl Pipeline {
@@ -61,7 +67,29 @@ impl Pipeline {
             clients,
             proxy,
             spec,
+            mounts: Vec::new(),
         })
+    }
+
+    /// The fault proxy in front of the broker (scenarios started `proxied`).
+    pub fn proxy(&self) -> anyhow::Result<&FaultProxy> {
+        self.proxy
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this scenario does not run behind the fault proxy"))
+    }
+
+    /// Lines holding `needle` in the logs of the roles whose names start with `role`.
+    pub fn count_in_logs(&self, role: &str, needle: &str) -> anyhow::Result<usize> {
+        let mut count = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with(role) && name.ends_with(".log") {
+                let text = std::fs::read_to_string(&path)?;
+                count += text.lines().filter(|line| line.contains(needle)).count();
+            }
+        }
+        Ok(count)
     }
 
     /// `tally ARGS`, its output appended to `<role>.log`.
@@ -184,6 +212,287 @@ impl Pipeline {
             self.dir.join("rate.log").display()
         );
         Ok(())
+    }
+}
+
+/// A collector agent of the run: `tally collect` on a host of its own, sampling a simulated
+/// fleet minute by minute on the wall clock (the aggregator judges a sample's minute
+/// against its own clock, so the agent's clock must not run fast), spooling to a
+/// directory of the run, shipping to the run's broker. It survives its process: a
+/// [`Collector::start`] after a kill carries on from the spool.
+pub struct Collector {
+    pub host: String,
+    pub resources: usize,
+    seed: u64,
+    from: Minute,
+    to: Minute,
+    config: PathBuf,
+    spool: PathBuf,
+    /// Its clock is this far off the machine's (libfaketime), in seconds.
+    clock_offset_seconds: i64,
+    process: Option<Process>,
+    /// The minute of its first sampling: the one before the minute it first started in.
+    pub first: Option<Minute>,
+    pub starts: usize,
+}
+
+/// Where Debian's libfaketime (`apt-get install libfaketime`, `tests/install`) lives.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+impl Collector {
+    /// A collector of `host` for a fleet of `resources` over `[from, to)`; `librdkafka`
+    /// settings go into its configuration's `[kafka.librdkafka]`.
+    pub fn new(
+        pipeline: &Pipeline,
+        host: &str,
+        resources: usize,
+        (from, to): (Minute, Minute),
+        librdkafka: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let dir = Self::dir(pipeline, host);
+        std::fs::create_dir_all(&dir)?;
+        let spool = dir.join("spool");
+        let config = dir.join("collect.toml");
+        let seed = pipeline.spec.seed;
+        let mut text = format!(
+            r#"host = "{host}"
+[source]
+kind = "simulator"
+resources = {resources}
+seed = {seed}
+from = "{from}"
+to = "{to}"
+[traffic]
+networks = {{ public = "external", private = "internal" }}
+[spool]
+dir = "{spool}"
+[kafka]
+brokers = "{brokers}"
+topic = "{SAMPLES_TOPIC}"
+[kafka.librdkafka]
+"reconnect.backoff.max.ms" = "1000"
+"#,
+            spool = spool.display(),
+            brokers = pipeline.clients,
+        );
+        for (key, value) in librdkafka {
+            text.push_str(&format!("\"{key}\" = \"{value}\"\n"));
+        }
+        std::fs::write(&config, text)?;
+        Ok(Self {
+            host: host.to_owned(),
+            resources,
+            seed,
+            from,
+            to,
+            config,
+            spool,
+            clock_offset_seconds: 0,
+            process: None,
+            first: None,
+            starts: 0,
+        })
+    }
+
+    /// Where the collector of `host` keeps its configuration and spool.
+    pub fn dir(pipeline: &Pipeline, host: &str) -> PathBuf {
+        pipeline.dir.join(format!("collector-{host}"))
+    }
+
+    /// Runs its agent with a clock `seconds` off the machine's (libfaketime).
+    pub fn with_clock_offset(mut self, seconds: i64) -> Self {
+        self.clock_offset_seconds = seconds;
+        self
+    }
+
+    /// Starts its agent (again), which samples from where its spool says it left off.
+    pub fn start(&mut self, pipeline: &Pipeline) -> anyhow::Result<()> {
+        ensure!(self.process.is_none(), "collector {} is running", self.host);
+        let mut command = pipeline.tally(&format!("collect-{}", self.host))?;
+        command
+            .arg("collect")
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--flush-seconds", "60"]);
+        if self.clock_offset_seconds != 0 {
+            ensure!(
+                Path::new(LIBFAKETIME).is_file(),
+                "{LIBFAKETIME} is missing (Debian: apt-get install libfaketime; tests/install does)"
+            );
+            command
+                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME", format!("{:+}", self.clock_offset_seconds))
+                // Timers and librdkafka keep the machine's monotonic clock.
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_NO_CACHE", "1");
+        }
+        let started = chrono::Utc::now() + chrono::TimeDelta::seconds(self.clock_offset_seconds);
+        self.process = Some(Process(command.spawn()?));
+        self.starts += 1;
+        self.first
+            .get_or_insert(Minute::containing(started).plus(-1));
+        Ok(())
+    }
+
+    pub fn is_running(&mut self) -> anyhow::Result<bool> {
+        match &mut self.process {
+            Some(process) => Ok(process.try_wait()?.is_none()),
+            None => Ok(false),
+        }
+    }
+
+    /// SIGKILL: no flush, no goodbye; what it spooled waits for the next start.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.process.take() {
+            sigkill(&mut process)?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and waits for its agent to flush the spool and exit cleanly.
+    pub async fn stop(&mut self, pipeline: &Pipeline) -> anyhow::Result<()> {
+        let Some(mut process) = self.process.take() else {
+            return Ok(());
+        };
+        std::process::Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()?;
+        let log = pipeline.dir.join(format!("collect-{}.log", self.host));
+        match exited_within(&mut process, Duration::from_secs(90)).await? {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!(
+                "collector {} stopped with {status}; see {}",
+                self.host,
+                log.display()
+            ),
+            None => bail!("collector {} did not stop within 90 s; see {}", self.host, log.display()),
+        }
+    }
+
+    /// What it sampled, by its spool (read once it has stopped): its fleet and the minutes
+    /// from its first to the last its checkpoint names. Every sample must have left the
+    /// spool.
+    pub fn sampled(&self) -> anyhow::Result<Sampled> {
+        let (_, _, recovery) = tally_collector::spool::open(&SpoolConfig::new(&self.spool))?;
+        ensure!(
+            recovery.pending_samples == 0,
+            "collector {} stopped with {} samples still spooled",
+            self.host,
+            recovery.pending_samples
+        );
+        let checkpoint: serde_json::Value = serde_json::from_slice(
+            &recovery
+                .checkpoint
+                .ok_or_else(|| anyhow::anyhow!("collector {} has no checkpoint", self.host))?,
+        )?;
+        let last: Minute = checkpoint["last_sampled"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("collector {} sampled nothing", self.host))?
+            .parse()?;
+        let first = self
+            .first
+            .ok_or_else(|| anyhow::anyhow!("collector {} never started", self.host))?;
+        Ok(Sampled {
+            fleet: self.fleet(),
+            first,
+            last,
+        })
+    }
+
+    /// Its fleet, as its agent builds it.
+    pub fn fleet(&self) -> Fleet {
+        simulated_fleet(&self.host, self.resources, self.seed, self.from, self.to)
+    }
+}
+
+/// A small tmpfs mounted over a directory of the run (needs root), for a disk that fills
+/// up. Unmounting keeps its files: they are copied back into the directory first.
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, mebibytes: u64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mebibytes}m"), "tmpfs"])
+            .arg(path)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "cannot mount a tmpfs on {} (scenario 7 needs root): {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let copy = self.path.with_extension("unmounted");
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(&self.path)
+            .arg(&copy)
+            .status()
+            .is_ok_and(|status| status.success());
+        let unmounted = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|status| status.success());
+        if copied && unmounted {
+            let _ = std::fs::remove_dir(&self.path);
+            let _ = std::fs::rename(&copy, &self.path);
+        } else if !unmounted {
+            eprintln!("chaos: cannot unmount {}: umount it by hand", self.path.display());
+        }
+    }
+}
+
+/// A file that takes up every free byte of its file system, topped up as others free
+/// space, until dropped.
+pub struct Ballast {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Ballast {
+    pub fn fill(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("ballast");
+        let file = std::fs::File::create(&path)?;
+        let mut ballast = Self { path, file };
+        ballast.top_up();
+        Ok(ballast)
+    }
+
+    /// Writes until the file system is full.
+    pub fn top_up(&mut self) {
+        use std::io::Write;
+        let chunk = vec![0xba_u8; 64 << 10];
+        while self.file.write_all(&chunk).is_ok() {}
+        // What is left is smaller than a chunk.
+        while self.file.write_all(&chunk[..512]).is_ok() {}
+    }
+}
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Waits until the wall clock is between seconds 5 and 40 of a minute: a collector started
+/// then samples first the minute before, whatever its start-up takes.
+pub async fn mid_minute() {
+    loop {
+        let second = chrono::Timelike::second(&chrono::Utc::now());
+        if (5..40).contains(&second) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -16,7 +16,8 @@ use super::pipeline::{
     sigkill,
 };
 use super::proxy::Fault;
-use super::verdict::{self, Figures, InvoiceCheck, Truth, conflicting};
+use super::collected;
+use super::verdict::{self, Expected, Figures, InvoiceCheck, Sampled, Truth, conflicting};
 
 /// Full size: what RELIABILITY.md reports. Smoke: CI's short variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +27,7 @@ pub enum Size {
 }
 
 impl Size {
-    fn pick<T>(self, full: T, smoke: T) -> T {
+    pub(super) fn pick<T>(self, full: T, smoke: T) -> T {
         match self {
             Size::Full => full,
             Size::Smoke => smoke,
@@ -51,29 +52,41 @@ impl Size {
 pub enum Scenario {
     /// 1: the aggregator SIGKILLed at random moments and aborted at failpoints.
     AggregatorKilled,
+    /// 2: collector agents SIGKILLed and restarted from their spools.
+    CollectorsKilled,
     /// 3: the broker SIGKILLed and restarted after 5–60 s.
     BrokerKilled,
+    /// 4: the broker unreachable for longer than the agents' message timeout.
+    BrokerUnreachable,
     /// 5: latency and jitter, a blackhole and connection resets between the clients and
     /// the broker.
     NetworkFaults,
     /// 6: two aggregators in a group with rebalances, one paused past its session.
     GroupWithPausedMember,
+    /// 7: the lake's and a spool's disk full, then freed.
+    DisksFull,
     /// 8: checkpoints of open hours damaged on disk between a kill and the restart.
     DamagedCheckpoints,
     /// 9: re-produced samples, an hour replayed twice, conflicting samples.
     DuplicatesAndConflicts,
+    /// 10: agents with clocks 10 minutes off, samples from the future and past retention.
+    SkewedClocks,
     /// 11: late samples after their hours were sealed and the month rated and issued.
     LateAfterRating,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::AggregatorKilled,
+        Scenario::CollectorsKilled,
         Scenario::BrokerKilled,
+        Scenario::BrokerUnreachable,
         Scenario::NetworkFaults,
         Scenario::GroupWithPausedMember,
+        Scenario::DisksFull,
         Scenario::DamagedCheckpoints,
         Scenario::DuplicatesAndConflicts,
+        Scenario::SkewedClocks,
         Scenario::LateAfterRating,
     ];
 
@@ -81,11 +94,15 @@ impl Scenario {
     pub fn number(self) -> u32 {
         match self {
             Scenario::AggregatorKilled => 1,
+            Scenario::CollectorsKilled => 2,
             Scenario::BrokerKilled => 3,
+            Scenario::BrokerUnreachable => 4,
             Scenario::NetworkFaults => 5,
             Scenario::GroupWithPausedMember => 6,
+            Scenario::DisksFull => 7,
             Scenario::DamagedCheckpoints => 8,
             Scenario::DuplicatesAndConflicts => 9,
+            Scenario::SkewedClocks => 10,
             Scenario::LateAfterRating => 11,
         }
     }
@@ -93,11 +110,15 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::AggregatorKilled => "aggregator SIGKILL",
+            Scenario::CollectorsKilled => "collector SIGKILL",
             Scenario::BrokerKilled => "broker SIGKILL",
+            Scenario::BrokerUnreachable => "broker unreachable past the message timeout",
             Scenario::NetworkFaults => "network faults",
             Scenario::GroupWithPausedMember => "group rebalances, a paused member",
+            Scenario::DisksFull => "lake and spool disks full",
             Scenario::DamagedCheckpoints => "damaged checkpoints",
             Scenario::DuplicatesAndConflicts => "duplicates and conflicts",
+            Scenario::SkewedClocks => "clocks 10 minutes off, future and expired samples",
             Scenario::LateAfterRating => "late data after sealing and rating",
         }
     }
@@ -119,14 +140,24 @@ impl Scenario {
     ) -> anyhow::Result<(Figures, BTreeMap<String, u64>)> {
         let started = Instant::now();
         let fleet = Fleet::generate(size.fleet(seed));
-        let truth = Truth::of(&fleet);
-        let proxied = self == Scenario::NetworkFaults;
+        let proxied = matches!(
+            self,
+            Scenario::NetworkFaults | Scenario::BrokerUnreachable
+        );
         let mut pipeline = Pipeline::start(tally, dir, fleet.spec.clone(), proxied).await?;
         let mut dice = Dice::new(seed);
         let outcome = match self {
             Scenario::AggregatorKilled => {
                 Outcome::faults(aggregator_killed(&pipeline, size, &mut dice).await?)
             }
+            Scenario::CollectorsKilled => {
+                collected::collectors_killed(&pipeline, size, &mut dice).await?
+            }
+            Scenario::BrokerUnreachable => {
+                collected::broker_unreachable(&mut pipeline, size, &mut dice).await?
+            }
+            Scenario::SkewedClocks => collected::skewed_clocks(&pipeline, size, &mut dice).await?,
+            Scenario::DisksFull => collected::disks_full(&mut pipeline, size).await?,
             Scenario::BrokerKilled => {
                 Outcome::faults(broker_killed(&mut pipeline, size, &mut dice).await?)
             }
@@ -145,9 +176,14 @@ impl Scenario {
             Scenario::LateAfterRating => late_after_rating(&pipeline, &fleet, &mut dice).await?,
         };
         let name = format!("{} {}", self.number(), self.name());
+        let expected = match outcome.sampled {
+            Some(sampled) => Expected::sampled(sampled),
+            None => Expected::shipped(fleet),
+        };
+        let truth = Truth::of(&expected);
         let figures = verdict::check(
             &pipeline,
-            &fleet,
+            &expected,
             &truth,
             outcome.invoices,
             name,
@@ -159,11 +195,13 @@ impl Scenario {
 }
 
 /// What a scenario did, and what the verdict should therefore expect.
-struct Outcome {
+pub(super) struct Outcome {
     faults: String,
     /// Dead letters injected on purpose, by reason.
     dead_letters: BTreeMap<String, u64>,
     invoices: InvoiceCheck,
+    /// What collector agents sampled, when they (not `tally simulate`) sent the samples.
+    sampled: Option<Vec<Sampled>>,
 }
 
 impl Outcome {
@@ -173,6 +211,22 @@ impl Outcome {
             faults,
             dead_letters: BTreeMap::new(),
             invoices: InvoiceCheck::Identical,
+            sampled: None,
+        }
+    }
+
+    /// Faults while collector agents sent what they `sampled`; `dead_letters` were sent
+    /// on purpose.
+    pub(super) fn sampled(
+        faults: String,
+        dead_letters: BTreeMap<String, u64>,
+        sampled: Vec<Sampled>,
+    ) -> Self {
+        Self {
+            faults,
+            dead_letters,
+            invoices: InvoiceCheck::Identical,
+            sampled: Some(sampled),
         }
     }
 }
@@ -260,10 +314,7 @@ async fn network_faults(
     size: Size,
     dice: &mut Dice,
 ) -> anyhow::Result<String> {
-    let proxy = pipeline
-        .proxy
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("scenario 5 runs behind the fault proxy"))?;
+    let proxy = pipeline.proxy()?;
     let rounds = size.pick(6, 2);
     let blackhole = Duration::from_secs(size.pick(40, 8));
     let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(12_000, 5_000)))?;
@@ -574,6 +625,7 @@ async fn duplicates_and_conflicts(
         ),
         dead_letters: BTreeMap::from([("conflict".to_owned(), conflicts.len() as u64)]),
         invoices: InvoiceCheck::Identical,
+        sampled: None,
     })
 }
 
@@ -601,7 +653,7 @@ async fn late_after_rating(
     let shipper = Shipper::connect(&ShipConfig::new(&pipeline.clients, SAMPLES_TOPIC))?;
     shipper.ship(on_time).await?;
     pipeline.drain()?;
-    let month = verdict::month_of(fleet);
+    let month = verdict::month_of(fleet.spec.start);
     let inputs = RatingInputs::write(&pipeline.dir, &fleet.contracts())?;
     let out = pipeline.dir.join("rated");
     pipeline.rate(&pipeline.lake, &month, &inputs, &out, true)?;
@@ -639,5 +691,6 @@ async fn late_after_rating(
         ),
         dead_letters: BTreeMap::new(),
         invoices: InvoiceCheck::IssuedPlusCorrections { out },
+        sampled: None,
     })
 }

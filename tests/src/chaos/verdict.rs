@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use tally_collector::{Fleet, GroundTruth};
-use tally_model::{Hour, Sample};
+use tally_model::{Hour, Minute, Sample};
 
 use super::pipeline::{DEAD_LETTER_TOPIC, Pipeline, RatingInputs};
 use crate::read_dead_letters;
@@ -122,7 +122,106 @@ impl fmt::Display for Figures {
     }
 }
 
-/// What the fleet produced, minute by minute.
+/// What reached the pipeline to be billed, as the truth knows it: fleets `tally simulate`
+/// shipped whole, and the minutes collector agents sampled of their hosts' fleets.
+pub struct Expected {
+    parts: Vec<Part>,
+}
+
+enum Part {
+    Shipped(Fleet),
+    Sampled(Sampled),
+}
+
+/// The minutes `first..=last` a collector agent sampled of its host's fleet (minutes as
+/// the agent's clock tells them). Its counters prime at its first minute, which
+/// therefore carries no traffic.
+pub struct Sampled {
+    pub fleet: Fleet,
+    pub first: Minute,
+    pub last: Minute,
+}
+
+impl Sampled {
+    /// Its samples, an hour's worth of minutes at a time.
+    pub fn chunks(&self) -> impl Iterator<Item = Vec<Sample>> + '_ {
+        let (first, last) = (self.first.unix_minutes(), self.last.unix_minutes());
+        (first..=last).step_by(60).map(move |start| {
+            let mut samples = Vec::new();
+            for minute in start..=(start + 59).min(last) {
+                let minute = Minute::from_unix_minutes(minute);
+                let taken = samples.len();
+                self.fleet.samples_at(minute, &mut samples);
+                if minute == self.first {
+                    for sample in &mut samples[taken..] {
+                        sample.out_external_bytes = 0;
+                        sample.out_internal_bytes = 0;
+                        sample.in_bytes = 0;
+                    }
+                }
+            }
+            samples
+        })
+    }
+
+    pub fn count(&self) -> u64 {
+        self.chunks().map(|chunk| chunk.len() as u64).sum()
+    }
+}
+
+impl Expected {
+    /// Everything `tally simulate` ships of `fleet`.
+    pub fn shipped(fleet: Fleet) -> Self {
+        Self {
+            parts: vec![Part::Shipped(fleet)],
+        }
+    }
+
+    /// What collector agents sampled.
+    pub fn sampled(sampled: Vec<Sampled>) -> Self {
+        Self {
+            parts: sampled.into_iter().map(Part::Sampled).collect(),
+        }
+    }
+
+    /// Every sample, in chunks of up to an hour of one part.
+    pub fn chunks(&self) -> impl Iterator<Item = Vec<Sample>> + '_ {
+        self.parts.iter().flat_map(|part| -> Box<dyn Iterator<Item = Vec<Sample>> + '_> {
+            match part {
+                Part::Shipped(fleet) => Box::new(fleet.chunks(60)),
+                Part::Sampled(sampled) => Box::new(sampled.chunks()),
+            }
+        })
+    }
+
+    /// Every account of every part and the tariff it is billed on, sorted by account.
+    pub fn contracts(&self) -> Vec<(String, &'static str)> {
+        let accounts: BTreeMap<String, &'static str> = self
+            .parts
+            .iter()
+            .flat_map(|part| match part {
+                Part::Shipped(fleet) | Part::Sampled(Sampled { fleet, .. }) => fleet.contracts(),
+            })
+            .collect();
+        accounts.into_iter().collect()
+    }
+
+    /// The billing month (`YYYY-MM`) of the first minute.
+    pub fn month(&self) -> String {
+        let first = self
+            .parts
+            .iter()
+            .map(|part| match part {
+                Part::Shipped(fleet) => fleet.spec.start,
+                Part::Sampled(sampled) => sampled.first,
+            })
+            .min()
+            .unwrap_or(Minute::from_unix_minutes(0));
+        month_of(first)
+    }
+}
+
+/// What reached the pipeline, minute by minute.
 pub struct Truth {
     pub totals: GroundTruth,
     /// Per resource-hour, the minutes it existed (bit `m` = minute `m` of the hour).
@@ -131,11 +230,11 @@ pub struct Truth {
 }
 
 impl Truth {
-    pub fn of(fleet: &Fleet) -> Self {
+    pub fn of(expected: &Expected) -> Self {
         let mut totals = GroundTruth::default();
         let mut minutes: HashMap<(String, Hour), u64> = HashMap::new();
         let mut samples = 0;
-        for chunk in fleet.chunks(60) {
+        for chunk in expected.chunks() {
             for sample in &chunk {
                 totals.record(sample);
                 *minutes
@@ -186,10 +285,10 @@ fn compare_minutes(lake: &Path, truth: &Truth) -> anyhow::Result<(u64, u64, u64)
 
 /// The truth's samples as NDJSON, rolled up by the aggregator's file backfill into a
 /// reference lake: what the lake must equal had nothing gone wrong.
-fn reference_lake(fleet: &Fleet, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+fn reference_lake(expected: &Expected, dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let samples_path = dir.join("truth.ndjson");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&samples_path)?);
-    for chunk in fleet.chunks(60) {
+    for chunk in expected.chunks() {
         file.write_all(&tally_model::wire::encode_json(&chunk))?;
     }
     file.flush()?;
@@ -319,7 +418,7 @@ fn differing_after_corrections(
 /// Checks the drained pipeline's lake, dead letters and invoices.
 pub fn check(
     pipeline: &Pipeline,
-    fleet: &Fleet,
+    expected: &Expected,
     truth: &Truth,
     invoice_check: InvoiceCheck,
     scenario: String,
@@ -340,9 +439,9 @@ pub fn check(
         }
     }
 
-    let month = month_of(fleet);
-    let inputs = RatingInputs::write(&pipeline.dir, &fleet.contracts())?;
-    let reference = reference_lake(fleet, &pipeline.dir)?;
+    let month = expected.month();
+    let inputs = RatingInputs::write(&pipeline.dir, &expected.contracts())?;
+    let reference = reference_lake(expected, &pipeline.dir)?;
     let reference_out = pipeline.dir.join("reference-rated");
     pipeline.rate(&reference, &month, &inputs, &reference_out, false)?;
     let (invoices, invoices_differing) = match &invoice_check {
@@ -377,9 +476,9 @@ pub fn check(
     })
 }
 
-/// The billing month of the fleet's span (`YYYY-MM`).
-pub fn month_of(fleet: &Fleet) -> String {
-    fleet.spec.start.to_datetime().format("%Y-%m").to_string()
+/// The billing month (`YYYY-MM`) of `minute`.
+pub fn month_of(minute: Minute) -> String {
+    minute.to_datetime().format("%Y-%m").to_string()
 }
 
 /// A sample that says something else about its minute than `sample` did: another state

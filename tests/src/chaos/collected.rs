@@ -1,0 +1,405 @@
+//! The scenarios whose samples come from collector agents (`tally collect`, one process per
+//! host) rather than from `tally simulate`: the agents sample a simulated fleet each on
+//! the wall clock, so these scenarios take real minutes — a full run about eight, with
+//! eight hosts of 20,000 resources sending over 1.1 million samples.
+//!
+//! The truth is what each agent sampled: its host's fleet from the minute before its first
+//! start to the last minute its spool's checkpoint names (the runner checks the spool is
+//! empty once the agent stopped).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::ensure;
+use tally_collector::{ShipConfig, Shipper};
+use tally_model::{Minute, Sample};
+
+use super::pipeline::{
+    Ballast, Collector, Dice, Pipeline, SAMPLES_TOPIC, Tmpfs, mid_minute, sigkill,
+};
+use super::proxy::Fault;
+use super::scenarios::{Outcome, Size};
+use super::verdict::Sampled;
+
+/// How many agents, how big their fleets, for how long.
+#[derive(Clone, Copy)]
+struct Hosts {
+    count: usize,
+    resources: usize,
+    minutes: u64,
+}
+
+impl Size {
+    /// Eight hosts of 20,000 resources for eight minutes (about 1.1 million samples), or
+    /// three of 1,000 for three minutes.
+    fn hosts(self) -> Hosts {
+        match self {
+            Size::Full => Hosts {
+                count: 8,
+                resources: 20_000,
+                minutes: 8,
+            },
+            Size::Smoke => Hosts {
+                count: 3,
+                resources: 1_000,
+                minutes: 3,
+            },
+        }
+    }
+}
+
+/// The agents of hosts `hv-0`, `hv-1`, ..., each with `librdkafka` settings, over a
+/// simulated span starting now.
+fn collectors(
+    pipeline: &Pipeline,
+    hosts: &Hosts,
+    librdkafka: &[(&str, &str)],
+) -> anyhow::Result<Vec<Collector>> {
+    let span = span_from_now(hosts.minutes);
+    (0..hosts.count)
+        .map(|host| {
+            Collector::new(
+                pipeline,
+                &format!("hv-{host}"),
+                hosts.resources,
+                span,
+                librdkafka,
+            )
+        })
+        .collect()
+}
+
+/// A simulated span that covers `minutes` from now, with room for a slow end.
+fn span_from_now(minutes: u64) -> (Minute, Minute) {
+    let now = Minute::containing(chrono::Utc::now());
+    (now.plus(-20), now.plus(minutes as i64 + 30))
+}
+
+/// Stops every agent cleanly (each flushes its spool) and returns what each sampled.
+async fn stop_all(
+    pipeline: &Pipeline,
+    collectors: &mut [Collector],
+) -> anyhow::Result<Vec<Sampled>> {
+    for collector in collectors.iter_mut() {
+        collector.stop(pipeline).await?;
+    }
+    collectors.iter().map(Collector::sampled).collect()
+}
+
+/// Sleeps until `offset` past the start of the next minute: agents wake 0.5 s into a
+/// minute to sample the one that ended, so 0.5–4 s in is when they are busiest.
+async fn into_next_minute(offset: Duration) {
+    let now = chrono::Utc::now();
+    let next = Minute::containing(now).plus(1).to_datetime();
+    let wait = (next - now).to_std().unwrap_or_default() + offset;
+    tokio::time::sleep(wait).await;
+}
+
+/// 2: twenty SIGKILLs (five in a smoke run) of collector agents, at random hosts and
+/// moments — half of them 0.5–4 s into a minute, while the agents sample, spool and
+/// send — each agent started again after 0–10 s from its spool. Every minute of every
+/// host must arrive once: the ones spooled and not yet acknowledged are sent again (the
+/// aggregator counts the copies once), the ones missed while down are caught up.
+pub async fn collectors_killed(
+    pipeline: &Pipeline,
+    size: Size,
+    dice: &mut Dice,
+) -> anyhow::Result<Outcome> {
+    let hosts = size.hosts();
+    let kills = size.pick(20, 5);
+    let mut collectors = collectors(pipeline, &hosts, &[])?;
+    let mut aggregator = pipeline.aggregator(false, None)?;
+    mid_minute().await;
+    for collector in &mut collectors {
+        collector.start(pipeline)?;
+    }
+    let run = Duration::from_secs(hosts.minutes * 60);
+    let between = run / (kills as u32 + 1);
+    let (mut busy, mut down_total, mut aggregator_restarts) = (0, Duration::ZERO, 0);
+    for kill in 0..kills {
+        if kill % 2 == 0 {
+            let between = between.as_millis() as u64;
+            tokio::time::sleep(dice.millis(between / 2, between)).await;
+        } else {
+            into_next_minute(dice.millis(500, 4_000)).await;
+            busy += 1;
+        }
+        let victim = &mut collectors[dice.below(hosts.count as u64) as usize];
+        victim.kill()?;
+        let down = dice.millis(0, 10_000);
+        down_total += down;
+        tokio::time::sleep(down).await;
+        victim.start(pipeline)?;
+        if aggregator.try_wait()?.is_some() {
+            aggregator_restarts += 1;
+            aggregator = pipeline.aggregator(false, None)?;
+        }
+    }
+    mid_minute().await;
+    let sampled = stop_all(pipeline, &mut collectors).await?;
+    sigkill(&mut aggregator)?;
+    pipeline.drain()?;
+    let starts: usize = collectors.iter().map(|collector| collector.starts).sum();
+    Ok(Outcome::sampled(
+        format!(
+            "{} agents of {} resources each, {kills} SIGKILLs ({busy} of them 0.5–4 s into \
+             a minute, while sampling and sending), down {:.0} s in all, {starts} starts; \
+             {aggregator_restarts} aggregator restarts",
+            hosts.count,
+            hosts.resources,
+            down_total.as_secs_f64()
+        ),
+        BTreeMap::new(),
+        sampled,
+    ))
+}
+
+/// 4: the broker unreachable for longer than the agents' message timeout (set to 10 s, 5 s
+/// in a smoke run; Tally's default is none): twice (once) unanswered behind the fault proxy
+/// for four timeouts, twice (once) SIGKILLed and down for four timeouts. Deliveries time out
+/// in librdkafka; the agents keep the samples spooled and send them again on a new
+/// producer, while they go on sampling.
+pub async fn broker_unreachable(
+    pipeline: &mut Pipeline,
+    size: Size,
+    dice: &mut Dice,
+) -> anyhow::Result<Outcome> {
+    let hosts = size.hosts();
+    let timeout = Duration::from_secs(size.pick(10, 5));
+    let outage = timeout * 4;
+    let rounds = size.pick(2, 1);
+    let timeout_ms = timeout.as_millis().to_string();
+    let mut collectors = collectors(
+        pipeline,
+        &hosts,
+        &[("message.timeout.ms", timeout_ms.as_str())],
+    )?;
+    let mut aggregator = pipeline.aggregator(false, None)?;
+    mid_minute().await;
+    for collector in &mut collectors {
+        collector.start(pipeline)?;
+    }
+    let started = std::time::Instant::now();
+    let run = Duration::from_secs(hosts.minutes * 60);
+    let between = (run.saturating_sub(outage * 2 * rounds)) / (2 * rounds + 1);
+    let mut aggregator_restarts = 0;
+    for _ in 0..rounds {
+        tokio::time::sleep(between + dice.millis(0, 5_000)).await;
+        pipeline.proxy()?.set(Fault::Blackhole);
+        tokio::time::sleep(outage).await;
+        pipeline.proxy()?.set(Fault::None);
+        tokio::time::sleep(between).await;
+        pipeline.broker.kill()?;
+        tokio::time::sleep(outage).await;
+        pipeline.broker.restart()?;
+        if aggregator.try_wait()?.is_some() {
+            aggregator_restarts += 1;
+            aggregator = pipeline.aggregator(false, None)?;
+        }
+    }
+    tokio::time::sleep(run.saturating_sub(started.elapsed())).await;
+    mid_minute().await;
+    let sampled = stop_all(pipeline, &mut collectors).await?;
+    sigkill(&mut aggregator)?;
+    pipeline.drain()?;
+    let timed_out = pipeline.count_in_logs("collect-", "timed out")?;
+    ensure!(
+        timed_out > 0,
+        "no delivery timed out: the outages did not outlast the message timeout"
+    );
+    Ok(Outcome::sampled(
+        format!(
+            "{} agents of {} resources each with message.timeout.ms = {}; {rounds} × {} s \
+             blackhole + {rounds} × {} s broker down; {timed_out} sends failed on timed-out \
+             deliveries and were sent again; {aggregator_restarts} aggregator restarts",
+            hosts.count,
+            hosts.resources,
+            timeout.as_millis(),
+            outage.as_secs(),
+            outage.as_secs()
+        ),
+        BTreeMap::new(),
+        sampled,
+    ))
+}
+
+/// 10: time. Besides agents on the machine's clock, agent `hv-behind` runs with its clock
+/// 10 minutes slow and agent `hv-ahead` 10 minutes fast (libfaketime), and the runner sends
+/// 100 samples stamped a day ahead and 100 stamped 63 days back (past the 62-day
+/// retention). The slow agent's samples are late but within the window: each must land
+/// in the hour of its own minute. Everything the fast agent sends lies beyond the
+/// aggregator's 5-minute allowance for skew, and must be dead-lettered as `from_future`,
+/// as must the day-ahead samples; the old ones as `too_old`.
+pub async fn skewed_clocks(
+    pipeline: &Pipeline,
+    size: Size,
+    dice: &mut Dice,
+) -> anyhow::Result<Outcome> {
+    let hosts = size.hosts();
+    let skew = 10 * 60;
+    let span = span_from_now(hosts.minutes);
+    let skewed_span = (span.0.plus(-20), span.1.plus(20));
+    let mut collectors = collectors(
+        pipeline,
+        &Hosts {
+            count: hosts.count - 2,
+            ..hosts
+        },
+        &[],
+    )?;
+    collectors.push(
+        Collector::new(pipeline, "hv-behind", hosts.resources, skewed_span, &[])?
+            .with_clock_offset(-skew),
+    );
+    let mut ahead = Collector::new(pipeline, "hv-ahead", hosts.resources / 10, skewed_span, &[])?
+        .with_clock_offset(skew);
+    let mut aggregator = pipeline.aggregator(false, None)?;
+    mid_minute().await;
+    for collector in collectors.iter_mut().chain([&mut ahead]) {
+        collector.start(pipeline)?;
+    }
+    // Off the edges of the window: samples of the slow agent's fleet restamped a day
+    // ahead and 63 days back.
+    let now = Minute::containing(chrono::Utc::now());
+    let mut restamped = |minute: Minute| -> Vec<Sample> {
+        let mut samples = Vec::new();
+        collectors
+            .last()
+            .expect("hv-behind")
+            .fleet()
+            .samples_at(now, &mut samples);
+        let start = dice.below(samples.len().saturating_sub(100) as u64) as usize;
+        let mut picked: Vec<Sample> = samples.into_iter().skip(start).take(100).collect();
+        for sample in &mut picked {
+            sample.minute = minute;
+        }
+        picked
+    };
+    let (future, old) = (
+        restamped(now.plus(24 * 60)),
+        restamped(now.plus(-63 * 24 * 60)),
+    );
+    ensure!(
+        future.len() == 100 && old.len() == 100,
+        "the slow agent's fleet is too small to pick 100 samples from"
+    );
+    let shipper = Shipper::connect(&ShipConfig::new(&pipeline.clients, SAMPLES_TOPIC))?;
+    shipper.ship(future.clone()).await?;
+    shipper.ship(old.clone()).await?;
+    drop(shipper);
+
+    tokio::time::sleep(Duration::from_secs(hosts.minutes * 60)).await;
+    mid_minute().await;
+    let sampled = stop_all(pipeline, &mut collectors).await?;
+    ahead.stop(pipeline).await?;
+    let rejected = ahead.sampled()?.count();
+    // The fast agent's samples must be judged while they are still ahead: drain now.
+    sigkill(&mut aggregator)?;
+    pipeline.drain()?;
+    let (slow, on_time) = (&sampled[sampled.len() - 1], &sampled[0]);
+    let slow_by = on_time.first.unix_minutes() - slow.first.unix_minutes();
+    ensure!(
+        slow_by == 10,
+        "hv-behind's first minute is {slow_by} minutes before hv-0's, not 10"
+    );
+    Ok(Outcome::sampled(
+        format!(
+            "{} agents on the machine's clock, hv-behind ({} resources) 10 min slow, hv-ahead \
+             ({} resources) 10 min fast: {rejected} samples from the future; 100 samples a day \
+             ahead, 100 63 days back",
+            hosts.count - 2,
+            hosts.resources,
+            hosts.resources / 10
+        ),
+        BTreeMap::from([
+            ("from_future".to_owned(), rejected + future.len() as u64),
+            ("too_old".to_owned(), old.len() as u64),
+        ]),
+        sampled,
+    ))
+}
+
+/// 7: disks full. The lake and the spool of agent `hv-0` are small tmpfs volumes; the
+/// runner fills the spool's (a ballast file topped up as the agent frees space) for three
+/// minutes (one in a smoke run), then the lake's for two (40 s), each time freeing it
+/// again. A full spool makes the agent's appends fail: the minute stays due and is caught
+/// up once there is room (the bound is 10 minutes). A full lake makes the aggregator fail
+/// on its next write and exit; the runner starts it again every few seconds, as a service
+/// manager would, and it resumes from its last manifest. No manifest may pass data that
+/// is not in the lake, no spool acknowledgement data that is not on the broker.
+pub async fn disks_full(pipeline: &mut Pipeline, size: Size) -> anyhow::Result<Outcome> {
+    let hosts = size.hosts();
+    pipeline.mounts.push(Tmpfs::mount(&pipeline.lake, 256)?);
+    let spool_host = "hv-0";
+    pipeline
+        .mounts
+        .push(Tmpfs::mount(&Collector::dir(pipeline, spool_host), 64)?);
+    let mut collectors = collectors(pipeline, &hosts, &[])?;
+    let mut aggregator = pipeline.aggregator(false, None)?;
+    mid_minute().await;
+    for collector in &mut collectors {
+        collector.start(pipeline)?;
+    }
+    let started = std::time::Instant::now();
+    let (spool_full, lake_full) = size.pick(
+        (Duration::from_secs(180), Duration::from_secs(120)),
+        (Duration::from_secs(60), Duration::from_secs(40)),
+    );
+    tokio::time::sleep(Duration::from_secs(40)).await;
+
+    let mut ballast = Ballast::fill(&Collector::dir(pipeline, spool_host))?;
+    let until = std::time::Instant::now() + spool_full;
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ballast.top_up();
+    }
+    drop(ballast);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    let mut ballast = Ballast::fill(&pipeline.lake)?;
+    let until = std::time::Instant::now() + lake_full;
+    let mut aggregator_failures = 0;
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ballast.top_up();
+        if aggregator.try_wait()?.is_some() {
+            aggregator_failures += 1;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            aggregator = pipeline.aggregator(false, None)?;
+        }
+    }
+    drop(ballast);
+    let run = Duration::from_secs(hosts.minutes * 60);
+    while started.elapsed() < run {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if aggregator.try_wait()?.is_some() {
+            aggregator_failures += 1;
+            aggregator = pipeline.aggregator(false, None)?;
+        }
+    }
+    mid_minute().await;
+    let sampled = stop_all(pipeline, &mut collectors).await?;
+    sigkill(&mut aggregator)?;
+    pipeline.drain()?;
+    let spool_failures = pipeline.count_in_logs(&format!("collect-{spool_host}"), "No space left")?;
+    let lake_failures = pipeline.count_in_logs("aggregate", "No space left")?;
+    ensure!(
+        spool_failures > 0 && lake_failures > 0,
+        "the full disks were not noticed: {spool_failures} spool and {lake_failures} lake \
+         writes failed"
+    );
+    Ok(Outcome::sampled(
+        format!(
+            "{} agents of {} resources each; {spool_host}'s spool volume full for {} s \
+             ({spool_failures} failed spool writes logged), the lake's full for {} s \
+             ({lake_failures} failed lake writes logged, {aggregator_failures} aggregator \
+             exits and restarts)",
+            hosts.count,
+            hosts.resources,
+            spool_full.as_secs(),
+            lake_full.as_secs()
+        ),
+        BTreeMap::new(),
+        sampled,
+    ))
+}
