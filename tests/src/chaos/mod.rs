@@ -1,6 +1,6 @@
-//! The chaos runner: the real pipeline — `tally simulate` producing, Tansu with SQLite
-//! storage brokering, `tally aggregate` rolling up, `tally rate` invoicing — run as
-//! processes while faults hit them; at the end the lake and the invoices are checked
+//! The chaos runner: the real pipeline — collector agents (`tally collect`) sampling or
+//! `tally simulate` producing, Tansu with SQLite storage brokering, `tally aggregate`
+//! rolling up, `tally rate` invoicing — run as processes while faults hit them; at the end the lake and the invoices are checked
 //! against the generator's exact truth. `tests/chaos` runs it; RELIABILITY.md lists the
 //! scenarios with the figures of their last run.
 //!

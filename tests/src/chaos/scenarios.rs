@@ -177,7 +177,7 @@ impl Scenario {
         };
         let name = format!("{} {}", self.number(), self.name());
         let expected = match outcome.sampled {
-            Some(sampled) => Expected::sampled(sampled),
+            Some(sampled) => Expected::sampled(sampled).and_sent(outcome.sent),
             None => Expected::shipped(fleet),
         };
         let truth = Truth::of(&expected);
@@ -202,6 +202,8 @@ pub(super) struct Outcome {
     invoices: InvoiceCheck,
     /// What collector agents sampled, when they (not `tally simulate`) sent the samples.
     sampled: Option<Vec<Sampled>>,
+    /// Samples the runner sent besides the agents', to be billed.
+    sent: Vec<Sample>,
 }
 
 impl Outcome {
@@ -212,6 +214,7 @@ impl Outcome {
             dead_letters: BTreeMap::new(),
             invoices: InvoiceCheck::Identical,
             sampled: None,
+            sent: Vec::new(),
         }
     }
 
@@ -227,7 +230,14 @@ impl Outcome {
             dead_letters,
             invoices: InvoiceCheck::Identical,
             sampled: Some(sampled),
+            sent: Vec::new(),
         }
+    }
+
+    /// And `samples` the runner sent besides the agents', to be billed.
+    pub(super) fn and_sent(mut self, samples: Vec<Sample>) -> Self {
+        self.sent = samples;
+        self
     }
 }
 
@@ -626,6 +636,7 @@ async fn duplicates_and_conflicts(
         dead_letters: BTreeMap::from([("conflict".to_owned(), conflicts.len() as u64)]),
         invoices: InvoiceCheck::Identical,
         sampled: None,
+        sent: Vec::new(),
     })
 }
 
@@ -692,5 +703,6 @@ async fn late_after_rating(
         dead_letters: BTreeMap::new(),
         invoices: InvoiceCheck::IssuedPlusCorrections { out },
         sampled: None,
+        sent: Vec::new(),
     })
 }

@@ -131,6 +131,8 @@ pub struct Expected {
 enum Part {
     Shipped(Fleet),
     Sampled(Sampled),
+    /// Samples the runner sent itself, to be billed.
+    Sent(Vec<Sample>),
 }
 
 /// The minutes `first..=last` a collector agent sampled of its host's fleet (minutes as
@@ -184,23 +186,32 @@ impl Expected {
         }
     }
 
+    /// And `samples` the runner sent itself.
+    pub fn and_sent(mut self, samples: Vec<Sample>) -> Self {
+        self.parts.push(Part::Sent(samples));
+        self
+    }
+
     /// Every sample, in chunks of up to an hour of one part.
     pub fn chunks(&self) -> impl Iterator<Item = Vec<Sample>> + '_ {
         self.parts.iter().flat_map(|part| -> Box<dyn Iterator<Item = Vec<Sample>> + '_> {
             match part {
                 Part::Shipped(fleet) => Box::new(fleet.chunks(60)),
                 Part::Sampled(sampled) => Box::new(sampled.chunks()),
+                Part::Sent(samples) => Box::new(std::iter::once(samples.clone())),
             }
         })
     }
 
     /// Every account of every part and the tariff it is billed on, sorted by account.
     pub fn contracts(&self) -> Vec<(String, &'static str)> {
+        // Samples the runner sent are of accounts of the fleets.
         let accounts: BTreeMap<String, &'static str> = self
             .parts
             .iter()
             .flat_map(|part| match part {
                 Part::Shipped(fleet) | Part::Sampled(Sampled { fleet, .. }) => fleet.contracts(),
+                Part::Sent(_) => Vec::new(),
             })
             .collect();
         accounts.into_iter().collect()
@@ -211,9 +222,10 @@ impl Expected {
         let first = self
             .parts
             .iter()
-            .map(|part| match part {
-                Part::Shipped(fleet) => fleet.spec.start,
-                Part::Sampled(sampled) => sampled.first,
+            .filter_map(|part| match part {
+                Part::Shipped(fleet) => Some(fleet.spec.start),
+                Part::Sampled(sampled) => Some(sampled.first),
+                Part::Sent(samples) => samples.iter().map(|sample| sample.minute).min(),
             })
             .min()
             .unwrap_or(Minute::from_unix_minutes(0));
