@@ -198,13 +198,7 @@ pub fn open_source(host: &str, config: &SourceConfig) -> Result<Box<dyn Source>,
 /// of `host` sees it: every resource on that host, its id prefixed with the host's name,
 /// so that agents of several hosts simulate distinct resources (the same id from two
 /// hosts would be two conflicting reports of one resource).
-pub fn simulated_fleet(
-    host: &str,
-    resources: usize,
-    seed: u64,
-    from: Minute,
-    to: Minute,
-) -> Fleet {
+pub fn simulated_fleet(host: &str, resources: usize, seed: u64, from: Minute, to: Minute) -> Fleet {
     let spec = |scale| FleetSpec {
         seed,
         start: from,

@@ -243,11 +243,13 @@ pub async fn broker_unreachable(
 /// 10: time. Besides agents on the machine's clock, agent `hv-behind` runs with its clock
 /// 10 minutes slow (libfaketime, see below), and the runner sends samples restamped off
 /// the machine's clock: 100 four minutes ahead (within the aggregator's 5-minute allowance
-/// for skew), 100 ten minutes ahead, 100 a day ahead, and 100 from 63 days back (past the
-/// 62-day retention). The slow agent's samples are late but within the window, and the
-/// ones four minutes ahead within the allowance: each must land in the hour of its own
+/// for skew), 100 thirty minutes ahead, 100 a day ahead, and 100 from 63 days back (past
+/// the 62-day retention). The slow agent's samples are late but within the window, and
+/// the ones four minutes ahead within the allowance: each must land in the hour of its own
 /// minute. The ones further ahead must be dead-lettered as `from_future`, the old ones as
-/// `too_old`.
+/// `too_old`. (Thirty, not ten: a sample is judged against the clock when its message is
+/// read, and the final drain reads again from the oldest open hour's first message, some
+/// ten minutes later; by then a sample ten minutes ahead is due and would be taken.)
 ///
 /// Only the slow clock is run under libfaketime: librdkafka's timed waits compute their
 /// deadline on the faked clock and wait on the real one (glibc's C11 `cnd_timedwait` is
@@ -300,7 +302,7 @@ pub async fn skewed_clocks(
         picked
     };
     let within = restamped(4);
-    let future: Vec<Sample> = [restamped(10), restamped(24 * 60)].concat();
+    let future: Vec<Sample> = [restamped(30), restamped(24 * 60)].concat();
     let old = restamped(-63 * 24 * 60);
     ensure!(
         within.len() == 100 && future.len() == 200 && old.len() == 100,
@@ -326,7 +328,7 @@ pub async fn skewed_clocks(
     Ok(Outcome::sampled(
         format!(
             "{} agents on the machine's clock and hv-behind 10 min slow, {} resources each; \
-             restamped: 100 samples 4 min ahead, 100 10 min ahead, 100 a day ahead, 100 63 \
+             restamped: 100 samples 4 min ahead, 100 30 min ahead, 100 a day ahead, 100 63 \
              days back",
             hosts.count - 1,
             hosts.resources,

@@ -384,7 +384,11 @@ topic = "{SAMPLES_TOPIC}"
                 self.host,
                 log.display()
             ),
-            None => bail!("collector {} did not stop within 90 s; see {}", self.host, log.display()),
+            None => bail!(
+                "collector {} did not stop within 90 s; see {}",
+                self.host,
+                log.display()
+            ),
         }
     }
 
@@ -466,7 +470,10 @@ impl Drop for Tmpfs {
             let _ = std::fs::remove_dir(&self.path);
             let _ = std::fs::rename(&copy, &self.path);
         } else if !unmounted {
-            eprintln!("chaos: cannot unmount {}: umount it by hand", self.path.display());
+            eprintln!(
+                "chaos: cannot unmount {}: umount it by hand",
+                self.path.display()
+            );
         }
     }
 }

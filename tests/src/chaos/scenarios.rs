@@ -11,12 +11,12 @@ use tally_aggregator::failpoint;
 use tally_collector::{Fleet, FleetSpec, ShipConfig, Shipper};
 use tally_model::Sample;
 
+use super::collected;
 use super::pipeline::{
     Dice, Pipeline, Producer, RatingInputs, SAMPLE_PARTITIONS, SAMPLES_TOPIC, exited_within,
     sigkill,
 };
 use super::proxy::Fault;
-use super::collected;
 use super::verdict::{self, Expected, Figures, InvoiceCheck, Sampled, Truth, conflicting};
 
 /// Full size: what RELIABILITY.md reports. Smoke: CI's short variant.
@@ -140,10 +140,7 @@ impl Scenario {
     ) -> anyhow::Result<(Figures, BTreeMap<String, u64>)> {
         let started = Instant::now();
         let fleet = Fleet::generate(size.fleet(seed));
-        let proxied = matches!(
-            self,
-            Scenario::NetworkFaults | Scenario::BrokerUnreachable
-        );
+        let proxied = matches!(self, Scenario::NetworkFaults | Scenario::BrokerUnreachable);
         let mut pipeline = Pipeline::start(tally, dir, fleet.spec.clone(), proxied).await?;
         let mut dice = Dice::new(seed);
         let outcome = match self {

@@ -90,7 +90,7 @@ impl fmt::Display for Figures {
                 .map(|(reason, count)| format!("{count} {reason}"))
                 .collect();
             format!(
-                "{total} ({}; {} copies resent after restarts)",
+                "{total} ({}; {} copies sent again on reading their messages again)",
                 reasons.join(", "),
                 self.dead_letters_resent
             )
@@ -194,13 +194,15 @@ impl Expected {
 
     /// Every sample, in chunks of up to an hour of one part.
     pub fn chunks(&self) -> impl Iterator<Item = Vec<Sample>> + '_ {
-        self.parts.iter().flat_map(|part| -> Box<dyn Iterator<Item = Vec<Sample>> + '_> {
-            match part {
-                Part::Shipped(fleet) => Box::new(fleet.chunks(60)),
-                Part::Sampled(sampled) => Box::new(sampled.chunks()),
-                Part::Sent(samples) => Box::new(std::iter::once(samples.clone())),
-            }
-        })
+        self.parts
+            .iter()
+            .flat_map(|part| -> Box<dyn Iterator<Item = Vec<Sample>> + '_> {
+                match part {
+                    Part::Shipped(fleet) => Box::new(fleet.chunks(60)),
+                    Part::Sampled(sampled) => Box::new(sampled.chunks()),
+                    Part::Sent(samples) => Box::new(std::iter::once(samples.clone())),
+                }
+            })
     }
 
     /// Every account of every part and the tariff it is billed on, sorted by account.
