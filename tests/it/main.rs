@@ -10,4 +10,5 @@ mod fuzz_corpus;
 mod sasl;
 mod signed;
 mod sql;
+mod tls;
 mod watch;

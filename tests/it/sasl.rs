@@ -1,6 +1,6 @@
 //! SASL/SCRAM between the collector's shipper and a Tansu broker that requires it: the
 //! right password ships, a wrong password and a client without SASL are refused with an
-//! error that says so. (TLS is not tested: Tansu 0.6.0 does not serve it; see the README.)
+//! error that says so. (TLS: `tls.rs`.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;

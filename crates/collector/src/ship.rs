@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::Producer;
@@ -120,14 +121,46 @@ impl ProducerContext for ShipContext {
 /// which was most of an idle agent's CPU).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+impl ShipContext {
+    fn note_early(&self, text: String) {
+        if let Ok(mut early) = self.early_errors.lock()
+            && early.len() < 4
+            && !early.contains(&text)
+        {
+            early.push(text);
+        }
+    }
+}
+
 impl ClientContext for ShipContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if let Ok(mut early) = self.early_errors.lock() {
-            let text = format!("{error}: {reason}");
-            if early.len() < 4 && !early.contains(&text) {
-                early.push(text);
+    /// As rdkafka logs by default; warnings and worse are also kept to explain a failed
+    /// connect (plaintext to a TLS listener shows only in a log line: "might be caused by
+    /// incorrect security.protocol configuration").
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {facility} {message}");
+                return;
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}");
+                return;
             }
         }
+        self.note_early(format!("{facility}: {message}"));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.note_early(format!("{error}: {reason}"));
         let kind = format!("{:?}", error.rdkafka_error_code());
         let Ok(mut last_logged) = self.last_logged.lock() else {
             return;
@@ -193,11 +226,21 @@ impl Shipper {
                     .lock()
                     .map(|early| early.join("; "))
                     .unwrap_or_default();
-                let why = if why.is_empty() {
+                let mut why = if why.is_empty() {
                     why
                 } else {
                     format!("; the client reported: {why}")
                 };
+                // A TLS or SASL listener closes a plaintext client's connection without a
+                // word, which librdkafka reports only as brokers being down.
+                if why.contains("brokers are down")
+                    && !config.librdkafka.contains_key("security.protocol")
+                {
+                    why.push_str(
+                        "; no security.protocol is set: if the listener expects TLS or SASL, \
+                         set it under [kafka.librdkafka]",
+                    );
+                }
                 metadata_error(format!("{error}{why}"))
             })?;
         let topic = metadata
