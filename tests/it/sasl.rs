@@ -3,13 +3,9 @@
 //! error that says so. (TLS: `tls.rs`.)
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use tally_collector::{Fleet, FleetSpec, ShipConfig, Shipper};
-use tally_tests::OwnBroker;
+use tally_collector::{ShipConfig, Shipper};
+use tally_tests::{OwnBroker, create_topic_with, ten_minutes_of_samples};
 
 fn sasl(user: &str, password: &str) -> BTreeMap<String, String> {
     [
@@ -33,29 +29,8 @@ async fn scram_logins_are_required_and_checked() -> anyhow::Result<()> {
     let brokers = broker.address();
     let topic = "tally.samples.sasl";
 
-    let mut admin_config = ClientConfig::new();
-    admin_config.set("bootstrap.servers", &brokers);
-    for (key, value) in sasl("collector", "right-password") {
-        admin_config.set(key, value);
-    }
-    let admin: AdminClient<DefaultClientContext> = admin_config.create()?;
-    for result in admin
-        .create_topics(
-            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await?
-    {
-        result.map_err(|(name, error)| anyhow::anyhow!("creating {name}: {error}"))?;
-    }
-
-    let fleet = Fleet::generate(FleetSpec {
-        seed: 9,
-        start: "2026-10-22T00:00:00Z".parse()?,
-        end: "2026-10-22T00:10:00Z".parse()?,
-        scale: 1,
-    });
-    let samples: Vec<_> = fleet.chunks(10).flatten().collect();
+    create_topic_with(&brokers, topic, 1, &sasl("collector", "right-password")).await?;
+    let samples = ten_minutes_of_samples(9);
     let mut config = ShipConfig::new(&brokers, topic);
     config.librdkafka = sasl("collector", "right-password");
     let shipper = Shipper::connect(&config)?;

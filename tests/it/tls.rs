@@ -14,11 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use tally_collector::{Fleet, FleetSpec, ShipConfig, Shipper};
-use tally_tests::OwnBroker;
+use tally_collector::{ShipConfig, Shipper};
+use tally_tests::{OwnBroker, create_topic_with, ten_minutes_of_samples};
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new("openssl")
@@ -162,29 +159,8 @@ async fn tls_with_the_right_ca_ships_and_a_wrong_ca_or_plaintext_is_refused() ->
     let topic = "tally.samples.tls";
     let right = tls(&dir.path().join("ca.pem"));
 
-    let mut admin_config = ClientConfig::new();
-    admin_config.set("bootstrap.servers", &brokers);
-    for (key, value) in &right {
-        admin_config.set(key, value);
-    }
-    let admin: AdminClient<DefaultClientContext> = admin_config.create()?;
-    for result in admin
-        .create_topics(
-            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await?
-    {
-        result.map_err(|(name, error)| anyhow::anyhow!("creating {name}: {error}"))?;
-    }
-
-    let fleet = Fleet::generate(FleetSpec {
-        seed: 10,
-        start: "2026-10-22T00:00:00Z".parse()?,
-        end: "2026-10-22T00:10:00Z".parse()?,
-        scale: 1,
-    });
-    let samples: Vec<_> = fleet.chunks(10).flatten().collect();
+    create_topic_with(&brokers, topic, 1, &right).await?;
+    let samples = ten_minutes_of_samples(10);
     let mut config = ShipConfig::new(&brokers, topic);
     config.librdkafka = right;
     let shipper = Shipper::connect(&config)?;

@@ -4,6 +4,7 @@
 
 pub mod chaos;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
@@ -31,11 +32,38 @@ pub fn unique_topic(prefix: &str) -> String {
     format!("{prefix}.{}.{nanos}", std::process::id())
 }
 
+/// Ten minutes of the base fleet's samples (seed `seed`): a batch to ship in a test.
+pub fn ten_minutes_of_samples(seed: u64) -> Vec<tally_model::Sample> {
+    let start: tally_model::Minute = "2026-10-22T00:00:00Z".parse().expect("minute");
+    tally_collector::Fleet::generate(tally_collector::FleetSpec {
+        seed,
+        start,
+        end: start.plus(10),
+        scale: 1,
+    })
+    .chunks(10)
+    .flatten()
+    .collect()
+}
+
 /// Creates `topic` with `partitions` partitions on `brokers`.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    create_topic_with(brokers, topic, partitions, &BTreeMap::new()).await
+}
+
+/// [`create_topic`] by a client with `librdkafka` settings (SASL, TLS).
+pub async fn create_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    librdkafka: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in librdkafka {
+        config.set(key, value);
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],

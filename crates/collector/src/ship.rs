@@ -134,8 +134,7 @@ impl ShipContext {
 
 impl ClientContext for ShipContext {
     /// As rdkafka logs by default; warnings and worse are also kept to explain a failed
-    /// connect (plaintext to a TLS listener shows only in a log line: "might be caused by
-    /// incorrect security.protocol configuration").
+    /// connect (a failed TLS handshake is reported only in a log line).
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
