@@ -1,7 +1,7 @@
 //! The scenarios whose samples come from collector agents (`tally collect`, one process per
 //! host) rather than from `tally simulate`: the agents sample a simulated fleet each on
-//! the wall clock, so these scenarios take real minutes — a full run about eight, with
-//! eight hosts of 20,000 resources sending over 1.1 million samples.
+//! the wall clock, so these scenarios take real minutes — a full run 8.5 to 11 of them,
+//! eight hosts of 20,000 resources sending 1.35 to 1.7 million samples (RELIABILITY.md).
 //!
 //! The truth is what each agent sampled: its host's fleet from the minute before its first
 //! start to the last minute its spool's checkpoint names (the runner checks the spool is
@@ -30,8 +30,8 @@ struct Hosts {
 }
 
 impl Size {
-    /// Eight hosts of 20,000 resources for eight minutes (about 1.1 million samples), or
-    /// three of 1,000 for three minutes.
+    /// Eight hosts of 20,000 resources for at least eight minutes (over 1.3 million
+    /// samples), or three of 1,000 for three minutes.
     fn hosts(self) -> Hosts {
         match self {
             Size::Full => Hosts {
