@@ -69,7 +69,8 @@ pub enum Scenario {
     DamagedCheckpoints,
     /// 9: re-produced samples, an hour replayed twice, conflicting samples.
     DuplicatesAndConflicts,
-    /// 10: agents with clocks 10 minutes off, samples from the future and past retention.
+    /// 10: an agent with its clock 10 minutes slow, samples from the future and past
+    /// retention.
     SkewedClocks,
     /// 11: late samples after their hours were sealed and the month rated and issued.
     LateAfterRating,
@@ -118,7 +119,7 @@ impl Scenario {
             Scenario::DisksFull => "lake and spool disks full",
             Scenario::DamagedCheckpoints => "damaged checkpoints",
             Scenario::DuplicatesAndConflicts => "duplicates and conflicts",
-            Scenario::SkewedClocks => "clocks 10 minutes off, future and expired samples",
+            Scenario::SkewedClocks => "a clock 10 minutes off, future and expired samples",
             Scenario::LateAfterRating => "late data after sealing and rating",
         }
     }
