@@ -86,25 +86,21 @@ async fn stop_all(
     collectors.iter().map(Collector::sampled).collect()
 }
 
-/// Sleeps until `offset` past the start of the next minute: agents wake 0.5 s into a
-/// minute to sample the one that ended, so 0.5–4 s in is when they are busiest.
-async fn into_next_minute(offset: Duration) {
+/// Sleeps until `offset` after (negative: before) the start of the next minute, or of
+/// the one after when that moment has passed. Agents wake 0.5 s into a minute to sample
+/// the one that ended, so 0.5–4 s in is when they are busiest.
+async fn next_minute_start(offset: chrono::TimeDelta) {
     let now = chrono::Utc::now();
-    let next = Minute::containing(now).plus(1).to_datetime();
-    let wait = (next - now).to_std().unwrap_or_default() + offset;
-    tokio::time::sleep(wait).await;
+    let mut at = Minute::containing(now).plus(1).to_datetime() + offset;
+    if at <= now {
+        at += chrono::TimeDelta::minutes(1);
+    }
+    tokio::time::sleep((at - now).to_std().unwrap_or_default()).await;
 }
 
-/// Sleeps until `lead` before the next minute starts (or the one after, when that is
-/// already past).
-async fn before_next_minute(lead: Duration) {
-    let now = chrono::Utc::now();
-    let mut next = Minute::containing(now).plus(1).to_datetime();
-    let lead = chrono::TimeDelta::from_std(lead).unwrap_or_default();
-    if next - lead <= now {
-        next += chrono::TimeDelta::minutes(1);
-    }
-    tokio::time::sleep((next - lead - now).to_std().unwrap_or_default()).await;
+/// A `from`–`to` ms span, rolled by `dice`, as a signed time.
+fn rolled(dice: &mut Dice, from: u64, to: u64) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(dice.millis(from, to)).unwrap_or_default()
 }
 
 /// 2: twenty SIGKILLs (five in a smoke run) of collector agents, at random hosts and
@@ -133,7 +129,7 @@ pub async fn collectors_killed(
             let between = between.as_millis() as u64;
             tokio::time::sleep(dice.millis(between / 2, between)).await;
         } else {
-            into_next_minute(dice.millis(500, 4_000)).await;
+            next_minute_start(rolled(dice, 500, 4_000)).await;
             busy += 1;
         }
         let victim = &mut collectors[dice.below(hosts.count as u64) as usize];
@@ -142,10 +138,7 @@ pub async fn collectors_killed(
         down_total += down;
         tokio::time::sleep(down).await;
         victim.start(pipeline)?;
-        if aggregator.try_wait()?.is_some() {
-            aggregator_restarts += 1;
-            aggregator = pipeline.aggregator(false, None)?;
-        }
+        aggregator_restarts += usize::from(pipeline.restart_if_exited(&mut aggregator)?);
     }
     mid_minute().await;
     let sampled = stop_all(pipeline, &mut collectors).await?;
@@ -201,18 +194,15 @@ pub async fn broker_unreachable(
     for _ in 0..rounds {
         // From a few seconds before a minute starts: the agents' sends of the minute
         // that ended meet the outage.
-        before_next_minute(dice.millis(2_000, outage.as_millis() as u64 / 2)).await;
+        next_minute_start(-rolled(dice, 2_000, outage.as_millis() as u64 / 2)).await;
         pipeline.proxy()?.set(Fault::Blackhole);
         tokio::time::sleep(outage).await;
         pipeline.proxy()?.set(Fault::None);
-        before_next_minute(dice.millis(2_000, outage.as_millis() as u64 / 2)).await;
+        next_minute_start(-rolled(dice, 2_000, outage.as_millis() as u64 / 2)).await;
         pipeline.broker.kill()?;
         tokio::time::sleep(outage).await;
         pipeline.broker.restart()?;
-        if aggregator.try_wait()?.is_some() {
-            aggregator_restarts += 1;
-            aggregator = pipeline.aggregator(false, None)?;
-        }
+        aggregator_restarts += usize::from(pipeline.restart_if_exited(&mut aggregator)?);
     }
     tokio::time::sleep(run.saturating_sub(started.elapsed())).await;
     mid_minute().await;
@@ -395,10 +385,7 @@ pub async fn disks_full(pipeline: &mut Pipeline, size: Size) -> anyhow::Result<O
     let run = Duration::from_secs(hosts.minutes * 60);
     while started.elapsed() < run {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if aggregator.try_wait()?.is_some() {
-            aggregator_failures += 1;
-            aggregator = pipeline.aggregator(false, None)?;
-        }
+        aggregator_failures += usize::from(pipeline.restart_if_exited(&mut aggregator)?);
     }
     mid_minute().await;
     let sampled = stop_all(pipeline, &mut collectors).await?;

@@ -185,6 +185,16 @@ impl Pipeline {
         Ok(Process(command.spawn()?))
     }
 
+    /// Starts `aggregator` again (not draining, no failpoint) if it has exited, as a
+    /// service manager would; says whether it had.
+    pub fn restart_if_exited(&self, aggregator: &mut Process) -> anyhow::Result<bool> {
+        if aggregator.try_wait()?.is_none() {
+            return Ok(false);
+        }
+        *aggregator = self.aggregator(false, None)?;
+        Ok(true)
+    }
+
     /// Runs `tally aggregate --until-drained` to its end: everything on the topic in the
     /// lake, every hour sealed.
     pub fn drain(&self) -> anyhow::Result<()> {
@@ -351,13 +361,6 @@ topic = "{SAMPLES_TOPIC}"
         self.first
             .get_or_insert(Minute::containing(started).plus(-1));
         Ok(())
-    }
-
-    pub fn is_running(&mut self) -> anyhow::Result<bool> {
-        match &mut self.process {
-            Some(process) => Ok(process.try_wait()?.is_none()),
-            None => Ok(false),
-        }
     }
 
     /// SIGKILL: no flush, no goodbye; what it spooled waits for the next start.

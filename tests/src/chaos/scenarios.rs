@@ -174,10 +174,7 @@ impl Scenario {
             Scenario::LateAfterRating => late_after_rating(&pipeline, &fleet, &mut dice).await?,
         };
         let name = format!("{} {}", self.number(), self.name());
-        let expected = match outcome.sampled {
-            Some(sampled) => Expected::sampled(sampled).and_sent(outcome.sent),
-            None => Expected::shipped(fleet),
-        };
+        let expected = outcome.expected.unwrap_or_else(|| Expected::shipped(fleet));
         let truth = Truth::of(&expected);
         let figures = verdict::check(
             &pipeline,
@@ -198,10 +195,9 @@ pub(super) struct Outcome {
     /// Dead letters injected on purpose, by reason.
     dead_letters: BTreeMap<String, u64>,
     invoices: InvoiceCheck,
-    /// What collector agents sampled, when they (not `tally simulate`) sent the samples.
-    sampled: Option<Vec<Sampled>>,
-    /// Samples the runner sent besides the agents', to be billed.
-    sent: Vec<Sample>,
+    /// What reached the pipeline to be billed, when not the fleet `tally simulate`
+    /// shipped (collector agents sent the samples).
+    expected: Option<Expected>,
 }
 
 impl Outcome {
@@ -211,8 +207,7 @@ impl Outcome {
             faults,
             dead_letters: BTreeMap::new(),
             invoices: InvoiceCheck::Identical,
-            sampled: None,
-            sent: Vec::new(),
+            expected: None,
         }
     }
 
@@ -227,14 +222,13 @@ impl Outcome {
             faults,
             dead_letters,
             invoices: InvoiceCheck::Identical,
-            sampled: Some(sampled),
-            sent: Vec::new(),
+            expected: Some(Expected::sampled(sampled)),
         }
     }
 
     /// And `samples` the runner sent besides the agents', to be billed.
     pub(super) fn and_sent(mut self, samples: Vec<Sample>) -> Self {
-        self.sent = samples;
+        self.expected = self.expected.map(|expected| expected.and_sent(samples));
         self
     }
 }
@@ -328,13 +322,7 @@ async fn network_faults(
     let mut producer = Producer::start(pipeline, Duration::from_millis(size.pick(12_000, 5_000)))?;
     let mut aggregator = pipeline.aggregator(false, None)?;
     let mut aggregator_restarts = 0;
-    let mut keep_running = |aggregator: &mut super::pipeline::Process| -> anyhow::Result<()> {
-        if aggregator.try_wait()?.is_some() {
-            aggregator_restarts += 1;
-            *aggregator = pipeline.aggregator(false, None)?;
-        }
-        Ok(())
-    };
+
     for _ in 0..rounds {
         proxy.set(Fault::Latency {
             base: dice.millis(100, 300),
@@ -348,7 +336,7 @@ async fn network_faults(
         proxy.reset_connections();
         tokio::time::sleep(dice.millis(2_000, 5_000)).await;
         producer.poll(pipeline)?;
-        keep_running(&mut aggregator)?;
+        aggregator_restarts += usize::from(pipeline.restart_if_exited(&mut aggregator)?);
     }
     producer.finish(pipeline, Duration::from_secs(900)).await?;
     sigkill(&mut aggregator)?;
@@ -566,10 +554,7 @@ async fn broker_killed(
         // The same port and data: clients reconnect to the address they know.
         pipeline.broker.restart()?;
         producer.poll(pipeline)?;
-        if aggregator.try_wait()?.is_some() {
-            aggregator_restarts += 1;
-            aggregator = pipeline.aggregator(false, None)?;
-        }
+        aggregator_restarts += usize::from(pipeline.restart_if_exited(&mut aggregator)?);
     }
     producer.finish(pipeline, Duration::from_secs(900)).await?;
     sigkill(&mut aggregator)?;
@@ -633,8 +618,7 @@ async fn duplicates_and_conflicts(
         ),
         dead_letters: BTreeMap::from([("conflict".to_owned(), conflicts.len() as u64)]),
         invoices: InvoiceCheck::Identical,
-        sampled: None,
-        sent: Vec::new(),
+        expected: None,
     })
 }
 
@@ -700,7 +684,6 @@ async fn late_after_rating(
         ),
         dead_letters: BTreeMap::new(),
         invoices: InvoiceCheck::IssuedPlusCorrections { out },
-        sampled: None,
-        sent: Vec::new(),
+        expected: None,
     })
 }

@@ -165,10 +165,6 @@ impl Sampled {
             samples
         })
     }
-
-    pub fn count(&self) -> u64 {
-        self.chunks().map(|chunk| chunk.len() as u64).sum()
-    }
 }
 
 impl Expected {
