@@ -21,6 +21,7 @@ use tally_collector::metrics::AgentMetrics;
 use tally_collector::source::{InterfaceCounters, Observation, Reading, Source, SourceError};
 use tally_collector::spool::{self, SpoolConfig};
 use tally_model::{Minute, ResourceKind, ResourceState, Sample};
+use tally_tests::chaos::verdict::Sampled;
 use tally_tests::{OwnBroker, broker, create_topic, read_samples, unique_topic};
 
 const HOST: &str = "hv-test";
@@ -92,31 +93,25 @@ impl Setup {
     }
 }
 
-/// What the simulator's truth says the agent must have sent for `minutes`: every
-/// resource alive then (the fleet is the agent's host's); the agent's first minute carries
-/// no traffic (its counters prime).
+/// What the simulator's truth says the agent must have sent for `first..=last`: every
+/// resource of the agent's host alive then, the first minute without traffic (its counters
+/// prime) — the chaos runner's [`Sampled`].
 fn expected_samples(
     resources: usize,
     from: Minute,
-    minutes: impl Iterator<Item = Minute>,
-    first_sampled: Minute,
+    first: Minute,
+    last: Minute,
 ) -> BTreeMap<(String, Minute), Sample> {
-    let fleet = simulated_fleet(HOST, resources, SEED, from, from.plus(24 * 60));
-    let mut expected = BTreeMap::new();
-    for minute in minutes {
-        for resource in &fleet.resources {
-            let Some(mut sample) = resource.sample_at(minute) else {
-                continue;
-            };
-            if minute == first_sampled {
-                sample.out_external_bytes = 0;
-                sample.out_internal_bytes = 0;
-                sample.in_bytes = 0;
-            }
-            expected.insert((sample.resource_id.clone(), minute), sample);
-        }
-    }
-    expected
+    let sampled = Sampled {
+        fleet: simulated_fleet(HOST, resources, SEED, from, from.plus(24 * 60)),
+        first,
+        last,
+    };
+    sampled
+        .chunks()
+        .flatten()
+        .map(|sample| ((sample.resource_id.clone(), sample.minute), sample))
+        .collect()
 }
 
 /// Checks that `received` holds every expected sample, each copy equal to it, and
@@ -165,10 +160,6 @@ fn spool_state(dir: &Path) -> (Minute, u64) {
 fn agent_now(from: Minute) -> Minute {
     let from = from.to_datetime();
     Minute::containing(from + (Utc::now() - from) * SPEED as i32)
-}
-
-fn minutes(first: Minute, last: Minute) -> impl Iterator<Item = Minute> {
-    (first.unix_minutes()..=last.unix_minutes()).map(Minute::from_unix_minutes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +225,7 @@ async fn a_broker_down_for_40_minutes_loses_nothing() -> anyhow::Result<()> {
         first <= agent_start.plus(2),
         "sampling started at {first}, agent time began at {agent_start}"
     );
-    let expected = expected_samples(resources, from, minutes(first, last), first);
+    let expected = expected_samples(resources, from, first, last);
     check_delivery(&received, &expected, &BTreeSet::new());
     assert!(
         last.unix_minutes() - first.unix_minutes() >= outage.as_secs() as i64,
@@ -326,7 +317,7 @@ async fn an_agent_killed_again_and_again_loses_nothing() -> anyhow::Result<()> {
         .map(|s| s.minute)
         .min()
         .expect("samples arrived");
-    let expected = expected_samples(resources, from, minutes(first, last), first);
+    let expected = expected_samples(resources, from, first, last);
     let duplicates = check_delivery(&received, &expected, &BTreeSet::new());
     println!(
         "{} samples expected over {first}..{last}, {} received ({duplicates} duplicates)",
@@ -513,7 +504,7 @@ async fn a_corrupted_spool_record_is_skipped_and_reported_and_the_rest_delivered
         .map(|s| s.minute)
         .min()
         .expect("samples arrived");
-    let expected = expected_samples(resources, from, minutes(first, last), first);
+    let expected = expected_samples(resources, from, first, last);
     let victims: BTreeSet<_> = expected
         .keys()
         .filter(|(id, _)| *id == victim)
