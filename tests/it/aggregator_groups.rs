@@ -1,6 +1,6 @@
-//! Two aggregators in one consumer group on the real broker, with a member joining and
-//! one leaving while the samples arrive: every partition moves between them through the
-//! lake, and the lake they leave equals the ground truth.
+//! Three aggregators in one consumer group on the real broker, over a topic of 12
+//! partitions: two members join and then leave while the samples arrive, so partitions
+//! move between them through the lake, and the lake they leave equals the ground truth.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,12 +35,14 @@ async fn processed_beyond(instance: &KafkaInput, messages: u64) -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_handed_over_between_two_aggregators_lose_and_double_nothing()
+async fn partitions_handed_over_between_three_aggregators_lose_and_double_nothing()
 -> anyhow::Result<()> {
     let brokers = broker();
     let topic = unique_topic("group-samples");
     let dead_letters = unique_topic("group-deadletter");
-    create_topic(&brokers, &topic, 4).await?;
+    // More partitions than members, so every member owns several and a rebalance moves
+    // some of each.
+    create_topic(&brokers, &topic, 12).await?;
     create_topic(&brokers, &dead_letters, 1).await?;
 
     let fleet = Fleet::generate(fleet_spec());
@@ -53,11 +55,11 @@ async fn partitions_handed_over_between_two_aggregators_lose_and_double_nothing(
     let mut ship_config = ShipConfig::new(&brokers, &topic);
     ship_config.max_batch_samples = 200;
     let shipper = Shipper::connect(&ship_config)?;
-    // An hour of samples every second, while the members come and go.
+    // An hour of samples every two seconds, while the members come and go.
     let shipping = tokio::spawn(async move {
         for hour in hours {
             shipper.ship(hour).await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
         anyhow::Ok(())
     });
@@ -87,30 +89,39 @@ async fn partitions_handed_over_between_two_aggregators_lose_and_double_nothing(
     let first = member(true);
     let first_run = run(&first);
     processed_beyond(&first, 20).await?;
-    // The second joins: the group takes partitions from the first and gives them to it.
+    // A second and then a third join: each time the group takes partitions from the
+    // members it has and hands them to the new one through the lake.
     let second = member(false);
     let second_run = run(&second);
-    processed_beyond(&second, 20).await?;
-    // ... and leaves mid-stream, with hours still open: the first takes its partitions
-    // back and reads them again from their manifests.
+    processed_beyond(&second, 10).await?;
+    let third = member(false);
+    let third_run = run(&third);
+    processed_beyond(&third, 10).await?;
+    // Then they leave mid-stream, one after the other, with hours still open: the
+    // members that stay take their partitions back and read them again from their
+    // manifests.
     stop(&second);
     let second_report: AggregateReport = second_run.await??;
+    processed_beyond(&third, third.processed.load(Ordering::Acquire) + 5).await?;
+    stop(&third);
+    let third_report: AggregateReport = third_run.await??;
     shipping.await??;
     stop(&first);
     let first_report = first_run.await??;
-    println!(
-        "{} samples; first member: {} accepted, {} duplicates, {} hours sealed; second: {} accepted, {} duplicates, {} hours sealed",
-        truth.totals().samples,
-        first_report.accepted,
-        first_report.duplicates,
-        first_report.hours_sealed,
-        second_report.accepted,
-        second_report.duplicates,
-        second_report.hours_sealed
-    );
+    println!("{} samples", truth.totals().samples);
+    for (name, report) in [
+        ("first", &first_report),
+        ("second", &second_report),
+        ("third", &third_report),
+    ] {
+        println!(
+            "{name} member: {} accepted, {} duplicates, {} hours sealed",
+            report.accepted, report.duplicates, report.hours_sealed
+        );
+    }
     assert!(
-        second_report.accepted > 0,
-        "the second member never took a partition"
+        second_report.accepted > 0 && third_report.accepted > 0,
+        "a member that joined never took a partition"
     );
 
     tally_demo::check_against_truth(lake.path(), &truth)?;
