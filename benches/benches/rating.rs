@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo bench -p tally-benches --bench rating -- --resources 100000 --runs 3
 //! cargo bench -p tally-benches --bench rating -- --smoke      # 1,000 resources, 1 run
+//! cargo bench -p tally-benches --bench rating -- --tally-only # the job alone, for a profiler
 //! ```
 //!
 //! Generated data is kept under `${TALLY_CACHE_DIR:-~/.cache/tally}/bench-data/` and reused.
@@ -16,19 +17,23 @@ fn args() -> anyhow::Result<Options> {
         resources: 100_000,
         runs: 3,
         data_root: cache_dir().join("bench-data"),
+        tally_only: false,
     };
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
         match arg.as_str() {
             "--resources" => options.resources = given.next().context("--resources N")?.parse()?,
             "--runs" => options.runs = given.next().context("--runs N")?.parse()?,
+            "--tally-only" => options.tally_only = true,
             "--smoke" => {
                 options.resources = 1_000;
                 options.runs = 1;
             }
             // cargo bench passes --bench to harness-less targets.
             "--bench" => {}
-            other => bail!("unknown argument {other}: use --resources N, --runs N or --smoke"),
+            other => bail!(
+                "unknown argument {other}: use --resources N, --runs N, --tally-only or --smoke"
+            ),
         }
     }
     Ok(options)

@@ -48,6 +48,8 @@ pub struct Options {
     pub runs: usize,
     /// Where generated months are kept (one directory per size, reused).
     pub data_root: PathBuf,
+    /// Runs `tally rate` alone (for profiling it); no baseline, so no ratio.
+    pub tally_only: bool,
 }
 
 /// What a run measured: seconds per run of each contender.
@@ -96,6 +98,9 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
         figures.tally.extend(seconds);
         figures.line_items = report.line_items;
         figures.invoices = report.invoices.len();
+        if options.tally_only {
+            continue;
+        }
         let (seconds, fusion_rows) = runtime.block_on(datafusion_runs(&data, 1, &sql))?;
         figures.datafusion.extend(seconds);
         let (version, seconds, duck_rows) = duckdb_runs(&data, 1, &sql)?;
@@ -115,11 +120,7 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
 
 impl Figures {
     pub fn print(&self) {
-        let (tally, fusion, duck) = (
-            median(self.tally.clone()),
-            median(self.datafusion.clone()),
-            median(self.duckdb.clone()),
-        );
+        let tally = median(self.tally.clone());
         println!(
             "rating {MONTH} ({} h), {} resources, {} runs each, {THREADS} threads, medians:",
             self.hours, self.resources, self.runs
@@ -128,6 +129,10 @@ impl Figures {
             "  tally rate (whole job)                    {tally:8.2} s   {} line items, {} invoices",
             self.line_items, self.invoices
         );
+        if self.duckdb.is_empty() {
+            return; // --tally-only
+        }
+        let (fusion, duck) = (median(self.datafusion.clone()), median(self.duckdb.clone()));
         println!(
             "  simplified query, DataFusion              {fusion:8.2} s   {} rows",
             self.simplified_rows.0

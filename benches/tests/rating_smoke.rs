@@ -13,6 +13,7 @@ fn the_rating_benchmark_runs_and_both_engines_agree() {
         resources: 1_000,
         runs: 1,
         data_root: data.path().to_owned(),
+        tally_only: false,
     })
     .expect("benchmark");
     figures.print();

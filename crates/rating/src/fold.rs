@@ -40,6 +40,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use tally_model::ResourceState;
 
 use crate::usage::{HourBucket, MinuteBucket, StatesSeen};
@@ -184,6 +185,7 @@ impl AggregateUDFImpl for ResourceUsageUdaf {
         Ok(Box::new(FoldGroups {
             month: self.month,
             texts: Texts::default(),
+            batch: BatchTexts::default(),
             groups: Vec::new(),
         }))
     }
@@ -243,11 +245,11 @@ impl ResourceFolds {
 /// **Why.** Every row names its account, kind, SKU, zone and labels, and a resource's sums
 /// are revisited once per hour file: comparing a row's text with a copy kept in each
 /// resource's sums cost a cache miss per text per row, most of the fold's time. This table
-/// is small (a few values per account) and stays in cache; a row's text is compared with
-/// the value its resource had, and only a changed value is looked up.
+/// is small (a few values per account) and stays in cache, and each batch's texts are
+/// turned into ids once per distinct value ([`BatchTexts`]), so rows compare integers.
 #[derive(Debug, Default)]
 struct Texts {
-    ids: HashMap<Box<str>, u32>,
+    ids: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
     values: Vec<Box<str>>,
 }
 
@@ -267,16 +269,29 @@ impl Texts {
     fn get(&self, id: u32) -> &str {
         self.values.get(id as usize).map_or("", |text| text)
     }
+}
 
-    fn is(&self, id: u32, text: &str) -> bool {
-        self.values
-            .get(id as usize)
-            .is_some_and(|value| **value == *text)
-    }
+/// The ids of one batch's texts, a column per text argument, a value per row.
+#[derive(Debug, Default)]
+struct BatchTexts {
+    account_id: Vec<u32>,
+    kind: Vec<u32>,
+    sku: Vec<u32>,
+    labels: Vec<u32>,
+    zone: Vec<u32>,
+    /// Scratch for [`TextColumn::ids`], kept to reuse its allocation.
+    seen: HashMap<u128, u32, foldhash::fast::RandomState>,
+}
 
-    /// `id` if it stands for `text`, else the id of `text`.
-    fn keep_or_find(&mut self, id: u32, text: &str) -> u32 {
-        if self.is(id, text) { id } else { self.id(text) }
+impl BatchTexts {
+    fn read(&mut self, inputs: &Inputs, texts: &mut Texts) {
+        inputs
+            .account_id
+            .ids(texts, &mut self.seen, &mut self.account_id);
+        inputs.kind.ids(texts, &mut self.seen, &mut self.kind);
+        inputs.sku.ids(texts, &mut self.seen, &mut self.sku);
+        inputs.labels.ids(texts, &mut self.seen, &mut self.labels);
+        inputs.zone.ids(texts, &mut self.seen, &mut self.zone);
     }
 }
 
@@ -297,10 +312,12 @@ impl Identity {
         }
     }
 
-    fn matches(self, row: &Row, texts: &Texts) -> bool {
-        texts.is(self.sku, row.sku)
-            && texts.is(self.account_id, row.account_id)
-            && texts.is(self.kind, row.kind)
+    fn of_row(row: &Row) -> Self {
+        Self {
+            account_id: row.account_id,
+            kind: row.kind,
+            sku: row.sku,
+        }
     }
 }
 
@@ -313,21 +330,8 @@ struct ResourceSums {
 }
 
 impl ResourceSums {
-    fn add(&mut self, row: &Row, texts: &mut Texts) -> Result<()> {
-        if let Some((identity, sums)) = &mut self.first
-            && identity.matches(row, texts)
-        {
-            return sums.add(row, texts);
-        }
-        if let Some((_, sums)) = self
-            .others
-            .iter_mut()
-            .find(|(identity, _)| identity.matches(row, texts))
-        {
-            return sums.add(row, texts);
-        }
-        let identity = Identity::of(row.account_id, row.kind, row.sku, texts);
-        self.sums_of(identity).add(row, texts)
+    fn add(&mut self, row: &Row, texts: &Texts) -> Result<()> {
+        self.sums_of(Identity::of_row(row)).add(row, texts)
     }
 
     /// The sums under `identity`, new if there are none yet.
@@ -390,8 +394,10 @@ struct Sums {
     hours_seen: [u64; HOUR_WORDS],
     /// The hour rows are being added to, closed into `hour_buckets` when another starts.
     open: Option<OpenHour>,
-    hour_buckets: Vec<HourBucket>,
-    minute_buckets: Vec<LabelMinutes>,
+    /// Inline: every row closes an hour into these, and a pointer to elsewhere in memory
+    /// was a cache miss per row (a resource has one or two buckets of each).
+    hour_buckets: SmallVec<[HourBucket; 2]>,
+    minute_buckets: SmallVec<[LabelMinutes; 1]>,
     present_minutes: i64,
     /// Outbound external, outbound internal, inbound bytes and size-byte-minutes.
     meters: [i128; 4],
@@ -418,27 +424,33 @@ struct OpenHour {
     gpus: u16,
 }
 
-/// One input row, read from the argument columns.
+/// One input row, read from the argument columns, its texts as ids into [`Texts`].
 struct Row<'a> {
-    account_id: &'a str,
-    resource_id: &'a str,
-    kind: &'a str,
-    sku: &'a str,
+    inputs: &'a Inputs<'a>,
+    /// The row's position in its batch.
+    index: usize,
+    account_id: u32,
+    kind: u32,
+    sku: u32,
     /// Unix hours.
     hour: i64,
     hour_index: usize,
     gpus: u16,
-    labels: &'a str,
-    zone: &'a str,
+    labels: u32,
+    zone: u32,
     masks: [u64; ResourceState::COUNT],
     meters: [u64; 4],
 }
 
 impl Row<'_> {
+    fn resource_id(&self) -> &str {
+        self.inputs.resource_id.value(self.index)
+    }
+
     fn bad(&self, detail: String) -> DataFusionError {
         DataFusionError::External(Box::new(BadRow {
-            account_id: self.account_id.to_owned(),
-            resource_id: self.resource_id.to_owned(),
+            account_id: self.inputs.account_id.value(self.index).to_owned(),
+            resource_id: self.resource_id().to_owned(),
             detail,
         }))
     }
@@ -455,7 +467,7 @@ impl Sums {
             .is_some_and(|word| word & (1 << (index % 64)) != 0)
     }
 
-    fn add(&mut self, row: &Row, texts: &mut Texts) -> Result<()> {
+    fn add(&mut self, row: &Row, texts: &Texts) -> Result<()> {
         match &mut self.open {
             Some(open) if open.index == row.hour_index => {
                 for (mask, add) in open.masks.iter_mut().zip(row.masks) {
@@ -467,7 +479,7 @@ impl Sums {
                 self.close_hour();
                 if self.seen(row.hour_index) {
                     return Err(DataFusionError::External(Box::new(SplitHour {
-                        resource_id: Some(row.resource_id.to_owned()),
+                        resource_id: Some(row.resource_id().to_owned()),
                         hour_index: row.hour_index,
                     })));
                 }
@@ -487,7 +499,7 @@ impl Sums {
         }
 
         let minutes = row.masks.map(|mask| i64::from(mask.count_ones()));
-        let labels = texts.keep_or_find(self.labels, row.labels);
+        let labels = row.labels;
         match self
             .minute_buckets
             .iter_mut()
@@ -507,7 +519,7 @@ impl Sums {
                 .ok_or_else(|| row.bad("a monthly sum overflows".to_owned()))?;
         }
 
-        let zone = texts.keep_or_find(self.zone, row.zone);
+        let zone = row.zone;
         if self.is_empty() {
             self.first_hour = row.hour;
             self.last_hour = row.hour;
@@ -640,7 +652,7 @@ impl Sums {
             .map_or(0, |last| last + 1);
         let mut fold = Fold {
             hours_seen: self.hours_seen[..words].to_vec(),
-            hour_buckets: self.hour_buckets.clone(),
+            hour_buckets: self.hour_buckets.to_vec(),
             minute_buckets: self
                 .minute_buckets
                 .iter()
@@ -685,7 +697,7 @@ impl Sums {
         Ok(Self {
             hours_seen,
             open: None,
-            hour_buckets: fold.hour_buckets,
+            hour_buckets: fold.hour_buckets.into(),
             minute_buckets: fold
                 .minute_buckets
                 .iter()
@@ -739,6 +751,46 @@ impl<'a> TextColumn<'a> {
         match self {
             Self::Utf8(strings) => strings.value(row),
             Self::View(strings) => strings.value(row),
+        }
+    }
+
+    /// The id of each row's text in `ids`, looking up each distinct text once: a row with
+    /// the text of the row before it takes its id, and for string views a view seen
+    /// before in the batch (`seen`) names the same text (views of a Parquet dictionary's
+    /// value are equal, and a short text is its own view).
+    fn ids(
+        &self,
+        texts: &mut Texts,
+        seen: &mut HashMap<u128, u32, foldhash::fast::RandomState>,
+        ids: &mut Vec<u32>,
+    ) {
+        ids.clear();
+        match self {
+            Self::Utf8(strings) => {
+                let mut previous: Option<(&str, u32)> = None;
+                for text in strings.iter().map(Option::unwrap_or_default) {
+                    let id = match previous {
+                        Some((before, id)) if before == text => id,
+                        _ => texts.id(text),
+                    };
+                    previous = Some((text, id));
+                    ids.push(id);
+                }
+            }
+            Self::View(strings) => {
+                seen.clear();
+                let mut previous: Option<(u128, u32)> = None;
+                for (row, view) in strings.views().iter().enumerate() {
+                    let id = match previous {
+                        Some((before, id)) if before == *view => id,
+                        _ => *seen
+                            .entry(*view)
+                            .or_insert_with(|| texts.id(strings.value(row))),
+                    };
+                    previous = Some((*view, id));
+                    ids.push(id);
+                }
+            }
         }
     }
 }
@@ -818,17 +870,19 @@ impl<'a> Inputs<'a> {
         Ok(inputs)
     }
 
-    fn row(&self, row: usize, month: MonthHours) -> Result<Row<'a>> {
+    /// Row `row`, its texts' ids from `ids` (read from this batch).
+    fn row<'b>(&'b self, row: usize, ids: &BatchTexts, month: MonthHours) -> Result<Row<'b>> {
         let mut read = Row {
-            account_id: self.account_id.value(row),
-            resource_id: self.resource_id.value(row),
-            kind: self.kind.value(row),
-            sku: self.sku.value(row),
+            inputs: self,
+            index: row,
+            account_id: ids.account_id[row],
+            kind: ids.kind[row],
+            sku: ids.sku[row],
             hour: 0,
             hour_index: 0,
             gpus: self.gpus.value(row),
-            labels: self.labels.value(row),
-            zone: self.zone.value(row),
+            labels: ids.labels[row],
+            zone: ids.zone[row],
             masks: self.masks.map(|masks| masks.value(row)),
             meters: self.meters.map(|meters| meters.value(row)),
         };
@@ -856,6 +910,7 @@ impl<'a> Inputs<'a> {
 struct FoldGroups {
     month: MonthHours,
     texts: Texts,
+    batch: BatchTexts,
     groups: Vec<ResourceSums>,
 }
 
@@ -895,9 +950,10 @@ impl GroupsAccumulator for FoldGroups {
         self.groups
             .resize_with(total_num_groups, ResourceSums::default);
         let inputs = Inputs::new(values)?;
+        self.batch.read(&inputs, &mut self.texts);
         for (row, &group) in group_indices.iter().enumerate() {
             if !filtered_out(opt_filter, row) {
-                self.groups[group].add(&inputs.row(row, self.month)?, &mut self.texts)?;
+                self.groups[group].add(&inputs.row(row, &self.batch, self.month)?, &self.texts)?;
             }
         }
         Ok(())
@@ -937,11 +993,13 @@ impl GroupsAccumulator for FoldGroups {
     ) -> Result<Vec<ArrayRef>> {
         let inputs = Inputs::new(values)?;
         let mut texts = Texts::default();
+        let mut batch = BatchTexts::default();
+        batch.read(&inputs, &mut texts);
         let mut builder = BinaryBuilder::new();
         for row in 0..values.first().map_or(0, |column| column.len()) {
             let mut sums = ResourceSums::default();
             if !filtered_out(opt_filter, row) {
-                sums.add(&inputs.row(row, self.month)?, &mut texts)?;
+                sums.add(&inputs.row(row, &batch, self.month)?, &texts)?;
             }
             builder.append_value(sums.closed_folds(&texts, false).to_bytes()?);
         }
@@ -968,9 +1026,11 @@ struct FoldAccumulator {
 impl Accumulator for FoldAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         let inputs = Inputs::new(values)?;
+        let mut batch = BatchTexts::default();
+        batch.read(&inputs, &mut self.texts);
         for row in 0..values.first().map_or(0, |column| column.len()) {
             self.sums
-                .add(&inputs.row(row, self.month)?, &mut self.texts)?;
+                .add(&inputs.row(row, &batch, self.month)?, &self.texts)?;
         }
         Ok(())
     }

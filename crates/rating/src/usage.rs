@@ -32,7 +32,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BinaryArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray, UInt64Array,
 };
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
@@ -170,6 +170,20 @@ pub fn popcount_udf() -> ScalarUDF {
     )
 }
 
+/// `schema` with its text columns read as string views: the reader then points into the
+/// decoded pages instead of copying every row's text.
+fn viewed(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|field| match field.data_type() {
+            DataType::Utf8 => field.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
 /// The month's rollups in a [`MonthRollups`] session.
 const MONTH_TABLE: &str = "month_rollups";
 
@@ -298,7 +312,7 @@ impl MonthRollups {
                 .iter()
                 .map(|path| path.display().to_string())
                 .collect();
-            let schema = rollup_arrow_schema();
+            let schema = viewed(&rollup_arrow_schema());
             let options = ParquetReadOptions::default().schema(&schema);
             let rollups = context.read_parquet(paths, options).await?;
             context.register_table(MONTH_TABLE, rollups.into_view())?;
