@@ -51,6 +51,7 @@ pub mod write;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
 use rust_decimal::Decimal;
@@ -151,6 +152,8 @@ pub struct PricedMonth {
 /// Prices `request.month` with `tariffs` (the request's own tariff files are not read):
 /// usage from the lake, one usage query per tariff time zone.
 pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<PricedMonth> {
+    // Each stage's log line says how long the job has run: where its time goes.
+    let started = Instant::now();
     let contracts = contracts::load_contracts(&request.contracts)?;
     let first_day = month::first_day(&request.month)?;
 
@@ -201,6 +204,7 @@ pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<Pr
             hours = month.hours(),
             resources = usages.len(),
             periodic = periodic.len(),
+            seconds = started.elapsed().as_secs_f64(),
             "usage summed"
         );
         usage_by_zone.insert(
@@ -278,6 +282,7 @@ pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<Pr
     tracing::info!(
         line_items = priced.line_items.len(),
         invoices = priced.invoices.len(),
+        seconds = started.elapsed().as_secs_f64(),
         "priced"
     );
     Ok(priced)
@@ -285,6 +290,7 @@ pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<Pr
 
 /// Rates one month and writes its line items and invoices.
 pub async fn rate(request: &RateRequest) -> Result<RateReport> {
+    let started = Instant::now();
     let tariffs = tariff::load_tariffs(&request.tariffs)?;
     let PricedMonth {
         line_items,
@@ -333,7 +339,11 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
                 )?);
             }
             report.invoices = invoices.iter().map(summary).collect();
-            tracing::info!(files = report.written.len(), "written");
+            tracing::info!(
+                files = report.written.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "written"
+            );
         }
         Some(mut issued) => {
             // The issued files stay as they were: only differences are written (H8).
