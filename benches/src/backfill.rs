@@ -105,7 +105,7 @@ fn process_cpu_seconds() -> anyhow::Result<f64> {
 
 /// DuckDB's version, seconds, CPU seconds and rollup rows for one run.
 fn duckdb_run(samples: &Path, out: &Path) -> anyhow::Result<(String, f64, f64, u64)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/duckdb_backfill.py");
+    let script = crate::package_dir().join("scripts/duckdb_backfill.py");
     let output = Command::new(duckdb_python()?)
         .arg(script)
         .arg(samples)

@@ -12,3 +12,11 @@ pub mod broker;
 pub mod collector;
 pub mod rating;
 pub mod rollup_month;
+
+/// This package's directory (where `scripts/` is): cargo's at run time, so a target
+/// directory shared by checkouts in different places finds the running checkout's files;
+/// the one it was built in when run without cargo.
+pub fn package_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}

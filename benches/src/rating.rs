@@ -277,7 +277,7 @@ fn duckdb_runs(lake: &Path, runs: usize, sql: &str) -> anyhow::Result<(String, V
     let python = duckdb_python()?;
     let sql_file = lake.join("simplified.sql");
     std::fs::write(&sql_file, sql)?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/duckdb_query.py");
+    let script = crate::package_dir().join("scripts/duckdb_query.py");
     let output = Command::new(python)
         .arg(script)
         .arg(lake)

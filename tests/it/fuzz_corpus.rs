@@ -8,7 +8,10 @@ use std::path::Path;
 mod checks;
 
 fn run_kept_inputs(target: &str, check: fn(&[u8])) {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    // Cargo's variable at run time, not `env!`: a target directory shared by checkouts in
+    // different places keeps a test binary built in another one.
+    let package = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let fuzz = Path::new(&package).join("fuzz");
     let mut inputs = 0;
     for kept in ["corpus", "artifacts"] {
         let Ok(entries) = std::fs::read_dir(fuzz.join(kept).join(target)) else {

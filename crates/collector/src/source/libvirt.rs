@@ -672,7 +672,12 @@ mod tests {
 
     /// `test:///<path>` of the committed node XML, percent-encoded as a URI path.
     fn node_uri() -> String {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/libvirt-node.xml");
+        // Cargo's variable at run time, not `env!`: a target directory shared by checkouts
+        // in different places keeps a test binary built in another one.
+        let path = format!(
+            "{}/tests/data/libvirt-node.xml",
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR")
+        );
         let mut uri = String::from("test://");
         for byte in path.bytes() {
             if byte.is_ascii_alphanumeric() || b"/._-~".contains(&byte) {
