@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use tally_collector::{ShipConfig, Shipper};
-use tally_tests::{OwnBroker, create_topic_with, ten_minutes_of_samples};
+use tally_tests::{OwnBroker, connect_error, ships_with};
 
 fn sasl(user: &str, password: &str) -> BTreeMap<String, String> {
     [
@@ -29,14 +28,7 @@ async fn scram_logins_are_required_and_checked() -> anyhow::Result<()> {
     let brokers = broker.address();
     let topic = "tally.samples.sasl";
 
-    create_topic_with(&brokers, topic, 1, &sasl("collector", "right-password")).await?;
-    let samples = ten_minutes_of_samples(9);
-    let mut config = ShipConfig::new(&brokers, topic);
-    config.librdkafka = sasl("collector", "right-password");
-    let shipper = Shipper::connect(&config)?;
-    let report = shipper.ship(samples.clone()).await?;
-    assert_eq!(report.samples, samples.len());
-    drop(shipper);
+    ships_with(&brokers, topic, &sasl("collector", "right-password"), 9).await?;
 
     // A wrong password: refused at connect, and the error says it was the login. Without
     // SASL: refused too (Tansu closes the connection, so the client can only say that
@@ -49,12 +41,7 @@ async fn scram_logins_are_required_and_checked() -> anyhow::Result<()> {
         ),
         ("no SASL", BTreeMap::new(), "brokers are down"),
     ] {
-        let mut config = ShipConfig::new(&brokers, topic);
-        config.librdkafka = librdkafka;
-        let error = Shipper::connect(&config)
-            .err()
-            .ok_or_else(|| anyhow::anyhow!("{what}: connected"))?
-            .to_string();
+        let error = connect_error(&brokers, topic, librdkafka, what)?;
         assert!(
             error.contains(&brokers) && error.contains(topic) && error.contains(says),
             "{what}: {error}"

@@ -14,8 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use tally_collector::{ShipConfig, Shipper};
-use tally_tests::{OwnBroker, create_topic_with, ten_minutes_of_samples};
+use tally_tests::{OwnBroker, connect_error, ships_with};
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new("openssl")
@@ -159,14 +158,7 @@ async fn tls_with_the_right_ca_ships_and_a_wrong_ca_or_plaintext_is_refused() ->
     let topic = "tally.samples.tls";
     let right = tls(&dir.path().join("ca.pem"));
 
-    create_topic_with(&brokers, topic, 1, &right).await?;
-    let samples = ten_minutes_of_samples(10);
-    let mut config = ShipConfig::new(&brokers, topic);
-    config.librdkafka = right;
-    let shipper = Shipper::connect(&config)?;
-    let report = shipper.ship(samples.clone()).await?;
-    assert_eq!(report.samples, samples.len());
-    drop(shipper);
+    ships_with(&brokers, topic, &right, 10).await?;
 
     for (what, librdkafka, says) in [
         (
@@ -180,12 +172,7 @@ async fn tls_with_the_right_ca_ships_and_a_wrong_ca_or_plaintext_is_refused() ->
             "security.protocol",
         ),
     ] {
-        let mut config = ShipConfig::new(&brokers, topic);
-        config.librdkafka = librdkafka;
-        let error = Shipper::connect(&config)
-            .err()
-            .ok_or_else(|| anyhow::anyhow!("{what}: connected"))?
-            .to_string();
+        let error = connect_error(&brokers, topic, librdkafka, what)?;
         assert!(
             error.contains(&brokers) && error.contains(says),
             "{what}: {error}"

@@ -32,8 +32,48 @@ pub fn unique_topic(prefix: &str) -> String {
     format!("{prefix}.{}.{nanos}", std::process::id())
 }
 
-/// Ten minutes of the base fleet's samples (seed `seed`): a batch to ship in a test.
-pub fn ten_minutes_of_samples(seed: u64) -> Vec<tally_model::Sample> {
+/// Creates `topic` and ships ten minutes of the base fleet's samples (seed `seed`) to it,
+/// both by clients with `librdkafka` settings (SASL, TLS); every sample must be taken.
+pub async fn ships_with(
+    brokers: &str,
+    topic: &str,
+    librdkafka: &BTreeMap<String, String>,
+    seed: u64,
+) -> anyhow::Result<()> {
+    create_topic_with(brokers, topic, 1, librdkafka).await?;
+    let samples = ten_minutes_of_samples(seed);
+    let mut config = tally_collector::ShipConfig::new(brokers, topic);
+    config.librdkafka = librdkafka.clone();
+    let report = tally_collector::Shipper::connect(&config)?
+        .ship(samples.clone())
+        .await?;
+    anyhow::ensure!(
+        report.samples == samples.len(),
+        "shipped {} of {} samples",
+        report.samples,
+        samples.len()
+    );
+    Ok(())
+}
+
+/// The error a shipper with `librdkafka` settings gets connecting to `brokers` (an error
+/// of its own if it connected: `what` names the case).
+pub fn connect_error(
+    brokers: &str,
+    topic: &str,
+    librdkafka: BTreeMap<String, String>,
+    what: &str,
+) -> anyhow::Result<String> {
+    let mut config = tally_collector::ShipConfig::new(brokers, topic);
+    config.librdkafka = librdkafka;
+    Ok(tally_collector::Shipper::connect(&config)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("{what}: connected"))?
+        .to_string())
+}
+
+/// Ten minutes of the base fleet's samples (seed `seed`).
+fn ten_minutes_of_samples(seed: u64) -> Vec<tally_model::Sample> {
     let start: tally_model::Minute = "2026-10-22T00:00:00Z".parse().expect("minute");
     tally_collector::Fleet::generate(tally_collector::FleetSpec {
         seed,
