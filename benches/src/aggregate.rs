@@ -307,7 +307,7 @@ fn synthetic_sample(resource: usize, minute: Minute) -> Sample {
 }
 
 /// A `kB` line of `/proc/self/status`, in bytes.
-fn memory_status(field: &str) -> anyhow::Result<u64> {
+pub fn memory_status(field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
         .lines()

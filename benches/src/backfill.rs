@@ -86,7 +86,7 @@ pub fn backfill(fleet_copies: usize, hours: i64, runs: usize) -> anyhow::Result<
 
 /// User and system CPU seconds of this process so far, from `/proc/self/stat` (in clock
 /// ticks of 10 ms: enough for runs of seconds).
-fn process_cpu_seconds() -> anyhow::Result<f64> {
+pub fn process_cpu_seconds() -> anyhow::Result<f64> {
     const TICKS_PER_SECOND: f64 = 100.0;
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     // The command name in parentheses may hold spaces: count fields after it.

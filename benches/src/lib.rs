@@ -12,6 +12,7 @@ pub mod broker;
 pub mod collector;
 pub mod rating;
 pub mod rollup_month;
+pub mod scale;
 
 /// This package's directory (where `scripts/` is): cargo's at run time, so a target
 /// directory shared by checkouts in different places finds the running checkout's files;

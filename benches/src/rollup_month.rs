@@ -7,6 +7,7 @@
 //! only sells those), IPs, snapshots and add-ons. About 10 % of the resources are created
 //! or deleted during the month; servers are stopped for some hours; traffic varies by hour.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use tally_aggregator::write::{file_name, hour_dir, write_rows};
@@ -169,8 +170,10 @@ fn product(
     }
 }
 
-/// The resource's row for hour `offset` of the month, if it exists then.
-fn row(resource: &Resource, hour: Hour, offset: i64) -> Option<RollupRow> {
+/// The resource's row for hour `offset` of the month, if it exists then. Every row covers
+/// the whole hour in one state (60 samples), which lets the scale run spread it back into
+/// the per-minute samples the aggregator must roll up into this very row.
+pub fn hour_row(resource: &Resource, hour: Hour, offset: i64) -> Option<RollupRow> {
     if offset < resource.created || offset >= resource.deleted {
         return None;
     }
@@ -213,10 +216,26 @@ fn row(resource: &Resource, hour: Hour, offset: i64) -> Option<RollupRow> {
     })
 }
 
-/// Writes the month under `lake` (two threads, one hour file at a time each).
+/// Writes the month under `lake` (two threads, one hour file at a time each), as
+/// partition 0 of source `tally.samples`.
 pub fn write_month(lake: &Path, spec: &MonthSpec) -> anyhow::Result<Generated> {
+    write_month_except(lake, spec, "tally.samples", 0..0)
+}
+
+/// Writes the month's hours but those at the offsets in `skipped` (hours another writer
+/// fills: the scale run's aggregated day), as partition 0 of source `source`. When the
+/// aggregator shares the lake, `source` must be one it does not write: at start-up it
+/// removes the files of its own source partitions that its manifest does not name.
+pub fn write_month_except(
+    lake: &Path,
+    spec: &MonthSpec,
+    source: &str,
+    skipped: Range<i64>,
+) -> anyhow::Result<Generated> {
     let fleet = fleet(spec);
-    let hours: Vec<i64> = (0..spec.end.unix_hours() - spec.first.unix_hours()).collect();
+    let hours: Vec<i64> = (0..spec.end.unix_hours() - spec.first.unix_hours())
+        .filter(|offset| !skipped.contains(offset))
+        .collect();
     let results: Vec<anyhow::Result<(u64, u64)>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..2)
             .map(|worker| {
@@ -226,10 +245,12 @@ pub fn write_month(lake: &Path, spec: &MonthSpec) -> anyhow::Result<Generated> {
                     let (mut rows_written, mut bytes) = (0, 0);
                     for offset in hours.iter().copied().skip(worker).step_by(2) {
                         let hour = Hour::from_unix_hours(spec.first.unix_hours() + offset);
-                        let rows: Vec<RollupRow> =
-                            fleet.iter().filter_map(|r| row(r, hour, offset)).collect();
+                        let rows: Vec<RollupRow> = fleet
+                            .iter()
+                            .filter_map(|r| hour_row(r, hour, offset))
+                            .collect();
                         let relative: PathBuf =
-                            hour_dir(Path::new(""), hour).join(file_name("tally.samples", 0, 0));
+                            hour_dir(Path::new(""), hour).join(file_name(source, 0, 0));
                         bytes += write_rows(lake, &relative, &rows)?.bytes;
                         rows_written += rows.len() as u64;
                     }
