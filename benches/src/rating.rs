@@ -340,11 +340,11 @@ async fn tally_runs(
         let out = tempfile::tempdir_in(data)?;
         let started = Instant::now();
         let report = tally_rating::rate(&tally_rating::RateRequest {
-            lake: data.to_owned(),
+            lake: data.into(),
             month: MONTH.to_owned(),
             tariffs: tariffs.clone(),
             contracts: data.join("contracts.json"),
-            out: out.path().to_owned(),
+            out: out.path().into(),
             issue: false,
             explain: None,
         })

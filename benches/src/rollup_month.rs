@@ -8,9 +8,9 @@
 //! or deleted during the month; servers are stopped for some hours; traffic varies by hour.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use tally_aggregator::write::{file_name, hour_dir, write_rows};
+use tally_aggregator::write::{encode_rows, file_name, hour_dir};
 use tally_model::{Hour, ResourceKind, ResourceState, RollupKey, RollupMeters, RollupRow};
 
 /// What to generate.
@@ -249,9 +249,13 @@ pub fn write_month_except(
                             .iter()
                             .filter_map(|r| hour_row(r, hour, offset))
                             .collect();
-                        let relative: PathBuf =
-                            hour_dir(Path::new(""), hour).join(file_name(source, 0, 0));
-                        bytes += write_rows(lake, &relative, &rows)?.bytes;
+                        let key = hour_dir(Path::new(""), hour)
+                            .join(file_name(source, 0, 0))
+                            .to_string_lossy()
+                            .into_owned();
+                        let (encoded, written) = encode_rows(&rows, &key)?;
+                        tally_rating::Lake::directory(lake).put(&key, encoded)?;
+                        bytes += written.bytes;
                         rows_written += rows.len() as u64;
                     }
                     Ok((rows_written, bytes))

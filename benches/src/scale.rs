@@ -761,11 +761,11 @@ async fn rate_month(data: &Path, out: &Path) -> anyhow::Result<tally_rating::Rat
         .collect::<Result<_, _>>()?;
     tariffs.sort();
     Ok(tally_rating::rate(&tally_rating::RateRequest {
-        lake: data.to_owned(),
+        lake: data.into(),
         month: MONTH.to_owned(),
         tariffs,
         contracts: data.join("contracts.json"),
-        out: out.to_owned(),
+        out: out.into(),
         issue: false,
         explain: None,
     })

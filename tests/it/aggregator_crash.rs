@@ -39,7 +39,7 @@ fn aggregator_child() -> anyhow::Result<()> {
     };
     let brokers = std::env::var("TALLY_CRASH_BROKERS")?;
     let topic = std::env::var("TALLY_CRASH_TOPIC")?;
-    let mut config = AggregateConfig::new(lake);
+    let mut config = AggregateConfig::new(std::path::PathBuf::from(lake));
     config.clock = Arc::new(FixedClock(fleet_spec().end.to_datetime()));
     // Checkpoints of the open hours often enough that kills land in and between them.
     config.checkpoint_interval = Duration::from_millis(150);

@@ -32,7 +32,7 @@ async fn the_demo_bills_every_reference_tariff_for_a_whole_month() -> anyhow::Re
     assert!(out.path().join("lake/line_items/month=2026-02").is_dir());
     // The query the summary suggests works as printed, one row per invoiced account.
     let batches = tally_rating::sql(
-        &out.path().join("lake"),
+        &out.path().join("lake").into(),
         tally_demo::summary::COST_BY_ACCOUNT,
     )
     .await?;

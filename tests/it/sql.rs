@@ -122,7 +122,7 @@ async fn the_readme_queries_answer_on_the_demo_lake() -> anyhow::Result<()> {
                 u64::from(row.meters.state_masks[0].count_ones()) * u64::from(row.key.gpus);
         }
     }
-    let batches = sql::query(&lake, &queries[0]).await?;
+    let batches = sql::query(&lake.as_path().into(), &queries[0]).await?;
     let accounts = texts(&batches, "account_id");
     let hours = floats(&batches, "gpu_hours");
     assert_eq!(accounts.len(), gpu_minutes.len().min(10));
@@ -149,7 +149,7 @@ async fn the_readme_queries_answer_on_the_demo_lake() -> anyhow::Result<()> {
         zone.0 += row.meters.out_external_bytes;
         zone.1.insert(row.key.resource_id.clone());
     }
-    let batches = sql::query(&lake, &queries[1]).await?;
+    let batches = sql::query(&lake.as_path().into(), &queries[1]).await?;
     let zones = texts(&batches, "zone");
     assert_eq!(
         zones.iter().cloned().collect::<BTreeSet<_>>(),
@@ -165,13 +165,13 @@ async fn the_readme_queries_answer_on_the_demo_lake() -> anyhow::Result<()> {
     }
 
     // 4. Cost by account = each invoice's subtotal; 5. the invoices as rated.
-    let batches = sql::query(&lake, &queries[3]).await?;
+    let batches = sql::query(&lake.as_path().into(), &queries[3]).await?;
     let costs: BTreeMap<String, Decimal> = texts(&batches, "BillingAccountId")
         .into_iter()
         .zip(decimals(&batches, "cost"))
         .collect();
     assert_eq!(costs.len(), demo.rating.invoices.len());
-    let batches = sql::query(&lake, &queries[4]).await?;
+    let batches = sql::query(&lake.as_path().into(), &queries[4]).await?;
     let due: BTreeMap<String, Decimal> = texts(&batches, "account_id")
         .into_iter()
         .zip(decimals(&batches, "amount_due"))
@@ -187,7 +187,7 @@ async fn the_readme_queries_answer_on_the_demo_lake() -> anyhow::Result<()> {
 
     // Every format reads back as the table it was written from.
     let written = out.path().join("result");
-    let table = sql::query(&lake, &queries[0]).await?;
+    let table = sql::query(&lake.as_path().into(), &queries[0]).await?;
     let count: usize = table.iter().map(RecordBatch::num_rows).sum();
     for format in [Format::Csv, Format::Json, Format::Parquet] {
         let mut file = std::fs::File::create(&written)?;
@@ -222,7 +222,7 @@ async fn the_readme_queries_answer_on_the_demo_lake() -> anyhow::Result<()> {
 
     // A superseded generation left next to its restatement is not counted twice.
     let samples = "SELECT sum(sample_count) AS samples FROM rollups WHERE hour >= '2026-02-11'";
-    let before = sql::query(&lake, samples).await?;
+    let before = sql::query(&lake.as_path().into(), samples).await?;
     let hour = lake.join("rollups/hour=2026-02-11T12");
     let file = std::fs::read_dir(&hour)?
         .next()
@@ -233,12 +233,12 @@ async fn the_readme_queries_answer_on_the_demo_lake() -> anyhow::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     std::fs::copy(&file, hour.join(name.replace("-g0000.", "-g0001.")))?;
-    let after = sql::query(&lake, samples).await?;
+    let after = sql::query(&lake.as_path().into(), samples).await?;
     assert_eq!(texts(&after, "samples"), texts(&before, "samples"));
 
     // 3. Coverage gaps: none in the demo's lake; an hour file lost shows up.
     assert_eq!(
-        sql::query(&lake, &queries[2])
+        sql::query(&lake.as_path().into(), &queries[2])
             .await?
             .iter()
             .map(RecordBatch::num_rows)
@@ -272,7 +272,7 @@ async fn the_readme_queries_answer_on_the_demo_lake() -> anyhow::Result<()> {
         .collect();
     assert!(!expected.is_empty());
     std::fs::remove_file(&lost)?;
-    let gaps = sql::query(&lake, &queries[2]).await?;
+    let gaps = sql::query(&lake.as_path().into(), &queries[2]).await?;
     assert_eq!(
         texts(&gaps, "resource_id")
             .into_iter()

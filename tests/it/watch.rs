@@ -82,7 +82,8 @@ async fn watch_settles_the_demo_budgets_and_sends_each_notice_to_kafka_once() ->
     }
     assert!(!charged.is_empty());
     for (account, amount) in charged {
-        let invoice_path = demo.rating.invoices_dir.join(format!("{account}.json"));
+        let invoice_path =
+            std::path::Path::new(&demo.rating.invoices_dir).join(format!("{account}.json"));
         let invoice: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&invoice_path)?)?;
         let lines: Decimal = invoice["lines"]

@@ -23,6 +23,50 @@ pub fn broker() -> String {
     })
 }
 
+/// A lake in the bucket of the S3 server `tests/run` started (moto, on 127.0.0.1), below
+/// a prefix no other test uses. Tests that need it fail, never skip, without it.
+pub fn s3_lake(prefix: &str) -> tally_lake::Lake {
+    let endpoint = std::env::var("TALLY_TEST_S3").unwrap_or_else(|_| {
+        panic!(
+            "TALLY_TEST_S3 is not set: run the suite with `tests/run`, which installs and \
+             starts moto's S3 server on 127.0.0.1 and sets it"
+        )
+    });
+    let bucket = std::env::var("TALLY_TEST_S3_BUCKET").unwrap_or_else(|_| "tally-tests".into());
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name(&bucket)
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()
+        .unwrap_or_else(|error| panic!("an S3 client for {endpoint}: {error}"));
+    let base = format!("s3://{bucket}/")
+        .parse()
+        .unwrap_or_else(|error| panic!("bucket URL: {error}"));
+    tally_lake::Lake::store(
+        std::sync::Arc::new(store),
+        base,
+        object_store::path::Path::from(unique_topic(prefix)),
+    )
+}
+
+/// The settings `tally` reads from the environment for the S3 server of [`s3_lake`] (a
+/// child process's `--lake s3://…`).
+pub fn s3_environment() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "AWS_ENDPOINT",
+            std::env::var("TALLY_TEST_S3").unwrap_or_default(),
+        ),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+    ]
+}
+
 /// A topic name no other test (or earlier run against the same broker) uses.
 pub fn unique_topic(prefix: &str) -> String {
     let nanos = SystemTime::now()

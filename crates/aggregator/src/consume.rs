@@ -8,9 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tally_lake::Lake;
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -94,7 +96,7 @@ impl KafkaInput {
 /// and the main loop checks that the manifest it then opens still says what the
 /// consumer was started at.
 struct ConsumerEvents {
-    lake: PathBuf,
+    lake: Lake,
     source: String,
     changes: Mutex<Vec<Change>>,
 }

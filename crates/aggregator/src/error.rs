@@ -11,9 +11,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("cannot {action}: {source}")]
     Io { action: String, source: io::Error },
-    #[error("parquet file {path}: {source}")]
+    #[error(transparent)]
+    Lake(#[from] tally_lake::Error),
+    #[error("parquet file {location}: {source}")]
     Parquet {
-        path: PathBuf,
+        location: String,
         source: parquet::errors::ParquetError,
     },
     #[error("arrow error while {context}: {source}")]
@@ -22,13 +24,17 @@ pub enum Error {
         source: arrow::error::ArrowError,
     },
     #[error(
-        "manifest {path} is unreadable: {detail}; it is written only by the aggregator, restore it from a backup or remove the partition's files and replay"
+        "manifest {location} is unreadable: {detail}; it is written only by the aggregator, restore it from a backup or remove the partition's files and replay"
     )]
-    Manifest { path: PathBuf, detail: String },
+    Manifest { location: String, detail: String },
     #[error(
-        "sealed rollup file {path} cannot be reopened for a restatement: {detail}; it is written only by the aggregator, restore it from a backup or replay its hour"
+        "sealed rollup file {location} cannot be reopened for a restatement: {detail}; it is written only by the aggregator, restore it from a backup or replay its hour"
     )]
-    SealedFile { path: PathBuf, detail: String },
+    SealedFile { location: String, detail: String },
+    #[error(
+        "partition {partition} was taken over by another instance ({location} changed since this one last wrote it); stopping without writing, the new owner carries on"
+    )]
+    TakenOver { partition: i32, location: String },
     #[error("kafka ({context}): {source}")]
     Kafka {
         context: String,

@@ -35,6 +35,18 @@ pub const ALL: [&str; 6] = [
     SUPERSEDED_KEPT,
 ];
 
+/// The lake's write hook (see `tally_lake::Lake::with_write_hook`): a manifest's steps
+/// are the manifest failpoints, any other file's the Parquet ones.
+pub fn lake_write(step: tally_lake::WriteStep, key: &str) {
+    let manifest = key.ends_with(".json");
+    pass(match (step, manifest) {
+        (tally_lake::WriteStep::Durable, false) => PARQUET_WRITTEN,
+        (tally_lake::WriteStep::InPlace, false) => PARQUET_RENAMED,
+        (tally_lake::WriteStep::Durable, true) => MANIFEST_WRITTEN,
+        (tally_lake::WriteStep::InPlace, true) => MANIFEST_RENAMED,
+    });
+}
+
 struct Armed {
     name: String,
     at_pass: u64,

@@ -3,9 +3,9 @@
 //! partition's open hours, and everything unusable is dead-lettered with its reason.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use tally_lake::Lake;
 use tally_model::clock::Clock;
 use tally_model::signing::Keyring;
 use tally_model::validate::validate;
@@ -28,8 +28,8 @@ pub struct SignedBy<'a> {
 /// How the aggregator rolls up, whatever its input.
 #[derive(Clone, Debug)]
 pub struct AggregateConfig {
-    /// Root of the lake (`rollups/`, `_state/` below it).
-    pub lake: PathBuf,
+    /// The lake (`rollups/`, `_state/` below its root).
+    pub lake: Lake,
     /// How long after an hour's end its samples are still merged before it is sealed.
     pub lateness_minutes: i64,
     pub limits: ValidationLimits,
@@ -45,7 +45,7 @@ pub struct AggregateConfig {
 }
 
 impl AggregateConfig {
-    pub fn new(lake: impl Into<PathBuf>) -> Self {
+    pub fn new(lake: impl Into<Lake>) -> Self {
         Self {
             lake: lake.into(),
             lateness_minutes: default_lateness_minutes(),

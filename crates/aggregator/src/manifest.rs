@@ -3,22 +3,22 @@
 //!
 //! It lives in the lake next to the data (`_state/<source>/p<partition>.json`), so
 //! whichever instance owns the partition next finds it there. It may name a checkpoint
-//! of the open hours (`_state/<source>/p<partition>.open-<offset>.parquet`). It is replaced atomically
-//! (temp file, fsync, rename, directory fsync). Files of the partition that it does not
-//! name (a crash between writing a file and recording it, or a superseded generation not
-//! yet removed) are deleted when the partition is opened.
+//! of the open hours (`_state/<source>/p<partition>.open-<offset>.parquet`). It is replaced
+//! atomically (on a directory: temp file, fsync, rename, directory fsync; on an object
+//! store: one PUT that must match the version its owner last read or wrote, so that an
+//! owner that lost the partition cannot overwrite its successor's). Files of the
+//! partition that it does not name (a crash between writing a file and recording it, or a
+//! superseded generation not yet removed) are deleted when the partition is opened.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tally_lake::{Lake, Outcome, Version};
 use tally_model::Hour;
 
 use crate::error::{Error, Result};
-use crate::failpoint;
-use crate::write::{ROLLUPS_DIR, TEMP_SUFFIX, file_name, hour_dir, sync_dir};
+use crate::write::{ROLLUPS_DIR, file_name, hour_dir};
 
 /// Where manifests live under the lake root.
 pub const STATE_DIR: &str = "_state";
@@ -40,6 +40,16 @@ pub struct Manifest {
     /// The open hours as of a later offset, if checkpointed since the last seal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
+    /// How often an instance took the partition on an object store. Each owner counts
+    /// itself in when it opens the partition, which changes the manifest: a previous owner
+    /// still running finds its next compare-and-swap refused (a directory lake's owners
+    /// hold a lock instead, and leave this 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub owners: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// The partition's open hours, saved so that a restart (or the next owner) resumes at
@@ -82,56 +92,67 @@ pub struct SealedHour {
 }
 
 impl Manifest {
+    /// The manifest's key in the lake.
+    pub fn key(source: &str, partition: i32) -> String {
+        format!("{STATE_DIR}/{source}/p{partition:03}.json")
+    }
+
+    /// The manifest's path in a lake on local disk.
     pub fn path(lake: &Path, source: &str, partition: i32) -> PathBuf {
-        lake.join(STATE_DIR)
-            .join(source)
-            .join(format!("p{partition:03}.json"))
+        lake.join(Self::key(source, partition))
     }
 
     /// Loads the manifest of a partition, or an empty one if it was never sealed.
-    pub fn load(lake: &Path, source: &str, partition: i32) -> Result<Self> {
-        let path = Self::path(lake, source, partition);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| Error::Manifest {
-                path,
-                detail: error.to_string(),
-            }),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Self {
-                version: 1,
-                source: source.to_owned(),
-                partition,
-                resume_offset: 0,
-                sealed: BTreeMap::new(),
-                checkpoint: None,
-            }),
-            Err(source) => Err(Error::Io {
-                action: format!("read {}", path.display()),
-                source,
-            }),
+    pub fn load(lake: &Lake, source: &str, partition: i32) -> Result<Self> {
+        Ok(Self::load_versioned(lake, source, partition)?.0)
+    }
+
+    /// Loads the manifest of a partition and the version read (`None`: there is none yet).
+    pub fn load_versioned(
+        lake: &Lake,
+        source: &str,
+        partition: i32,
+    ) -> Result<(Self, Option<Version>)> {
+        let key = Self::key(source, partition);
+        match lake.get_versioned(&key)? {
+            Some((bytes, version)) => {
+                let manifest = serde_json::from_slice(&bytes).map_err(|error| Error::Manifest {
+                    location: lake.location(&key),
+                    detail: error.to_string(),
+                })?;
+                Ok((manifest, Some(version)))
+            }
+            None => Ok((
+                Self {
+                    version: 1,
+                    source: source.to_owned(),
+                    partition,
+                    resume_offset: 0,
+                    sealed: BTreeMap::new(),
+                    checkpoint: None,
+                    owners: 0,
+                },
+                None,
+            )),
         }
     }
 
-    pub fn store(&self, lake: &Path) -> Result<()> {
-        let path = Self::path(lake, &self.source, self.partition);
-        let io_error = |action: &str, source: io::Error| Error::Io {
-            action: format!("{action} {}", path.display()),
-            source,
-        };
-        let directory = path.parent().unwrap_or(lake);
-        fs::create_dir_all(directory).map_err(|e| io_error("create the directory of", e))?;
-        let temp = path.with_extension(format!("json{TEMP_SUFFIX}"));
+    /// Replaces the manifest in the lake if it is still the `read` version (`None`: if
+    /// there is none), and returns the version written. Another version there means that
+    /// another instance has taken the partition: [`Error::TakenOver`].
+    pub fn store(&self, lake: &Lake, read: Option<&Version>) -> Result<Version> {
+        let key = Self::key(&self.source, self.partition);
         let bytes = serde_json::to_vec_pretty(self).map_err(|error| Error::Manifest {
-            path: path.clone(),
+            location: lake.location(&key),
             detail: error.to_string(),
         })?;
-        let mut file = fs::File::create(&temp).map_err(|e| io_error("create", e))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io_error("write", e))?;
-        failpoint::pass(failpoint::MANIFEST_WRITTEN);
-        fs::rename(&temp, &path).map_err(|e| io_error("rename into place", e))?;
-        failpoint::pass(failpoint::MANIFEST_RENAMED);
-        sync_dir(directory)
+        match lake.replace(&key, bytes, read)? {
+            Outcome::Written(version) => Ok(version),
+            Outcome::Conflict => Err(Error::TakenOver {
+                partition: self.partition,
+                location: lake.location(&key),
+            }),
+        }
     }
 
     /// Where to read the partition from: after the checkpoint if there is one.
@@ -150,27 +171,22 @@ impl Manifest {
     }
 
     /// Deletes checkpoint files of this partition other than the one the manifest names.
-    pub fn remove_stale_checkpoints(&self, lake: &Path) -> Result<usize> {
-        let directory = lake.join(STATE_DIR).join(&self.source);
-        let Ok(files) = fs::read_dir(&directory) else {
-            return Ok(0);
-        };
-        let prefix = checkpoint_prefix(self.partition);
+    pub fn remove_stale_checkpoints(&self, lake: &Lake) -> Result<usize> {
+        let prefix = format!(
+            "{STATE_DIR}/{}/{}",
+            self.source,
+            checkpoint_prefix(self.partition)
+        );
         let current = self
             .checkpoint
             .as_ref()
-            .map(|checkpoint| lake.join(&checkpoint.file));
+            .map(|checkpoint| key(&checkpoint.file));
         let mut removed = 0;
-        for file in files.flatten() {
-            let name = file.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(&prefix) || current.as_ref() == Some(&file.path()) {
-                continue;
+        for file in lake.list(&format!("{STATE_DIR}/{}", self.source))? {
+            if file.starts_with(&prefix) && current.as_ref() != Some(&file) {
+                lake.delete(&file)?;
+                removed += 1;
             }
-            fs::remove_file(file.path()).map_err(|source| Error::Io {
-                action: format!("remove stale checkpoint {}", file.path().display()),
-                source,
-            })?;
-            removed += 1;
         }
         Ok(removed)
     }
@@ -187,37 +203,33 @@ impl Manifest {
 
     /// Deletes this partition's files that the manifest does not name, and temp files.
     /// Returns how many were removed.
-    pub fn remove_unrecorded_files(&self, lake: &Path) -> Result<usize> {
+    pub fn remove_unrecorded_files(&self, lake: &Lake) -> Result<usize> {
         let prefix = format!("{}-p{:03}-g", self.source, self.partition);
-        let rollups = lake.join(ROLLUPS_DIR);
-        let Ok(hours) = fs::read_dir(&rollups) else {
-            return Ok(0);
-        };
-        let recorded: std::collections::HashSet<PathBuf> = self
+        let recorded: std::collections::HashSet<String> = self
             .sealed
             .values()
-            .map(|sealed| lake.join(&sealed.file))
+            .map(|sealed| key(&sealed.file))
             .collect();
         let mut removed = 0;
-        for hour in hours.flatten() {
-            let Ok(files) = fs::read_dir(hour.path()) else {
+        for file in lake.list(ROLLUPS_DIR)? {
+            let name = file.rsplit('/').next().unwrap_or_default();
+            if !name.starts_with(&prefix) || recorded.contains(&file) {
                 continue;
-            };
-            for file in files.flatten() {
-                let name = file.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(&prefix) || recorded.contains(&file.path()) {
-                    continue;
-                }
-                fs::remove_file(file.path()).map_err(|source| Error::Io {
-                    action: format!("remove unrecorded file {}", file.path().display()),
-                    source,
-                })?;
-                tracing::warn!(file = %file.path().display(), "removed a rollup file the manifest does not name");
-                removed += 1;
             }
+            lake.delete(&file)?;
+            tracing::warn!(file = %lake.location(&file), "removed a rollup file the manifest does not name");
+            removed += 1;
         }
         Ok(removed)
     }
+}
+
+/// A path the manifest records (relative to the lake's root) as a key of the lake.
+pub fn key(path: &Path) -> String {
+    path.components()
+        .map(|part| part.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Checkpoint files of a partition start with this (`p007.open-`).

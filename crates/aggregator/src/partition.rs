@@ -6,22 +6,27 @@
 //! the next generation if the sample added a minute, and left as it was otherwise.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use tally_lake::{Lake, Outcome, Version};
 use tally_model::{Hour, Minute, RollupRow, Sample};
 
 use crate::dedup::Verdict;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::manifest::QUARANTINE_DIR;
+use crate::manifest::{self, QUARANTINE_DIR};
 use crate::manifest::{Checkpoint, Manifest, OpenHourState, SealedHour};
 use crate::rollup::OpenHour;
-use crate::write::{file_crc32, read_rows, write_rows};
+use crate::write::{Written, read_lake_rows, write_rows};
 
 pub struct PartitionState {
-    /// The partition's lock, held while this state exists (see [`claim`]).
-    _claim: std::fs::File,
-    lake: PathBuf,
+    /// The partition's lock on a directory lake, held while this state exists (see
+    /// [`claim`]); on an object store, [`Self::manifest_version`] fences instead.
+    _claim: Option<std::fs::File>,
+    lake: Lake,
+    /// The version of the manifest this owner last read or wrote: its next write must
+    /// replace exactly that one (see [`Manifest::store`]).
+    manifest_version: Option<Version>,
     lateness_minutes: i64,
     open: BTreeMap<Hour, OpenHour>,
     latest_minute: Option<Minute>,
@@ -43,21 +48,33 @@ pub struct SealReport {
 impl PartitionState {
     /// Opens a partition's state from its manifest, removing files it does not name,
     /// with the open hours of its checkpoint if it has one.
-    pub fn open(lake: &Path, source: &str, partition: i32, lateness_minutes: i64) -> Result<Self> {
-        let claim = claim(lake, source, partition)?;
-        let manifest = Manifest::load(lake, source, partition)?;
-        manifest.remove_unrecorded_files(lake)?;
-        manifest.remove_stale_checkpoints(lake)?;
+    pub fn open(lake: &Lake, source: &str, partition: i32, lateness_minutes: i64) -> Result<Self> {
+        let lake = lake.clone().with_write_hook(failpoint::lake_write);
+        let claim = match lake.local_root() {
+            Some(root) => Some(claim(root, source, partition)?),
+            None => None,
+        };
+        let (mut manifest, mut manifest_version) =
+            Manifest::load_versioned(&lake, source, partition)?;
+        if claim.is_none() {
+            // Count this owner in before anything is written or removed: from now on the
+            // previous owner's writes of the manifest are refused.
+            manifest.owners += 1;
+            manifest_version = Some(manifest.store(&lake, manifest_version.as_ref())?);
+        }
+        manifest.remove_unrecorded_files(&lake)?;
+        manifest.remove_stale_checkpoints(&lake)?;
         let mut state = Self {
             _claim: claim,
-            lake: lake.to_owned(),
+            lake,
+            manifest_version,
             lateness_minutes,
             open: BTreeMap::new(),
             latest_minute: None,
             manifest,
         };
         if let Some(checkpoint) = state.manifest.checkpoint.clone() {
-            match checkpoint_rows(lake, &checkpoint) {
+            match checkpoint_rows(&state.lake, &checkpoint) {
                 Ok(rows) => state.restore(&checkpoint, rows, source, partition)?,
                 Err(damage) => state.quarantine(&checkpoint, &damage, source)?,
             }
@@ -73,28 +90,27 @@ impl PartitionState {
         source: &str,
         partition: i32,
     ) -> Result<()> {
-        let path = self.lake.join(&checkpoint.file);
+        let location = self.lake.location(&manifest::key(&checkpoint.file));
         let mut rows_by_hour: BTreeMap<Hour, Vec<_>> = BTreeMap::new();
         for row in rows {
             rows_by_hour.entry(row.key.hour).or_default().push(row);
         }
         for (hour, saved) in &checkpoint.hours {
             let hour = Hour::parse_partition_value(hour).map_err(|error| Error::Manifest {
-                path: Manifest::path(&self.lake, source, partition),
+                location: self.lake.location(&Manifest::key(source, partition)),
                 detail: format!("checkpoint hour '{hour}': {error}"),
             })?;
             let rows = rows_by_hour.remove(&hour).unwrap_or_default();
-            let mut open = OpenHour::restore(hour, rows, saved.generation, &path)?;
+            let mut open = OpenHour::restore(hour, rows, saved.generation, &location)?;
             open.samples_added = saved.samples_added;
             open.first_offset = saved.first_offset;
             self.open.insert(hour, open);
         }
         if let Some((hour, _)) = rows_by_hour.first_key_value() {
             return Err(Error::Manifest {
-                path: Manifest::path(&self.lake, source, partition),
+                location: self.lake.location(&Manifest::key(source, partition)),
                 detail: format!(
-                    "checkpoint {} has rows of hour {hour}, which the manifest does not list",
-                    path.display()
+                    "checkpoint {location} has rows of hour {hour}, which the manifest does not list"
                 ),
             });
         }
@@ -107,32 +123,79 @@ impl PartitionState {
     /// the open hours again from the messages themselves. Nothing of the damaged file
     /// is counted.
     fn quarantine(&mut self, checkpoint: &Checkpoint, damage: &str, source: &str) -> Result<()> {
-        let path = self.lake.join(&checkpoint.file);
-        let quarantine = self.lake.join(QUARANTINE_DIR).join(source);
-        let io_error = |action: String| move |source| Error::Io { action, source };
-        std::fs::create_dir_all(&quarantine)
-            .map_err(io_error(format!("create {}", quarantine.display())))?;
-        if path.exists() {
+        let file = manifest::key(&checkpoint.file);
+        if self.lake.exists(&file)? {
             // A later checkpoint can have the same name (the same offset, reached again).
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            let target = (1..)
-                .map(|copy| quarantine.join(format!("{name}.{copy}")))
-                .find(|target| !target.exists())
-                .unwrap_or_default();
-            std::fs::rename(&path, &target).map_err(io_error(format!(
-                "move the damaged checkpoint {} to {}",
-                path.display(),
-                target.display()
-            )))?;
+            let name = file.rsplit('/').next().unwrap_or_default();
+            let mut copy = 1;
+            let target = loop {
+                let target = format!("{QUARANTINE_DIR}/{source}/{name}.{copy}");
+                if !self.lake.exists(&target)? {
+                    break target;
+                }
+                copy += 1;
+            };
+            self.lake.rename(&file, &target)?;
         }
         tracing::error!(
-            checkpoint = %path.display(),
+            checkpoint = %self.lake.location(&file),
             damage,
             resume_offset = self.manifest.resume_offset,
             "damaged checkpoint quarantined; reading its open hours again from the topic"
         );
         self.manifest.checkpoint = None;
-        self.manifest.store(&self.lake)
+        self.store_manifest()
+    }
+
+    /// Writes the manifest over the version this owner last read or wrote.
+    fn store_manifest(&mut self) -> Result<()> {
+        let version = self
+            .manifest
+            .store(&self.lake, self.manifest_version.as_ref())?;
+        self.manifest_version = Some(version);
+        Ok(())
+    }
+
+    /// Writes a rollup or checkpoint file of this partition. A file already there that
+    /// the manifest does not name was left by a crash, or written by an owner that has
+    /// lost the partition since this one opened it: it is replaced only after the
+    /// manifest shows that this owner still holds the partition.
+    fn write_file(&self, file: &Path, rows: &[RollupRow]) -> Result<Written> {
+        let key = manifest::key(file);
+        let (outcome, written) = write_rows(&self.lake, &key, rows)?;
+        if outcome == Outcome::Conflict {
+            self.check_still_owner()?;
+            tracing::warn!(file = %self.lake.location(&key), "replacing a file the manifest does not name");
+            self.lake.delete(&key)?;
+            if write_rows(&self.lake, &key, rows)?.0 == Outcome::Conflict {
+                self.check_still_owner()?;
+                return Err(Error::TakenOver {
+                    partition: self.manifest.partition,
+                    location: self.lake.location(&key),
+                });
+            }
+        }
+        Ok(written)
+    }
+
+    /// An error unless the manifest in the lake is still the one this owner wrote last.
+    fn check_still_owner(&self) -> Result<()> {
+        if self.lake.local_root().is_some() {
+            return Ok(()); // a directory lake's owner holds its lock
+        }
+        let (_, current) =
+            Manifest::load_versioned(&self.lake, &self.manifest.source, self.manifest.partition)?;
+        if current == self.manifest_version {
+            Ok(())
+        } else {
+            Err(Error::TakenOver {
+                partition: self.manifest.partition,
+                location: self.lake.location(&Manifest::key(
+                    &self.manifest.source,
+                    self.manifest.partition,
+                )),
+            })
+        }
     }
 
     /// Where to start reading this partition.
@@ -152,7 +215,7 @@ impl PartitionState {
         } else {
             let file = self.manifest.checkpoint_file(next_offset);
             let rows: Vec<_> = self.open.values().flat_map(OpenHour::sorted_rows).collect();
-            let written = write_rows(&self.lake, &file, &rows)?;
+            let written = self.write_file(&file, &rows)?;
             failpoint::pass(failpoint::CHECKPOINT_WRITTEN);
             self.manifest.checkpoint = Some(Checkpoint {
                 file,
@@ -175,7 +238,7 @@ impl PartitionState {
                 crc32: Some(written.crc32),
             });
         }
-        self.manifest.store(&self.lake)?;
+        self.store_manifest()?;
         self.manifest.remove_stale_checkpoints(&self.lake)?;
         Ok(())
     }
@@ -195,9 +258,10 @@ impl PartitionState {
         if !self.open.contains_key(&hour) {
             let reopened = match self.manifest.sealed_hour(hour) {
                 Some(sealed) => {
-                    let path = self.lake.join(&sealed.file);
-                    let rows = read_rows(&path)?;
-                    OpenHour::restore(hour, rows, sealed.generation + 1, &path)?
+                    let file = manifest::key(&sealed.file);
+                    let rows = read_lake_rows(&self.lake, &file)?;
+                    let location = self.lake.location(&file);
+                    OpenHour::restore(hour, rows, sealed.generation + 1, &location)?
                 }
                 None => OpenHour::new(hour),
             };
@@ -250,7 +314,7 @@ impl PartitionState {
             let samples_added = open.samples_added;
             let rows = open.sorted_rows();
             let file = self.manifest.file_for(hour, generation);
-            let bytes = write_rows(&self.lake, &file, &rows)?.bytes;
+            let bytes = self.write_file(&file, &rows)?.bytes;
             let samples = rows
                 .iter()
                 .map(|row| u64::from(row.meters.sample_count))
@@ -293,7 +357,7 @@ impl PartitionState {
             self.manifest.checkpoint = None;
         }
         if changed {
-            self.manifest.store(&self.lake)?;
+            self.store_manifest()?;
             self.manifest.remove_stale_checkpoints(&self.lake)?;
         }
         // Only once the manifest names the new generations may the old ones go.
@@ -301,9 +365,8 @@ impl PartitionState {
             failpoint::pass(failpoint::SUPERSEDED_KEPT);
         }
         for file in superseded {
-            let path = self.lake.join(&file);
-            if let Err(error) = std::fs::remove_file(&path) {
-                tracing::warn!(file = %path.display(), %error, "could not remove a superseded generation; it is removed at the next start");
+            if let Err(error) = self.lake.delete(&manifest::key(&file)) {
+                tracing::warn!(%error, "could not remove a superseded generation; it is removed at the next start");
             }
         }
         Ok(report)
@@ -313,22 +376,24 @@ impl PartitionState {
 /// A checkpoint's rows, or what is wrong with its file: missing or unreadable, not
 /// matching the checksum its manifest recorded, or not rollup rows.
 fn checkpoint_rows(
-    lake: &Path,
+    lake: &Lake,
     checkpoint: &Checkpoint,
 ) -> std::result::Result<Vec<RollupRow>, String> {
-    let path = lake.join(&checkpoint.file);
+    let file = manifest::key(&checkpoint.file);
+    let bytes = match lake.get(&file) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err("it is missing".to_owned()),
+        Err(error) => return Err(format!("cannot read it: {error}")),
+    };
     if let Some(expected) = checkpoint.crc32 {
-        match file_crc32(&path) {
-            Ok(found) if found == expected => {}
-            Ok(found) => {
-                return Err(format!(
-                    "CRC-32 {found:08x}, the manifest recorded {expected:08x}"
-                ));
-            }
-            Err(error) => return Err(format!("cannot read it: {error}")),
+        let found = crc32fast::hash(&bytes);
+        if found != expected {
+            return Err(format!(
+                "CRC-32 {found:08x}, the manifest recorded {expected:08x}"
+            ));
         }
     }
-    read_rows(&path).map_err(|error| error.to_string())
+    read_lake_rows(lake, &file).map_err(|error| error.to_string())
 }
 
 /// Takes the partition's lock file (`_state/<source>/p<N>.lock`), waiting while another
@@ -383,14 +448,90 @@ mod tests {
     use std::sync::mpsc::channel;
     use std::time::Duration;
 
+    fn memory_lake() -> Lake {
+        let store = tally_lake::object_store::memory::InMemory::new();
+        let base = "memory:///".parse().expect("url");
+        Lake::store(std::sync::Arc::new(store), base, "lake".into())
+    }
+
+    /// Samples of vm-1 at 10:00 and after, `minutes` of them.
+    fn samples(resource: &str, minutes: i64) -> Vec<Sample> {
+        let first = crate::dedup::tests::sample().minute.hour().first_minute();
+        (0..minutes)
+            .map(|minute| Sample {
+                minute: first.plus(minute),
+                resource_id: resource.to_owned(),
+                ..crate::dedup::tests::sample()
+            })
+            .collect()
+    }
+
+    fn accept_all(state: &mut PartitionState, samples: &[Sample]) {
+        for (offset, sample) in samples.iter().enumerate() {
+            state.accept(sample, offset as i64).expect("accept");
+        }
+    }
+
+    #[test]
+    fn on_an_object_store_an_owner_that_lost_its_partition_writes_nothing_over_the_next() {
+        let lake = memory_lake();
+        let mut stale = PartitionState::open(&lake, "samples", 0, 15).expect("first owner");
+        accept_all(&mut stale, &samples("vm-stale", 60));
+        // The group gives the partition to another instance while the first still runs.
+        let mut owner = PartitionState::open(&lake, "samples", 0, 15).expect("next owner");
+        accept_all(&mut owner, &samples("vm-owner", 60));
+        owner.seal_all(60).expect("the owner seals");
+
+        // The stale owner's rollup file has the owner's name: creating it fails, and the
+        // manifest says someone else holds the partition.
+        let error = stale.seal_all(60).expect_err("the stale owner is fenced");
+        assert!(
+            matches!(error, Error::TakenOver { partition: 0, .. }),
+            "{error}"
+        );
+        let manifest = Manifest::load(&lake, "samples", 0).expect("manifest");
+        assert_eq!(manifest.owners, 2);
+        let [(_, sealed)] = manifest.sealed.iter().collect::<Vec<_>>()[..] else {
+            panic!("one sealed hour: {manifest:?}");
+        };
+        let rows = read_lake_rows(&lake, &manifest::key(&sealed.file)).expect("rows");
+        assert!(
+            rows.iter().all(|row| row.key.resource_id == "vm-owner"),
+            "{rows:?}"
+        );
+
+        // A stale owner that writes a file first leaves it unrecorded; its manifest
+        // write is refused, and the owner replaces the file when it seals the hour.
+        let mut stale = PartitionState::open(&lake, "samples", 1, 15).expect("first owner");
+        accept_all(&mut stale, &samples("vm-stale", 60));
+        let mut owner = PartitionState::open(&lake, "samples", 1, 15).expect("next owner");
+        let error = stale.seal_all(60).expect_err("the stale owner is fenced");
+        assert!(
+            matches!(error, Error::TakenOver { partition: 1, .. }),
+            "{error}"
+        );
+        accept_all(&mut owner, &samples("vm-owner", 60));
+        owner
+            .seal_all(60)
+            .expect("the owner seals over the stale file");
+        let manifest = Manifest::load(&lake, "samples", 1).expect("manifest");
+        let sealed = manifest.sealed.values().next().expect("a sealed hour");
+        let rows = read_lake_rows(&lake, &manifest::key(&sealed.file)).expect("rows");
+        assert!(
+            rows.iter().all(|row| row.key.resource_id == "vm-owner"),
+            "{rows:?}"
+        );
+    }
+
     #[test]
     fn a_partition_has_one_owner_at_a_time() {
-        let lake = tempfile::tempdir().expect("lake");
-        let first = PartitionState::open(lake.path(), "samples", 3, 15).expect("first owner");
+        let directory = tempfile::tempdir().expect("lake");
+        let lake = Lake::directory(directory.path());
+        let first = PartitionState::open(&lake, "samples", 3, 15).expect("first owner");
         let (opened, wait) = channel();
-        let path = lake.path().to_owned();
+        let shared = lake.clone();
         let second = std::thread::spawn(move || {
-            let state = PartitionState::open(&path, "samples", 3, 15).expect("second owner");
+            let state = PartitionState::open(&shared, "samples", 3, 15).expect("second owner");
             opened.send(()).expect("send");
             state
         });
@@ -399,7 +540,7 @@ mod tests {
             "the second owner opened the partition while the first held it"
         );
         // Another partition is free all along.
-        PartitionState::open(lake.path(), "samples", 4, 15).expect("another partition");
+        PartitionState::open(&lake, "samples", 4, 15).expect("another partition");
         drop(first);
         wait.recv_timeout(Duration::from_secs(5))
             .expect("the second owner opens it once the first let go");

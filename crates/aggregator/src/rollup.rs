@@ -7,7 +7,6 @@
 //! field by field, so the hot path allocates only for a resource-hour's first sample.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use smallvec::SmallVec;
 use tally_model::sample::labels_from_text;
@@ -133,14 +132,19 @@ impl OpenHour {
 
     /// Reopens a sealed hour from the rows of its file `path`, to restate it as
     /// generation `generation`.
-    pub fn restore(hour: Hour, rows: Vec<RollupRow>, generation: u32, path: &Path) -> Result<Self> {
+    pub fn restore(
+        hour: Hour,
+        rows: Vec<RollupRow>,
+        generation: u32,
+        location: &str,
+    ) -> Result<Self> {
         let mut open = Self {
             generation,
             ..Self::new(hour)
         };
         for row in rows {
             let labels = labels_from_text(&row.key.labels).map_err(|error| Error::SealedFile {
-                path: path.to_owned(),
+                location: location.to_owned(),
                 detail: format!(
                     "resource {}: labels '{}' are not a JSON object of strings: {error}",
                     row.key.resource_id, row.key.labels
@@ -322,8 +326,7 @@ mod tests {
         let mut open = OpenHour::new(hour);
         open.add(&first, 0);
         let mut restored =
-            OpenHour::restore(hour, open.sorted_rows(), 1, Path::new("hour.parquet"))
-                .expect("restore");
+            OpenHour::restore(hour, open.sorted_rows(), 1, "hour.parquet").expect("restore");
         let mut counters = first.clone();
         counters.in_bytes = 99;
         assert_eq!(restored.add(&counters, 1), Verdict::Duplicate);

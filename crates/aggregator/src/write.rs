@@ -1,10 +1,10 @@
 //! Writing and reading sealed rollup files.
 //!
-//! A file is written to a temporary name, fsynced, renamed into place and its directory
-//! fsynced: a reader sees a whole file or none. The bytes are a function of the rows
-//! alone (sorted rows, fixed writer settings), so a replay writes the same file again.
+//! A file is written whole and atomically by the lake (see `tally_lake`): a reader sees a
+//! whole file or none. The bytes are a function of the rows alone (sorted rows, fixed
+//! writer settings), so a replay writes the same file again.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -12,14 +12,11 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use tally_lake::{Lake, Outcome};
 use tally_model::rollup::{PARTITION_KEY, batch_to_rows, rows_to_batch};
 use tally_model::{Hour, RollupFileName, RollupRow};
 
 use crate::error::{Error, Result};
-use crate::failpoint;
-
-/// Suffix of files being written; leftovers from a crash are removed at start-up.
-pub const TEMP_SUFFIX: &str = ".tmp";
 
 pub use tally_model::rollup::ROLLUPS_DIR;
 
@@ -74,84 +71,77 @@ impl<W: io::Write> io::Write for Checksummed<W> {
     }
 }
 
-/// The CRC-32 of a whole file, to compare with the one [`write_rows`] reported.
-pub fn file_crc32(path: &Path) -> io::Result<u32> {
-    Ok(crc32fast::hash(&fs::read(path)?))
-}
-
-/// Writes `rows` atomically to `path` (relative names are resolved against `lake`).
-pub fn write_rows(lake: &Path, relative: &Path, rows: &[RollupRow]) -> Result<Written> {
-    let path = lake.join(relative);
-    let io_error = |action: &str, source: io::Error| Error::Io {
-        action: format!("{action} {}", path.display()),
-        source,
-    };
-    let directory = path.parent().unwrap_or(lake);
-    fs::create_dir_all(directory).map_err(|e| io_error("create the directory of", e))?;
-    let temp = path.with_extension(format!("parquet{TEMP_SUFFIX}"));
+/// A rollup file's bytes, as [`write_rows`] would write them, and what it reports.
+pub fn encode_rows(rows: &[RollupRow], location: &str) -> Result<(Vec<u8>, Written)> {
     let batch = rows_to_batch(rows).map_err(|source| Error::Arrow {
-        context: format!("building the batch for {}", path.display()),
+        context: format!("building the batch for {location}"),
         source,
     })?;
-    let file = Checksummed {
-        inner: File::create(&temp).map_err(|e| io_error("create", e))?,
-        crc: crc32fast::Hasher::new(),
-    };
     let parquet_error = |source: parquet::errors::ParquetError| Error::Parquet {
-        path: temp.clone(),
+        location: location.to_owned(),
         source,
     };
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))
+    let sink = Checksummed {
+        inner: Vec::new(),
+        crc: crc32fast::Hasher::new(),
+    };
+    let mut writer = ArrowWriter::try_new(sink, batch.schema(), Some(writer_properties()))
         .map_err(parquet_error)?;
     writer.write(&batch).map_err(parquet_error)?;
-    let Checksummed { inner: file, crc } = writer.into_inner().map_err(parquet_error)?;
-    file.sync_all().map_err(|e| io_error("fsync", e))?;
-    let bytes = file.metadata().map_err(|e| io_error("stat", e))?.len();
-    drop(file);
-    failpoint::pass(failpoint::PARQUET_WRITTEN);
-    fs::rename(&temp, &path).map_err(|e| io_error("rename into place", e))?;
-    failpoint::pass(failpoint::PARQUET_RENAMED);
-    sync_dir(directory)?;
-    Ok(Written {
-        bytes,
+    let Checksummed { inner: bytes, crc } = writer.into_inner().map_err(parquet_error)?;
+    let written = Written {
+        bytes: bytes.len() as u64,
         crc32: crc.finalize(),
-    })
+    };
+    Ok((bytes, written))
 }
 
-/// Reads every row of a rollup file.
+/// Writes `rows` to `key` of the lake unless a file is there already (see
+/// [`Lake::create`]): a file name of the aggregator's is written once, by the partition's
+/// owner, so finding one means that a crash left it or that another instance wrote it.
+pub fn write_rows(lake: &Lake, key: &str, rows: &[RollupRow]) -> Result<(Outcome, Written)> {
+    let (bytes, written) = encode_rows(rows, &lake.location(key))?;
+    Ok((lake.create(key, bytes)?, written))
+}
+
+/// Reads every row of a rollup file of the lake.
+pub fn read_lake_rows(lake: &Lake, key: &str) -> Result<Vec<RollupRow>> {
+    let location = lake.location(key);
+    let bytes = lake.get(key)?.ok_or_else(|| Error::Io {
+        action: format!("read {location}"),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })?;
+    decode_rows(bytes::Bytes::from(bytes), &location)
+}
+
+/// Reads every row of a rollup file on local disk.
 pub fn read_rows(path: &Path) -> Result<Vec<RollupRow>> {
-    let file = File::open(path).map_err(|source| Error::Io {
+    let bytes = fs::read(path).map_err(|source| Error::Io {
         action: format!("open {}", path.display()),
         source,
     })?;
+    decode_rows(bytes::Bytes::from(bytes), &path.display().to_string())
+}
+
+fn decode_rows(bytes: bytes::Bytes, location: &str) -> Result<Vec<RollupRow>> {
     let parquet_error = |source| Error::Parquet {
-        path: path.to_owned(),
+        location: location.to_owned(),
         source,
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(parquet_error)?
         .build()
         .map_err(parquet_error)?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|source| Error::Arrow {
-            context: format!("reading {}", path.display()),
+            context: format!("reading {location}"),
             source,
         })?;
         rows.extend(batch_to_rows(&batch).map_err(|source| Error::Arrow {
-            context: format!("decoding rollup rows of {}", path.display()),
+            context: format!("decoding rollup rows of {location}"),
             source,
         })?);
     }
     Ok(rows)
-}
-
-/// fsyncs a directory so a rename in it survives a power loss.
-pub fn sync_dir(directory: &Path) -> Result<()> {
-    File::open(directory)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|source| Error::Io {
-            action: format!("fsync directory {}", directory.display()),
-            source,
-        })
 }

@@ -211,7 +211,7 @@ fn reference(scenario: &Scenario) -> BTreeMap<RollupKey, RollupMeters> {
 
 /// Flips one byte of the checkpoint the manifest names, if it names one.
 fn damage_checkpoint(lake: &Path, salt: usize) -> bool {
-    let manifest = Manifest::load(lake, SOURCE, 0).expect("manifest");
+    let manifest = Manifest::load(&lake.into(), SOURCE, 0).expect("manifest");
     let Some(checkpoint) = manifest.checkpoint else {
         return false;
     };
@@ -280,7 +280,7 @@ fn aggregate(lake: &Path, scenario: &Scenario, messages: &[(Encoding, Vec<u8>)])
 /// The sealed lake: every row of every file the manifest names, and a check that the
 /// rollup directories hold no other file.
 fn sealed_lake(lake: &Path) -> BTreeMap<RollupKey, RollupMeters> {
-    let manifest = Manifest::load(lake, SOURCE, 0).expect("manifest");
+    let manifest = Manifest::load(&lake.into(), SOURCE, 0).expect("manifest");
     let named: BTreeSet<_> = manifest
         .sealed
         .values()

@@ -76,8 +76,10 @@ enum Command {
     },
     /// Roll samples up into the hourly Parquet lake, from Kafka or from an NDJSON file.
     Aggregate {
-        #[arg(long)]
-        lake: PathBuf,
+        /// The lake: a directory, or an object store URL (`s3://bucket/prefix`, `gs://…`,
+        /// `az://…`) configured by the environment (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, …).
+        #[arg(long, value_parser = parse_lake)]
+        lake: tally_rating::Lake,
         #[arg(long, required_unless_present = "from_file")]
         brokers: Option<String>,
         #[arg(long, default_value = "tally.samples")]
@@ -124,8 +126,10 @@ enum Command {
     },
     /// Rate a month of rollups into line items and invoices.
     Rate {
-        #[arg(long)]
-        lake: PathBuf,
+        /// The lake: a directory, or an object store URL (`s3://bucket/prefix`, `gs://…`,
+        /// `az://…`) configured by the environment (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, …).
+        #[arg(long, value_parser = parse_lake)]
+        lake: tally_rating::Lake,
         /// Billing month `YYYY-MM`.
         #[arg(long)]
         month: String,
@@ -135,9 +139,10 @@ enum Command {
         /// The accounts' contracts (JSON).
         #[arg(long)]
         contracts: PathBuf,
-        /// Where line_items/ and invoices/ go; default: the lake.
-        #[arg(long)]
-        out: Option<PathBuf>,
+        /// Where line_items/ and invoices/ go (a directory or an object store URL);
+        /// default: the lake.
+        #[arg(long, value_parser = parse_lake)]
+        out: Option<tally_rating::Lake>,
         /// Freeze the month once written: later runs write correction lines against it
         /// instead of rewriting its invoices (H8).
         #[arg(long)]
@@ -194,8 +199,10 @@ enum Command {
     /// Without a query: statements (ending in `;`) from the terminal, with line editing,
     /// history and `.tables` / `.quit`, or from stdin (SQL only).
     Sql {
-        #[arg(long)]
-        lake: PathBuf,
+        /// The lake: a directory, or an object store URL (`s3://bucket/prefix`, `gs://…`,
+        /// `az://…`) configured by the environment (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, …).
+        #[arg(long, value_parser = parse_lake)]
+        lake: tally_rating::Lake,
         query: Option<String>,
         #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
         format: SqlFormat,
@@ -251,6 +258,10 @@ impl WatchInputs {
             state_dir,
         }
     }
+}
+
+fn parse_lake(text: &str) -> Result<tally_rating::Lake, String> {
+    tally_rating::Lake::open(text).map_err(|error| error.to_string())
 }
 
 fn parse_hour(text: &str) -> Result<Hour, String> {
@@ -867,8 +878,8 @@ fn print_rate_report(report: &tally_rating::RateReport) {
             invoice.amount_due
         );
     }
-    println!("line items: {}", report.line_items_file.display());
-    println!("invoices:   {}", report.invoices_dir.display());
+    println!("line items: {}", report.line_items_file);
+    println!("invoices:   {}", report.invoices_dir);
 }
 
 /// Completes at SIGTERM (systemd's stop) or SIGINT (Ctrl-C).

@@ -192,11 +192,11 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
 
     let started = Instant::now();
     let rating = tally_rating::rate(&tally_rating::RateRequest {
-        lake: lake.clone(),
+        lake: lake.clone().into(),
         month: month.clone(),
         tariffs,
         contracts,
-        out: lake.clone(),
+        out: lake.clone().into(),
         issue: false,
         explain: None,
     })

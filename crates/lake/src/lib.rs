@@ -118,6 +118,12 @@ impl From<PathBuf> for Lake {
     }
 }
 
+impl From<&PathBuf> for Lake {
+    fn from(root: &PathBuf) -> Self {
+        Self::directory(root.clone())
+    }
+}
+
 impl From<&Path> for Lake {
     fn from(root: &Path) -> Self {
         Self::directory(root.to_owned())
@@ -138,6 +144,16 @@ impl Lake {
     /// An object store's settings come from the environment as `object_store` names them
     /// (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_ALLOW_HTTP`, `GOOGLE_SERVICE_ACCOUNT`, …).
     pub fn open(location: &str) -> Result<Self> {
+        Self::open_with(location, std::env::vars())
+    }
+
+    /// A lake at `location` as [`Lake::open`], with an object store's settings from
+    /// `options` (`aws_endpoint`, `aws_allow_http`, …; names `object_store` does not know
+    /// are ignored) instead of the environment.
+    pub fn open_with<K: AsRef<str>, V: Into<String>>(
+        location: &str,
+        options: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self> {
         let Some((scheme, _)) = location.split_once("://") else {
             return Ok(Self::directory(location));
         };
@@ -154,12 +170,11 @@ impl Lake {
             })?;
             return Ok(Self::directory(path));
         }
-        let (store, root) =
-            object_store::parse_url_opts(&url, std::env::vars()).map_err(|error| Error {
-                action: "open the object store",
-                location: location.to_owned(),
-                source: Box::new(error),
-            })?;
+        let (store, root) = object_store::parse_url_opts(&url, options).map_err(|error| Error {
+            action: "open the object store",
+            location: location.to_owned(),
+            source: Box::new(error),
+        })?;
         let mut base = url.clone();
         base.set_path("/");
         base.set_query(None);

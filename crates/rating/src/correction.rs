@@ -13,10 +13,10 @@
 //! repeats the same round, with the same file names and bytes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_lake::Lake;
 use tally_model::LineItem;
 use tally_model::line_item::ChargeCategory;
 
@@ -34,30 +34,21 @@ pub struct Issued {
     pub lines: Vec<LineItem>,
 }
 
-/// `invoices/month=YYYY-MM/_issued.json` under `out`.
-pub fn issued_path(out: &Path, month: &str) -> PathBuf {
-    out.join("invoices")
-        .join(format!("month={month}"))
-        .join("_issued.json")
+/// The key of `invoices/month=YYYY-MM/_issued.json` in the output lake.
+pub fn issued_key(month: &str) -> String {
+    format!("invoices/month={month}/_issued.json")
 }
 
 /// The month's issue record, if it was issued.
-pub fn read_issued(out: &Path, month: &str) -> Result<Option<Issued>> {
-    let path = issued_path(out, month);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Error::Io {
-                action: format!("read {}", path.display()),
-                source,
-            });
-        }
+pub fn read_issued(out: &Lake, month: &str) -> Result<Option<Issued>> {
+    let key = issued_key(month);
+    let Some(bytes) = out.get(&key)? else {
+        return Ok(None);
     };
-    let issued: Issued = serde_json::from_str(&text).map_err(|error| Error::Io {
+    let issued: Issued = serde_json::from_slice(&bytes).map_err(|error| Error::Io {
         action: format!(
             "read {}: it is not an issue record ({error}); it is never edited by hand",
-            path.display()
+            out.location(&key)
         ),
         source: std::io::Error::other(error),
     })?;

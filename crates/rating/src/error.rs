@@ -53,7 +53,9 @@ pub enum Error {
     #[error("invoice of account '{account_id}': {detail}")]
     Invoice { account_id: String, detail: String },
     #[error("no rollups under {0}: run `tally aggregate` (or `tally demo`) first")]
-    NoLake(PathBuf),
+    NoLake(String),
+    #[error(transparent)]
+    Lake(#[from] tally_lake::Error),
     #[error("query failed: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("arrow: {0}")]

@@ -50,7 +50,7 @@ pub mod watch;
 pub mod write;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
@@ -58,6 +58,7 @@ use rust_decimal::Decimal;
 use tally_model::tariff::{Interval, Tariff};
 
 pub use error::{Error, Result};
+pub use tally_lake::Lake;
 pub use tariff::check_tariff;
 
 use crate::month::BillingMonth;
@@ -81,14 +82,14 @@ pub fn reference_tariffs() -> [(&'static str, &'static str); 4] {
 /// What to rate.
 #[derive(Clone, Debug)]
 pub struct RateRequest {
-    /// Lake root with `rollups/hour=…/`.
-    pub lake: PathBuf,
+    /// The lake with `rollups/hour=…/`.
+    pub lake: Lake,
     /// Billing month `YYYY-MM`, in each tariff's time zone.
     pub month: String,
     pub tariffs: Vec<PathBuf>,
     pub contracts: PathBuf,
-    /// Where `line_items/` and `invoices/` are written.
-    pub out: PathBuf,
+    /// Where `line_items/` and `invoices/` are written (the lake, usually).
+    pub out: Lake,
     /// Freeze the month once written (H8): later runs write corrections only.
     pub issue: bool,
     /// Explain this account's invoice line by line instead of writing anything.
@@ -114,11 +115,12 @@ pub struct RateReport {
     pub invoices: Vec<InvoiceSummary>,
     /// Line items written, over all accounts.
     pub line_items: usize,
-    pub line_items_file: PathBuf,
-    /// `invoices/month=YYYY-MM/` under the output directory.
-    pub invoices_dir: PathBuf,
+    /// Where the line items are (a path or a URL).
+    pub line_items_file: String,
+    /// Where `invoices/month=YYYY-MM/` is.
+    pub invoices_dir: String,
     /// Every file written, in the order written.
-    pub written: Vec<PathBuf>,
+    pub written: Vec<String>,
     /// Whether the month is issued (by this run or an earlier one).
     pub issued: bool,
     /// For a month issued earlier: the correction round this run wrote, if anything
@@ -298,12 +300,14 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
         billing,
         explanation,
     } = price_month(request, &tariffs).await?;
+    let out = &request.out;
+    let mut invoices_key = write::invoices_key(&request.month);
     let mut report = RateReport {
         month: request.month.clone(),
         invoices: Vec::new(),
         line_items: line_items.len(),
-        line_items_file: write::line_items_path(&request.out, &request.month, "line_items"),
-        invoices_dir: write::invoices_dir(&request.out, &request.month),
+        line_items_file: out.location(&write::line_items_key(&request.month, "line_items")),
+        invoices_dir: out.location(&invoices_key),
         written: Vec::new(),
         issued: request.issue,
         correction_round: None,
@@ -320,17 +324,19 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
         report.invoices = invoices.iter().map(summary).collect();
         return Ok(report);
     }
-    match correction::read_issued(&request.out, &request.month)? {
+    let mut written = Vec::new();
+    match correction::read_issued(out, &request.month)? {
         None => {
-            report.line_items_file =
-                write::write_line_items(&request.out, &request.month, "line_items", &line_items)?;
-            report.written.push(report.line_items_file.clone());
-            report
-                .written
-                .extend(write::write_invoices(&report.invoices_dir, &invoices)?);
+            written.push(write::write_line_items(
+                out,
+                &request.month,
+                "line_items",
+                &line_items,
+            )?);
+            written.extend(write::write_invoices(out, &invoices_key, &invoices)?);
             if request.issue {
-                report.written.push(write::write_issued(
-                    &request.out,
+                written.push(write::write_issued(
+                    out,
                     &correction::Issued {
                         month: request.month.clone(),
                         corrections: 0,
@@ -340,7 +346,7 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
             }
             report.invoices = invoices.iter().map(summary).collect();
             tracing::info!(
-                files = report.written.len(),
+                files = written.len(),
                 seconds = started.elapsed().as_secs_f64(),
                 "written"
             );
@@ -356,9 +362,9 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
                 return Ok(report);
             }
             let name = format!("corrections-{round:03}");
-            report.line_items_file =
-                write::write_line_items(&request.out, &request.month, &name, &corrections)?;
-            report.written.push(report.line_items_file.clone());
+            let line_items_key = write::write_line_items(out, &request.month, &name, &corrections)?;
+            report.line_items_file = out.location(&line_items_key);
+            written.push(line_items_key);
             let mut by_account: BTreeMap<&str, Vec<tally_model::LineItem>> = BTreeMap::new();
             for line in &corrections {
                 by_account
@@ -385,20 +391,21 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
                     Decimal::ZERO,
                 )?);
             }
-            report.invoices_dir = report.invoices_dir.join(&name);
-            report.written.extend(write::write_invoices(
-                &report.invoices_dir,
+            invoices_key = format!("{invoices_key}/{name}");
+            report.invoices_dir = out.location(&invoices_key);
+            written.extend(write::write_invoices(
+                out,
+                &invoices_key,
                 &correction_invoices,
             )?);
             issued.corrections = round;
             issued.lines.extend(corrections);
-            report
-                .written
-                .push(write::write_issued(&request.out, &issued)?);
+            written.push(write::write_issued(out, &issued)?);
             report.invoices = correction_invoices.iter().map(summary).collect();
             report.correction_round = Some(round);
         }
     }
+    report.written = written.iter().map(|key| out.location(key)).collect();
     Ok(report)
 }
 
@@ -414,7 +421,7 @@ fn summary(invoice: &invoice::Invoice) -> InvoiceSummary {
 }
 
 /// Runs one SQL statement over the lake (`tally sql`; tables in [`sql`]).
-pub async fn sql(lake: &Path, query: &str) -> Result<Vec<RecordBatch>> {
+pub async fn sql(lake: &Lake, query: &str) -> Result<Vec<RecordBatch>> {
     sql::query(lake, query).await
 }
 

@@ -18,7 +18,7 @@
 //! columns are CamelCase: `BilledCost`, no quotes needed).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray};
@@ -26,36 +26,35 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, col, lit};
 use rust_decimal::Decimal;
+use tally_lake::Lake;
 use tally_model::line_item::{DECIMAL_PRECISION, DECIMAL_SCALE, decimal_to_i128};
 use tally_model::rollup::{PARTITION_KEY, ROLLUPS_DIR, rollup_arrow_schema};
 
 pub use datafusion::prelude::SessionContext;
 
 use crate::error::{Error, Result};
-use crate::usage::{current_generation, popcount_udf, table_url};
+use crate::usage::{current_generation, popcount_udf, register_lake};
 
 /// A session with the lake's tables registered and `popcount`.
-pub async fn session(lake: &Path) -> Result<SessionContext> {
+pub async fn session(lake: &Lake) -> Result<SessionContext> {
     let config =
         SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
     let context = SessionContext::new_with_config(config);
+    register_lake(&context, lake);
     context.register_udf(popcount_udf());
-    let rollups = lake.join(ROLLUPS_DIR);
-    if !rollups.is_dir() {
-        return Err(Error::NoLake(lake.to_owned()));
+    if !lake.has_any(ROLLUPS_DIR)? {
+        return Err(Error::NoLake(lake.to_string()));
     }
-    register_rollups(&context, &rollups).await?;
-    let line_items = lake.join("line_items");
-    if line_items.is_dir() {
+    register_rollups(&context, lake).await?;
+    if lake.has_any("line_items")? {
         let options = ParquetReadOptions::default()
             .table_partition_cols(vec![("month".to_owned(), DataType::Utf8)]);
         context
-            .register_parquet("line_items", table_url(&line_items), options)
+            .register_parquet("line_items", lake.table_path("line_items/"), options)
             .await?;
     }
-    let invoices = lake.join("invoices");
-    if invoices.is_dir() {
-        let batch = invoices_batch(&invoices)?;
+    if lake.has_any("invoices")? {
+        let batch = invoices_batch(lake)?;
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         context.register_table("invoices", Arc::new(table))?;
     }
@@ -63,7 +62,7 @@ pub async fn session(lake: &Path) -> Result<SessionContext> {
 }
 
 /// Runs one statement over the lake.
-pub async fn query(lake: &Path, statement: &str) -> Result<Vec<RecordBatch>> {
+pub async fn query(lake: &Lake, statement: &str) -> Result<Vec<RecordBatch>> {
     let context = session(lake).await?;
     run(&context, statement).await
 }
@@ -91,28 +90,35 @@ pub fn table_names(context: &SessionContext) -> Vec<String> {
     names
 }
 
-async fn register_rollups(context: &SessionContext, rollups: &Path) -> Result<()> {
+async fn register_rollups(context: &SessionContext, lake: &Lake) -> Result<()> {
     let schema = rollup_arrow_schema();
-    // Hours where a crash left a superseded generation next to its restatement, with the
-    // files that count there.
-    let mut repaired: Vec<(String, Vec<PathBuf>)> = Vec::new();
-    for path in list(rollups)? {
-        let name = file_name(&path);
-        let Some(hour) = name.strip_prefix(&format!("{PARTITION_KEY}=")) else {
+    // The files of each hour directory, to find the hours where a crash left a superseded
+    // generation next to its restatement.
+    let mut hours: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for file in lake.list(ROLLUPS_DIR)? {
+        let mut parts = file.split('/').skip(1);
+        let (Some(directory), Some(_name), None) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
-        if !path.is_dir() {
-            continue;
-        }
-        let found = current_generation(&path)?;
-        if found.superseded > 0 {
-            repaired.push((hour.to_owned(), found.files));
+        if let Some(hour) = directory.strip_prefix(&format!("{PARTITION_KEY}=")) {
+            hours.entry(hour.to_owned()).or_default().push(file.clone());
         }
     }
+    // Those hours, with the files that count there.
+    let repaired: Vec<(String, Vec<String>)> = hours
+        .into_iter()
+        .filter_map(|(hour, files)| {
+            let found = current_generation(files);
+            (found.superseded > 0).then_some((hour, found.files))
+        })
+        .collect();
     let options = ParquetReadOptions::default()
         .schema(&schema)
         .table_partition_cols(vec![(PARTITION_KEY.to_owned(), DataType::Utf8)]);
-    let mut table = context.read_parquet(table_url(rollups), options).await?;
+    let mut table = context
+        .read_parquet(lake.table_path(&format!("{ROLLUPS_DIR}/")), options)
+        .await?;
     if !repaired.is_empty() {
         tracing::warn!(
             hours = repaired.len(),
@@ -123,10 +129,7 @@ async fn register_rollups(context: &SessionContext, rollups: &Path) -> Result<()
         let hours = repaired.iter().map(|(hour, _)| lit(hour.clone())).collect();
         table = table.filter(col(PARTITION_KEY).in_list(hours, true))?;
         for (hour, files) in repaired {
-            let paths: Vec<String> = files
-                .iter()
-                .map(|path| path.display().to_string())
-                .collect();
+            let paths: Vec<String> = files.iter().map(|file| lake.table_path(file)).collect();
             let current = context
                 .read_parquet(paths, ParquetReadOptions::default().schema(&schema))
                 .await?
@@ -139,57 +142,31 @@ async fn register_rollups(context: &SessionContext, rollups: &Path) -> Result<()
 }
 
 /// One row per invoice file under `invoices/month=M/` (and its `corrections-NNN/`).
-fn invoices_batch(directory: &Path) -> Result<RecordBatch> {
-    let mut files: Vec<(String, Option<String>, PathBuf)> = Vec::new();
-    for month_dir in list(directory)? {
-        let Some(month) = file_name(&month_dir)
-            .strip_prefix("month=")
-            .map(str::to_owned)
-        else {
+fn invoices_batch(lake: &Lake) -> Result<RecordBatch> {
+    let mut files: Vec<(String, Option<String>, String)> = Vec::new();
+    for file in lake.list("invoices")? {
+        let parts: Vec<&str> = file.split('/').skip(1).collect();
+        let (month, correction, name) = match parts.as_slice() {
+            [month, name] => (*month, None, *name),
+            [month, round, name] if round.starts_with("corrections-") => {
+                (*month, Some((*round).to_owned()), *name)
+            }
+            _ => continue,
+        };
+        let Some(month) = month.strip_prefix("month=") else {
             continue;
         };
-        for path in list(&month_dir)? {
-            let name = file_name(&path);
-            if path.is_dir() && name.starts_with("corrections-") {
-                for correction in list(&path)? {
-                    files.push((month.clone(), Some(name.clone()), correction));
-                }
-            } else {
-                files.push((month.clone(), None, path));
-            }
+        if name.ends_with(".json") && !name.starts_with('_') {
+            files.push((month.to_owned(), correction, file.clone()));
         }
     }
-    files.retain(|(_, _, path)| {
-        let name = file_name(path);
-        name.ends_with(".json") && !name.starts_with('_')
-    });
     files.sort();
     let mut rows = InvoiceRows::default();
-    for (month, correction, path) in files {
-        rows.push(&month, correction, &path)?;
+    for (month, correction, file) in files {
+        let bytes = lake.get(&file)?.unwrap_or_default();
+        rows.push(&month, correction, &lake.location(&file), &bytes)?;
     }
     rows.batch()
-}
-
-fn list(directory: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(directory).map_err(|source| Error::Io {
-        action: format!("list {}", directory.display()),
-        source,
-    })?;
-    entries
-        .map(|entry| {
-            entry.map(|entry| entry.path()).map_err(|source| Error::Io {
-                action: format!("list {}", directory.display()),
-                source,
-            })
-        })
-        .collect()
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// The invoice columns, filled file by file.
@@ -213,14 +190,19 @@ impl InvoiceRows {
         "amount_due",
     ];
 
-    fn push(&mut self, month: &str, correction: Option<String>, path: &Path) -> Result<()> {
+    fn push(
+        &mut self,
+        month: &str,
+        correction: Option<String>,
+        location: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
         let bad = |detail: String| Error::Invoice {
-            account_id: file_name(path),
-            detail: format!("{}: {detail}", path.display()),
+            account_id: location.rsplit('/').next().unwrap_or_default().to_owned(),
+            detail: format!("{location}: {detail}"),
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let invoice: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         for (values, name) in self.texts.iter_mut().zip(Self::TEXTS) {
             let value = invoice[name]
                 .as_str()

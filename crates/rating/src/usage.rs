@@ -25,7 +25,7 @@
 //! partition column `hour` (a `YYYY-MM-DDTHH` string) prunes the scan to the month.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -38,6 +38,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
+use tally_lake::Lake;
 use tally_model::rollup::{PARTITION_KEY, ROLLUPS_DIR, rollup_arrow_schema};
 use tally_model::{Hour, ResourceKind, ResourceState, RollupFileName};
 
@@ -187,17 +188,16 @@ fn viewed(schema: &Schema) -> Schema {
 /// The month's rollups in a [`MonthRollups`] session.
 const MONTH_TABLE: &str = "month_rollups";
 
-/// The rollup files of `month`: of each hour directory, the [`current_generation`].
-pub fn month_files(lake: &Path, month: &BillingMonth) -> Result<Vec<PathBuf>> {
+/// The rollup files of `month` (as keys of the lake): of each hour directory, the
+/// [`current_generation`].
+pub fn month_files(lake: &Lake, month: &BillingMonth) -> Result<Vec<String>> {
     let mut files = Vec::new();
     let mut superseded = 0;
     let mut hour = month.first_hour();
     while hour < month.end_hour() {
-        let directory = lake
-            .join(ROLLUPS_DIR)
-            .join(format!("{PARTITION_KEY}={}", hour.partition_value()));
+        let directory = format!("{ROLLUPS_DIR}/{PARTITION_KEY}={}", hour.partition_value());
         hour = hour.next();
-        let current = current_generation(&directory)?;
+        let current = current_generation(lake.list(&directory)?);
         files.extend(current.files);
         superseded += current.superseded;
     }
@@ -215,45 +215,26 @@ pub fn month_files(lake: &Path, month: &BillingMonth) -> Result<Vec<PathBuf>> {
 /// The Parquet files of one hour directory that count.
 #[derive(Clone, Debug, Default)]
 pub struct CurrentFiles {
-    pub files: Vec<PathBuf>,
+    pub files: Vec<String>,
     /// Files of an older generation of a source partition that also has a newer one.
     pub superseded: usize,
 }
 
-/// Of each source partition's files in `directory`, only the highest generation (a
-/// restatement holds every row of the generation before it, which the aggregator removes
-/// once its manifest names the new one; a crash in between leaves both, and only the new
-/// one counts). Files not named by the aggregator (an import, say) are read as they are.
-/// A missing directory has no files.
-pub fn current_generation(directory: &Path) -> Result<CurrentFiles> {
+/// Of each source partition's files among `files` (the keys of one hour directory), only
+/// the highest generation (a restatement holds every row of the generation before it,
+/// which the aggregator removes once its manifest names the new one; a crash in between
+/// leaves both, and only the new one counts). Files not named by the aggregator (an
+/// import, say) are read as they are.
+pub fn current_generation(files: Vec<String>) -> CurrentFiles {
     let mut found = CurrentFiles::default();
-    let entries = match std::fs::read_dir(directory) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(source) => {
-            return Err(Error::Io {
-                action: format!("list {}", directory.display()),
-                source,
-            });
-        }
-    };
-    let mut current: BTreeMap<(String, i32), (u32, PathBuf)> = BTreeMap::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|source| Error::Io {
-                action: format!("list {}", directory.display()),
-                source,
-            })?
-            .path();
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    let mut current: BTreeMap<(String, i32), (u32, String)> = BTreeMap::new();
+    for file in files {
+        let name = file.rsplit('/').next().unwrap_or_default();
         if !name.ends_with(".parquet") {
             continue;
         }
-        let Some(parsed) = RollupFileName::parse(&name) else {
-            found.files.push(path);
+        let Some(parsed) = RollupFileName::parse(name) else {
+            found.files.push(file);
             continue;
         };
         let key = (parsed.source, parsed.partition);
@@ -261,18 +242,25 @@ pub fn current_generation(directory: &Path) -> Result<CurrentFiles> {
             Some((generation, _)) if *generation > parsed.generation => found.superseded += 1,
             Some(_) => {
                 found.superseded += 1;
-                current.insert(key, (parsed.generation, path));
+                current.insert(key, (parsed.generation, file));
             }
             None => {
-                current.insert(key, (parsed.generation, path));
+                current.insert(key, (parsed.generation, file));
             }
         }
     }
     found
         .files
-        .extend(current.into_values().map(|(_, path)| path));
+        .extend(current.into_values().map(|(_, file)| file));
     found.files.sort();
-    Ok(found)
+    found
+}
+
+/// Lets DataFusion read the lake's files: an object store is registered under its URL.
+pub fn register_lake(context: &SessionContext, lake: &Lake) {
+    if let Some((url, store)) = lake.object_store() {
+        context.runtime_env().register_object_store(&url, store);
+    }
 }
 
 /// One billing month of the rollup lake, ready to be summed: the month's files (see
@@ -284,9 +272,9 @@ pub struct MonthRollups {
 }
 
 impl MonthRollups {
-    pub async fn open(lake: &Path, month: &BillingMonth) -> Result<Self> {
-        if !lake.join(ROLLUPS_DIR).is_dir() {
-            return Err(Error::NoLake(lake.to_owned()));
+    pub async fn open(lake: &Lake, month: &BillingMonth) -> Result<Self> {
+        if !lake.has_any(ROLLUPS_DIR)? {
+            return Err(Error::NoLake(lake.to_string()));
         }
         let files = month_files(lake, month)?;
         // Each file is read whole by one partition of the scan: `resource_usage` relies on
@@ -300,6 +288,7 @@ impl MonthRollups {
                 "1.0",
             );
         let context = SessionContext::new_with_config(config);
+        register_lake(&context, lake);
         context.register_udf(popcount_udf());
         let hours = usize::try_from(month.hours())
             .map_err(|_| internal(format!("month {} has no hours", month.label)))?;
@@ -308,10 +297,7 @@ impl MonthRollups {
             hours,
         ));
         if !files.is_empty() {
-            let paths: Vec<String> = files
-                .iter()
-                .map(|path| path.display().to_string())
-                .collect();
+            let paths: Vec<String> = files.iter().map(|file| lake.table_path(file)).collect();
             let schema = viewed(&rollup_arrow_schema());
             let options = ParquetReadOptions::default().schema(&schema);
             let rollups = context.read_parquet(paths, options).await?;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::Datelike;
 use rust_decimal::Decimal;
+use tally_lake::Lake;
 use tally_model::Hour;
 use tally_model::tariff::Tariff;
 
@@ -108,7 +109,7 @@ async fn find_with(request: &WatchRequest, ledger: Option<&Ledger>) -> Result<Fi
             if month.start >= request.until.to_datetime() {
                 break;
             }
-            let rollups = MonthRollups::open(&request.lake, &month).await?;
+            let rollups = MonthRollups::open(&Lake::from(&request.lake), &month).await?;
             let rows = rollups.label_hours(&account_ids).await?;
             let mut by_account: BTreeMap<&str, Vec<&LabelHour>> = BTreeMap::new();
             for row in &rows {

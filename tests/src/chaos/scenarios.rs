@@ -300,8 +300,18 @@ async fn aggregator_killed(
 /// Rollup files of an older generation than another file of their source partition.
 fn superseded_files(lake: &Path) -> anyhow::Result<usize> {
     let mut superseded = 0;
-    for hour_dir in std::fs::read_dir(lake.join(tally_aggregator::write::ROLLUPS_DIR))? {
-        superseded += tally_rating::usage::current_generation(&hour_dir?.path())?.superseded;
+    let lake = tally_rating::Lake::directory(lake);
+    for hour_dir in std::fs::read_dir(
+        lake.local_root()
+            .unwrap_or(Path::new(""))
+            .join(tally_aggregator::write::ROLLUPS_DIR),
+    )? {
+        let key = format!(
+            "{}/{}",
+            tally_aggregator::write::ROLLUPS_DIR,
+            hour_dir?.file_name().to_string_lossy()
+        );
+        superseded += tally_rating::usage::current_generation(lake.list(&key)?).superseded;
     }
     Ok(superseded)
 }
@@ -420,7 +430,8 @@ fn resume_offsets(lake: &Path) -> anyhow::Result<i64> {
     let source = tally_aggregator::ingest::source_name(SAMPLES_TOPIC);
     let mut sum = 0;
     for partition in 0..SAMPLE_PARTITIONS {
-        sum += tally_aggregator::manifest::Manifest::load(lake, &source, partition)?.next_offset();
+        sum += tally_aggregator::manifest::Manifest::load(&lake.into(), &source, partition)?
+            .next_offset();
     }
     Ok(sum)
 }
@@ -504,7 +515,8 @@ fn named_checkpoints(lake: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, Opt
     let source = tally_aggregator::ingest::source_name(SAMPLES_TOPIC);
     let mut files = Vec::new();
     for partition in 0..SAMPLE_PARTITIONS {
-        let manifest = tally_aggregator::manifest::Manifest::load(lake, &source, partition)?;
+        let manifest =
+            tally_aggregator::manifest::Manifest::load(&lake.into(), &source, partition)?;
         if let Some(checkpoint) = manifest.checkpoint {
             files.push((lake.join(checkpoint.file), checkpoint.crc32));
         }
@@ -667,7 +679,7 @@ async fn late_after_rating(
     ensure!(left > 0, "the abort left no superseded generation behind");
     pipeline.drain()?;
     pipeline.rate(&pipeline.lake, &month, &inputs, &out, false)?;
-    let issued = tally_rating::correction::read_issued(&out, &month)?
+    let issued = tally_rating::correction::read_issued(&out.clone().into(), &month)?
         .ok_or_else(|| anyhow::anyhow!("the month was not issued"))?;
     ensure!(
         issued.corrections == 1,

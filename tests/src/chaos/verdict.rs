@@ -267,10 +267,16 @@ fn compare_minutes(lake: &Path, truth: &Truth) -> anyhow::Result<(u64, u64, u64)
     let mut found: HashMap<(String, Hour), u64> = HashMap::new();
     let mut duplicated = 0u64;
     let rollups = lake.join(tally_aggregator::write::ROLLUPS_DIR);
+    let directory = tally_rating::Lake::directory(lake);
     for hour_dir in std::fs::read_dir(&rollups)? {
-        let current = tally_rating::usage::current_generation(&hour_dir?.path())?;
+        let key = format!(
+            "{}/{}",
+            tally_aggregator::write::ROLLUPS_DIR,
+            hour_dir?.file_name().to_string_lossy()
+        );
+        let current = tally_rating::usage::current_generation(directory.list(&key)?);
         for file in current.files {
-            for row in tally_aggregator::write::read_rows(&file)? {
+            for row in tally_aggregator::write::read_rows(&lake.join(file))? {
                 let seen = found
                     .entry((row.key.resource_id.clone(), row.key.hour))
                     .or_default();

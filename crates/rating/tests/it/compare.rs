@@ -95,11 +95,11 @@ async fn a_price_change_shows_per_account_and_line_and_writes_nothing() {
     )
     .expect("override");
     let request = RateRequest {
-        lake: root.path().to_owned(),
+        lake: root.path().into(),
         month: "2026-10".to_owned(),
         tariffs,
         contracts,
-        out: root.path().to_owned(),
+        out: root.path().into(),
         issue: false,
         explain: None,
     };

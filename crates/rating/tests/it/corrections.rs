@@ -54,11 +54,11 @@ impl Setup {
 
     fn request(&self, lake: &Path, issue: bool, explain: Option<&str>) -> RateRequest {
         RateRequest {
-            lake: lake.to_owned(),
+            lake: lake.into(),
             month: "2026-10".to_owned(),
             tariffs: self.tariffs.clone(),
             contracts: self.contracts.clone(),
-            out: self.out(),
+            out: self.out().into(),
             issue,
             explain: explain.map(str::to_owned),
         }
@@ -78,7 +78,7 @@ async fn h8_late_usage_after_issue_becomes_correction_lines() {
         .expect("rate");
     assert!(issued.issued);
     assert_eq!(issued.invoices[0].total, dec("0.60"));
-    let invoice_path = issued.invoices_dir.join("h.json");
+    let invoice_path = Path::new(&issued.invoices_dir).join("h.json");
     let invoice_bytes = std::fs::read(&invoice_path).expect("invoice");
     let line_items_bytes = std::fs::read(&issued.line_items_file).expect("line items");
 
@@ -95,9 +95,9 @@ async fn h8_late_usage_after_issue_becomes_correction_lines() {
             .line_items_file
             .ends_with("month=2026-10/corrections-001.parquet"),
         "{}",
-        corrected.line_items_file.display()
+        corrected.line_items_file
     );
-    let correction = json(&corrected.invoices_dir.join("h.json"));
+    let correction = json(&Path::new(&corrected.invoices_dir).join("h.json"));
     let line = &correction["lines"][0];
     assert_eq!(dec(line["amount"].as_str().expect("amount")), dec("0.3"));
     assert_eq!(line["quantity"], "50");
@@ -128,7 +128,7 @@ async fn h8_late_usage_after_issue_becomes_correction_lines() {
     // directory holds no rollups of its own).
     std::fs::create_dir_all(setup.out().join("rollups")).expect("mkdir");
     let batches = tally_rating::sql(
-        &setup.out(),
+        &setup.out().into(),
         r#"SELECT CAST(sum("BilledCost") AS VARCHAR) AS total, count(*) AS lines FROM line_items WHERE month = '2026-10'"#,
     )
     .await
@@ -155,9 +155,11 @@ async fn before_issue_a_rerun_replaces_the_invoice() {
         .expect("rate");
     assert_eq!(report.correction_round, None);
     assert_eq!(report.invoices[0].total, dec("0.90"));
-    let total: Decimal = dec(json(&report.invoices_dir.join("h.json"))["total"]
-        .as_str()
-        .expect("total"));
+    let total: Decimal = dec(
+        json(&Path::new(&report.invoices_dir).join("h.json"))["total"]
+            .as_str()
+            .expect("total"),
+    );
     assert_eq!(total, dec("0.90"));
 }
 

@@ -333,7 +333,9 @@ impl Rated {
             .written
             .iter()
             .map(|path| {
-                let relative = path.strip_prefix(self.root.path()).expect("under root");
+                let relative = Path::new(path)
+                    .strip_prefix(self.root.path())
+                    .expect("under root");
                 (
                     relative.to_owned(),
                     std::fs::read(path).expect("written file"),
@@ -390,20 +392,18 @@ pub async fn rate_with_contracts(
     let contracts_path = root.path().join("contracts.json");
     std::fs::write(&contracts_path, contracts.to_string()).expect("contracts");
     let report = rate(&RateRequest {
-        lake: root.path().to_owned(),
+        lake: root.path().into(),
         month: month.to_owned(),
         tariffs,
         contracts: contracts_path,
-        out: root.path().to_owned(),
+        out: root.path().into(),
         issue: false,
         explain: None,
     })
     .await?;
     let mut invoices = BTreeMap::new();
     for summary in &report.invoices {
-        let path = report
-            .invoices_dir
-            .join(format!("{}.json", summary.account_id));
+        let path = Path::new(&report.invoices_dir).join(format!("{}.json", summary.account_id));
         let text = std::fs::read_to_string(&path).expect("invoice");
         invoices.insert(
             summary.account_id.clone(),

@@ -122,11 +122,11 @@ async fn an_invoice_no_longer_produced_is_removed() {
     .expect("contracts");
     let out = root.path().join("out");
     let run = |lake: &Path| RateRequest {
-        lake: lake.to_owned(),
+        lake: lake.into(),
         month: "2026-10".to_owned(),
         tariffs: tariffs.clone(),
         contracts: contracts.clone(),
-        out: out.clone(),
+        out: out.clone().into(),
         issue: false,
         explain: None,
     };
@@ -203,7 +203,7 @@ async fn an_empty_lake_rates_to_nothing() {
     .expect("an empty lake is no usage, not an error");
     assert!(rated.invoices.is_empty());
     assert_eq!(rated.report.line_items, 0);
-    assert!(rated.report.line_items_file.is_file());
+    assert!(Path::new(&rated.report.line_items_file).is_file());
 }
 
 #[tokio::test]
@@ -222,15 +222,16 @@ async fn sql_sees_rollups_and_rated_line_items() {
         assert_eq!(column.len(), 1);
         column.value(0)
     };
+    let lake: tally_rating::Lake = rated.root.path().into();
     let minutes = sql(
-        rated.root.path(),
+        &lake,
         "SELECT CAST(sum(popcount(running_mask) + popcount(active_mask)) AS BIGINT) FROM rollups",
     )
     .await
     .expect("sql");
     assert_eq!(single(&minutes), 500 + 300 + 61);
     let lines = sql(
-        rated.root.path(),
+        &lake,
         "SELECT count(*) FROM line_items WHERE month = '2026-10'",
     )
     .await
@@ -243,7 +244,7 @@ async fn sql_sees_rollups_and_rated_line_items() {
     );
     // Account h: one cx22 for 500 minutes = 9 h × 0.006 = 0.054.
     let billed = sql(
-        rated.root.path(),
+        &lake,
         "SELECT CAST(sum(\"BilledCost\") * 1000 AS BIGINT) FROM line_items WHERE \"BillingAccountId\" = 'h'",
     )
     .await

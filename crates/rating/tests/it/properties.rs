@@ -108,7 +108,9 @@ fn usage_blocking(lake: &Lake, layout: Layout) -> Plans {
         .expect("runtime");
     runtime.block_on(async {
         let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
-        let rollups = MonthRollups::open(root.path(), &month).await.expect("open");
+        let rollups = MonthRollups::open(&root.path().into(), &month)
+            .await
+            .expect("open");
         (
             rollups.folded_usage().await,
             rollups.grouped_usage().await.expect("exact plan"),

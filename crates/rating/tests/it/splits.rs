@@ -179,7 +179,9 @@ async fn a_resource_hour_the_fold_sees_twice_is_summed_by_the_exact_plan() {
     writer.close().expect("close");
 
     let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
-    let rollups = MonthRollups::open(root.path(), &month).await.expect("open");
+    let rollups = MonthRollups::open(&root.path().into(), &month)
+        .await
+        .expect("open");
     match rollups.folded_usage().await {
         Err(tally_rating::Error::DataFusion(error)) => assert!(is_split_hour(&error), "{error}"),
         other => panic!("the fold should report the split hour, not {other:?}"),
@@ -220,7 +222,9 @@ async fn a_resize_within_an_hour_is_a_started_hour_of_each_plan() {
     let root = tempfile::tempdir().expect("tempdir");
     lake.write(root.path(), Layout::ONE_FILE);
     let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
-    let rollups = MonthRollups::open(root.path(), &month).await.expect("open");
+    let rollups = MonthRollups::open(&root.path().into(), &month)
+        .await
+        .expect("open");
     let folded = rollups.folded_usage().await.expect("no split hour");
     assert_eq!(folded, rollups.grouped_usage().await.expect("exact"));
     let hours: Vec<(&str, i64)> = folded
