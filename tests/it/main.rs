@@ -7,6 +7,7 @@ mod broker_pipeline;
 mod collector;
 mod demo;
 mod fuzz_corpus;
+mod object_store;
 mod sasl;
 mod signed;
 mod sql;

@@ -637,14 +637,21 @@ impl Store {
 fn block_on<T: Send + 'static>(
     future: impl Future<Output = Result<T, object_store::Error>> + Send + 'static,
 ) -> Result<T, object_store::Error> {
-    wait_for(future).unwrap_or_else(|source| Err(object_store::Error::JoinError { source }))
+    wait_for(future).unwrap_or_else(|panicked| {
+        Err(object_store::Error::Generic {
+            store: "lake",
+            source: panicked.into(),
+        })
+    })
 }
 
-/// Runs `future` on this crate's runtime and waits for it; an error if it panicked. The
+/// Runs `future` on this crate's runtime and waits for it on this thread; an error if it
+/// panicked. The answer comes back through a channel, not a `JoinHandle`: polling one from
+/// inside another runtime's task spins once that task's cooperative budget is spent. The
 /// runtime is the process's for good: a runtime may not be dropped inside another's task.
 fn wait_for<T: Send + 'static>(
     future: impl Future<Output = T> + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
+) -> Result<T, &'static str> {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     let runtime = RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -654,7 +661,12 @@ fn wait_for<T: Send + 'static>(
             .build()
             .unwrap_or_else(|error| panic!("cannot start the lake's I/O runtime: {error}"))
     });
-    futures::executor::block_on(runtime.spawn(future))
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        // The receiver waits until this is sent; it is gone only if it panicked itself.
+        let _ = answer.send(future.await);
+    });
+    answered.recv().map_err(|_| "the lake's request panicked")
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -789,6 +801,18 @@ mod tests {
         );
         let (bytes, version) = lake.get_versioned("m.json").expect("get").expect("there");
         assert_eq!((bytes.as_slice(), &version), (&b"2"[..], &second));
+    }
+
+    /// Rating calls the lake from inside its runtime's tasks: more requests than a task's
+    /// cooperative budget allows must still be answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_from_inside_another_runtime_are_answered() {
+        let directory = tempfile::tempdir().expect("dir");
+        let [_, lake] = lakes(directory.path());
+        for round in 0..300 {
+            lake.put("a", vec![round as u8]).expect("put");
+            assert!(lake.exists("a").expect("exists"));
+        }
     }
 
     #[test]
