@@ -124,6 +124,10 @@ pub struct RunFigures {
     pub rate_cpu: f64,
     pub rate_peak_rss: u64,
     pub rate_rss_before: u64,
+    /// `/proc/loadavg`'s one-minute load before the run and after it: other work on the
+    /// machine shows in the wall times (less in the CPU times).
+    pub load_before: String,
+    pub load_after: String,
 }
 
 /// What a scale run measured.
@@ -198,6 +202,7 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
     let mut outs = Vec::new();
     for run in 0..options.runs {
         remove_day(&data, day_first)?;
+        let load_before = load_average()?;
         let aggregate_rss_before = memory_status("VmRSS")?;
         figures.peak_rss_per_stage &= reset_peak_rss();
         let day = aggregate_day(&data, &fleet, &spec, day_first, options.partitions)?;
@@ -260,6 +265,8 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
             rate_cpu,
             rate_peak_rss,
             rate_rss_before,
+            load_before,
+            load_after: load_average()?,
         });
         figures.runs[run].print_one(run, &figures);
     }
@@ -787,6 +794,28 @@ fn thread_cpu_seconds() -> anyhow::Result<f64> {
     Ok(nanoseconds as f64 / 1e9)
 }
 
+/// The one-minute load average, from `/proc/loadavg`.
+fn load_average() -> anyhow::Result<String> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").context("read /proc/loadavg")?;
+    Ok(loadavg
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// The CPU's model and the cores this process may use.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{model}, {cores} cores")
+}
+
 /// Resets the process's peak resident memory (VmHWM), so that each stage reports its own;
 /// false where the kernel refuses (then the peak is the process's so far).
 fn reset_peak_rss() -> bool {
@@ -815,7 +844,7 @@ const RATING_HEADROOM: f64 = 2.0;
 impl RunFigures {
     fn print_one(&self, run: usize, figures: &Figures) {
         println!(
-            "run {}: samples made in {:.1} s; aggregated in {:.2} s ({:.2} s of CPU, sealing {:.2}), checkpoints {:.2} s; rated in {:.2} s ({:.2} s of CPU); peak RSS {:.0} / {:.0} MiB",
+            "run {}: samples made in {:.1} s; aggregated in {:.2} s ({:.2} s of CPU, sealing {:.2}), checkpoints {:.2} s; rated in {:.2} s ({:.2} s of CPU); peak RSS {:.0} / {:.0} MiB, {:.0} / {:.0} MiB above the stage's start; load {} before, {} after",
             run + 1,
             self.generate_seconds,
             self.aggregate_seconds,
@@ -826,6 +855,12 @@ impl RunFigures {
             self.rate_cpu,
             mib(self.aggregate_peak_rss),
             mib(self.rate_peak_rss),
+            mib(self
+                .aggregate_peak_rss
+                .saturating_sub(self.aggregate_rss_before)),
+            mib(self.rate_peak_rss.saturating_sub(self.rate_rss_before)),
+            self.load_before,
+            self.load_after,
         );
         if run == 0 {
             println!(
@@ -871,6 +906,7 @@ impl Figures {
         };
 
         println!();
+        println!("machine: {}", machine());
         println!(
             "scale run: {} resources ({} VMs), month {MONTH} ({} h, Europe/Berlin), {runs} runs, medians:",
             self.resources, self.vms, self.month_hours
