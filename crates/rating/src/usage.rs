@@ -191,13 +191,19 @@ const MONTH_TABLE: &str = "month_rollups";
 /// The rollup files of `month` (as keys of the lake): of each hour directory, the
 /// [`current_generation`].
 pub fn month_files(lake: &Lake, month: &BillingMonth) -> Result<Vec<String>> {
-    let mut files = Vec::new();
-    let mut superseded = 0;
+    let mut directories = Vec::new();
     let mut hour = month.first_hour();
     while hour < month.end_hour() {
-        let directory = format!("{ROLLUPS_DIR}/{PARTITION_KEY}={}", hour.partition_value());
+        directories.push(format!(
+            "{ROLLUPS_DIR}/{PARTITION_KEY}={}",
+            hour.partition_value()
+        ));
         hour = hour.next();
-        let current = current_generation(lake.list(&directory)?);
+    }
+    let mut files = Vec::new();
+    let mut superseded = 0;
+    for listed in lake.list_each(&directories)? {
+        let current = current_generation(listed);
         files.extend(current.files);
         superseded += current.superseded;
     }
