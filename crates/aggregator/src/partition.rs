@@ -19,6 +19,11 @@ use crate::manifest::{Checkpoint, Manifest, OpenHourState, SealedHour};
 use crate::rollup::OpenHour;
 use crate::write::{Written, read_lake_rows, write_rows};
 
+/// How often opening a partition on an object store reads its manifest again when a
+/// previous owner wrote it in between. That owner writes the manifest once per seal or
+/// checkpoint, so the next attempt all but always succeeds.
+const CLAIM_ATTEMPTS: u32 = 10;
+
 pub struct PartitionState {
     /// The partition's lock on a directory lake, held while this state exists (see
     /// [`claim`]); on an object store, [`Self::manifest_version`] fences instead.
@@ -58,9 +63,25 @@ impl PartitionState {
             Manifest::load_versioned(&lake, source, partition)?;
         if claim.is_none() {
             // Count this owner in before anything is written or removed: from now on the
-            // previous owner's writes of the manifest are refused.
-            manifest.owners += 1;
-            manifest_version = Some(manifest.store(&lake, manifest_version.as_ref())?);
+            // previous owner's writes of the manifest are refused. A previous owner still
+            // writing can change the manifest between this read and this write: then the
+            // manifest is read again, and counted into again.
+            let mut attempts = 0;
+            loop {
+                manifest.owners += 1;
+                match manifest.store(&lake, manifest_version.as_ref()) {
+                    Ok(version) => {
+                        manifest_version = Some(version);
+                        break;
+                    }
+                    Err(Error::TakenOver { .. }) if attempts < CLAIM_ATTEMPTS => {
+                        attempts += 1;
+                        (manifest, manifest_version) =
+                            Manifest::load_versioned(&lake, source, partition)?;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
         }
         manifest.remove_unrecorded_files(&lake)?;
         manifest.remove_stale_checkpoints(&lake)?;
