@@ -927,8 +927,8 @@ impl Figures {
             self.day_payload_bytes as f64 / samples
         );
         println!(
-            "  aggregation, {} partitions on {} threads (decode, validate, dedup, roll up, seal to Parquet):",
-            self.partitions, self.partitions
+            "  aggregation, {} source partition(s), a thread each (decode, validate, dedup, roll up, seal to Parquet):",
+            self.partitions
         );
         println!(
             "    wall   {aggregate_seconds:8.2} s   {:>10.0} samples/s   {:7.1} MB/s",
@@ -1001,8 +1001,8 @@ impl Figures {
             gib(aggregate_memory)
         );
         println!(
-            "  rating the month: {month_rows_projected:.0} rollup rows, {rate_cpu_projected:.0} s of CPU ({:.1} h on {RATING_THREADS} threads like this run); in a {:.0} h window with {RATING_HEADROOM:.0} x headroom: {rate_cores:.1} cores; growth of RSS scaled {:.1} GiB (spread over the machines that share the accounts)",
-            rate_seconds * scale / 3600.0,
+            "  rating the month: {month_rows_projected:.0} rollup rows, {rate_cpu_projected:.0} s of CPU ({:.1} minutes on {RATING_THREADS} threads like this run); in a {:.0} h window with {RATING_HEADROOM:.0} x headroom: {rate_cores:.1} cores; growth of RSS scaled {:.1} GiB (spread over the machines that share the accounts)",
+            rate_seconds * scale / 60.0,
             RATING_WINDOW_SECONDS / 3600.0,
             gib(rate_growth * scale)
         );
