@@ -43,12 +43,7 @@ fn args() -> anyhow::Result<Options> {
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    tally_benches::log_if_asked();
     run(&args()?)?.print();
     Ok(())
 }

@@ -14,6 +14,17 @@ pub mod rating;
 pub mod rollup_month;
 pub mod scale;
 
+/// Logs to stderr when `RUST_LOG` asks for it (`RUST_LOG=info` shows the rating job's
+/// stage timings), and stays quiet otherwise: the benches' output is their figures.
+pub fn log_if_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
 /// This package's directory (where `scripts/` is): cargo's at run time, so a target
 /// directory shared by checkouts in different places finds the running checkout's files;
 /// the one it was built in when run without cargo.

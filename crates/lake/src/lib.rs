@@ -290,10 +290,7 @@ impl Lake {
     pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         match &self.backend {
             Backend::Directory(root) => {
-                let path = root.join(key);
-                let directory = self.parent_of(&path, key)?;
-                let temp = self.write_temp(&path, key, &bytes)?;
-                self.step(WriteStep::Durable, key);
+                let (path, directory, temp) = self.stage(root, key, &bytes)?;
                 fs::rename(&temp, &path).map_err(|e| self.error("rename into place", key, e))?;
                 self.step(WriteStep::InPlace, key);
                 sync_directory(&directory).map_err(|e| self.error("fsync the directory of", key, e))
@@ -354,10 +351,7 @@ impl Lake {
     pub fn create(&self, key: &str, bytes: Vec<u8>) -> Result<Outcome> {
         match &self.backend {
             Backend::Directory(root) => {
-                let path = root.join(key);
-                let directory = self.parent_of(&path, key)?;
-                let temp = self.write_temp(&path, key, &bytes)?;
-                self.step(WriteStep::Durable, key);
+                let (path, directory, temp) = self.stage(root, key, &bytes)?;
                 // A hard link fails if the name is taken, where a rename would replace it.
                 let linked = fs::hard_link(&temp, &path);
                 let _ = fs::remove_file(&temp);
@@ -571,6 +565,16 @@ impl Lake {
         fs::create_dir_all(&directory)
             .map_err(|error| self.error("create the directory of", key, error))?;
         Ok(directory)
+    }
+
+    /// Writes `bytes` durably under the temporary name of `key` in a directory lake:
+    /// returns the file's path, its directory and the temporary path.
+    fn stage(&self, root: &Path, key: &str, bytes: &[u8]) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let path = root.join(key);
+        let directory = self.parent_of(&path, key)?;
+        let temp = self.write_temp(&path, key, bytes)?;
+        self.step(WriteStep::Durable, key);
+        Ok((path, directory, temp))
     }
 
     /// Writes and fsyncs `bytes` under the temporary name of `path`, and returns that name.
