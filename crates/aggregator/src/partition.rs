@@ -17,7 +17,7 @@ use crate::failpoint;
 use crate::manifest::{self, QUARANTINE_DIR};
 use crate::manifest::{Checkpoint, Manifest, OpenHourState, SealedHour};
 use crate::rollup::OpenHour;
-use crate::write::{Written, read_lake_rows, write_rows};
+use crate::write::{Written, decode_rows, read_lake_rows, write_rows};
 
 /// How often opening a partition on an object store reads its manifest again when a
 /// previous owner wrote it in between. That owner writes the manifest once per seal or
@@ -414,7 +414,7 @@ fn checkpoint_rows(
             ));
         }
     }
-    read_lake_rows(lake, &file).map_err(|error| error.to_string())
+    decode_rows(bytes.into(), &lake.location(&file)).map_err(|error| error.to_string())
 }
 
 /// Takes the partition's lock file (`_state/<source>/p<N>.lock`), waiting while another

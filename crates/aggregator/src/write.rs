@@ -123,7 +123,8 @@ pub fn read_rows(path: &Path) -> Result<Vec<RollupRow>> {
     decode_rows(bytes::Bytes::from(bytes), &path.display().to_string())
 }
 
-fn decode_rows(bytes: bytes::Bytes, location: &str) -> Result<Vec<RollupRow>> {
+/// The rows of a rollup file's bytes; `location` names it in errors.
+pub fn decode_rows(bytes: bytes::Bytes, location: &str) -> Result<Vec<RollupRow>> {
     let parquet_error = |source| Error::Parquet {
         location: location.to_owned(),
         source,

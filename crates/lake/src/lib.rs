@@ -414,27 +414,16 @@ impl Lake {
     /// Every file below `prefix` (a directory's key, with or without the trailing `/`),
     /// as keys, sorted. A missing directory has none.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let prefix = prefix.trim_end_matches('/');
-        let mut keys = match &self.backend {
-            Backend::Directory(root) => {
-                let mut keys = Vec::new();
-                list_directory(&root.join(prefix), prefix, &mut keys)
-                    .map_err(|error| self.error("list", prefix, error))?;
-                keys
-            }
-            Backend::Store(store) => {
-                let listed = Arc::clone(store);
-                let path = store.path(prefix);
-                let metas = block_on(async move {
-                    listed.store.list(Some(&path)).try_collect::<Vec<_>>().await
-                })
-                .map_err(|error| self.error("list", prefix, error))?;
-                metas
-                    .into_iter()
-                    .filter_map(|meta| store.key_of(&meta.location))
-                    .collect()
-            }
+        let Backend::Directory(root) = &self.backend else {
+            return Ok(self
+                .list_each(&[prefix.to_owned()])?
+                .pop()
+                .unwrap_or_default());
         };
+        let prefix = prefix.trim_end_matches('/');
+        let mut keys = Vec::new();
+        list_directory(&root.join(prefix), prefix, &mut keys)
+            .map_err(|error| self.error("list", prefix, error))?;
         keys.sort();
         Ok(keys)
     }
