@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use chrono::TimeDelta;
 use serde::{Deserialize, Serialize};
 use tally_model::{Minute, Sample, ValidationLimits};
 use tokio::sync::watch;
@@ -103,7 +104,7 @@ pub async fn run_with_source(
     }
     let clock = match config.fast_clock {
         Some(fast) => AgentClock::fast(fast.from, fast.speed),
-        None => AgentClock::wall(),
+        None => AgentClock::skewed(TimeDelta::seconds(config.clock_offset_seconds)),
     };
     if let Some(listen) = config.metrics_listen {
         let (metrics, host) = (Arc::clone(&metrics), config.host.clone());

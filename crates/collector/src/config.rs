@@ -57,6 +57,11 @@ pub enum SourceConfig {
         /// minute's state).
         #[serde(default = "default_speed")]
         speed: u32,
+        /// The agent's clock reads this many seconds off the machine's (negative: behind),
+        /// as on a host whose clock is wrong: for tests of how the aggregator judges
+        /// late and early samples. Only at `speed = 1`.
+        #[serde(default)]
+        clock_offset_seconds: i64,
     },
     /// NDJSON samples appended to a file by another process; `-` is stdin.
     File { path: PathBuf },
@@ -166,6 +171,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// The simulator's fast clock: agent time runs `speed` times faster from `from` on.
     pub fast_clock: Option<FastClock>,
+    /// The simulator's skewed clock: agent time is the machine's plus this many seconds.
+    pub clock_offset_seconds: i64,
 }
 
 /// Agent time = `from` + (real time − `from`) × `speed`.
@@ -213,12 +220,14 @@ impl AgentConfig {
             return Err(invalid("`host` is empty".into()));
         }
         let mut fast_clock = None;
+        let mut clock_offset_seconds = 0;
         match &file.source {
             SourceConfig::Simulator {
                 resources,
                 from,
                 to,
                 speed,
+                clock_offset_seconds: offset,
                 ..
             } => {
                 if *resources == 0 {
@@ -232,6 +241,14 @@ impl AgentConfig {
                 if *speed == 0 {
                     return Err(invalid("source.speed must be at least 1".into()));
                 }
+                if *speed > 1 && *offset != 0 {
+                    return Err(invalid(
+                        "source.clock_offset_seconds skews a clock that runs at speed 1: \
+                         drop source.speed or the offset"
+                            .into(),
+                    ));
+                }
+                clock_offset_seconds = *offset;
                 if *speed > 1 {
                     fast_clock = Some(FastClock {
                         from: from.to_datetime(),
@@ -309,6 +326,7 @@ impl AgentConfig {
             ship,
             metrics_listen,
             fast_clock,
+            clock_offset_seconds,
         })
     }
 }
@@ -451,5 +469,23 @@ mod tests {
             .expect_err("speed is the simulator's")
             .to_string();
         assert!(message.contains("speed"), "{message}");
+    }
+
+    #[test]
+    fn a_simulated_host_may_run_a_skewed_clock_but_not_a_fast_one_too() {
+        let text = SIMULATOR.replace(
+            "resources = 1000",
+            "resources = 10\n        clock_offset_seconds = -600",
+        );
+        let config = AgentConfig::parse(&text, "collect.toml").expect("valid");
+        assert_eq!(
+            (config.clock_offset_seconds, config.fast_clock),
+            (-600, None)
+        );
+        let both = text.replace("resources = 10", "resources = 10\n        speed = 60");
+        let message = AgentConfig::parse(&both, "collect.toml")
+            .expect_err("a skewed clock at speed 60")
+            .to_string();
+        assert!(message.contains("clock_offset_seconds"), "{message}");
     }
 }

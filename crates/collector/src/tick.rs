@@ -113,11 +113,13 @@ impl Ticker {
 
 /// The agent's sense of time: the machine's clocks, or (for the simulator only) a fast
 /// clock on which minutes pass `speed` times quicker, for demos and tests of hours of
-/// sampling in seconds.
+/// sampling in seconds, or the machine's clock set off by `offset`, as on a host whose
+/// clock is wrong.
 #[derive(Clone, Debug)]
 pub enum AgentClock {
     Wall {
         started: Instant,
+        offset: TimeDelta,
     },
     /// Agent time = `from` + (real time − `from`) × `speed`: the same at every restart,
     /// so a restarted agent carries on where the killed one was.
@@ -130,8 +132,14 @@ pub enum AgentClock {
 
 impl AgentClock {
     pub fn wall() -> Self {
+        Self::skewed(TimeDelta::zero())
+    }
+
+    /// The machine's clock, reading `offset` off it.
+    pub fn skewed(offset: TimeDelta) -> Self {
         AgentClock::Wall {
             started: Instant::now(),
+            offset,
         }
     }
 
@@ -145,7 +153,7 @@ impl AgentClock {
 
     pub fn now(&self) -> DateTime<Utc> {
         match self {
-            AgentClock::Wall { .. } => Utc::now(),
+            AgentClock::Wall { offset, .. } => Utc::now() + *offset,
             AgentClock::Fast { from, speed, .. } => {
                 *from + (Utc::now() - *from) * i32::try_from(*speed).unwrap_or(i32::MAX)
             }
@@ -155,7 +163,7 @@ impl AgentClock {
     /// The monotonic clock, on the same scale as [`Self::now`].
     pub fn monotonic(&self) -> Duration {
         match self {
-            AgentClock::Wall { started } => started.elapsed(),
+            AgentClock::Wall { started, .. } => started.elapsed(),
             AgentClock::Fast { started, speed, .. } => started.elapsed() * *speed,
         }
     }

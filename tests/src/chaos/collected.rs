@@ -231,7 +231,7 @@ pub async fn broker_unreachable(
 }
 
 /// 10: time. Besides agents on the machine's clock, agent `hv-behind` runs with its clock
-/// 10 minutes slow (libfaketime, see below), and the runner sends samples restamped off
+/// 10 minutes slow (the simulator's `clock_offset_seconds`, see below), and the runner sends samples restamped off
 /// the machine's clock: 100 four minutes ahead (within the aggregator's 5-minute allowance
 /// for skew), 100 thirty minutes ahead, 100 a day ahead, and 100 from 63 days back (past
 /// the 62-day retention). The slow agent's samples are late but within the window, and
@@ -241,12 +241,9 @@ pub async fn broker_unreachable(
 /// read, and the final drain reads again from the oldest open hour's first message, some
 /// ten minutes later; by then a sample ten minutes ahead is due and would be taken.)
 ///
-/// Only the slow clock is run under libfaketime: librdkafka's timed waits compute their
-/// deadline on the faked clock and wait on the real one (glibc's C11 `cnd_timedwait` is
-/// not intercepted), so an agent 10 minutes fast stalls every wait by 10 minutes and one
-/// 10 minutes slow never waits — a tool's artefact, as a real host's clocks agree. The slow
-/// agent therefore spins its producer threads; it runs at `nice 19` so it takes only the
-/// CPU the others leave. The fast clock's samples are the runner's restamped ones.
+/// The agent's sampling runs on the skewed clock; its Kafka client keeps the machine's.
+/// (libfaketime, which skews the whole process, broke librdkafka's timed waits: see
+/// RELIABILITY.md.) The fast clock's samples are the runner's restamped ones.
 pub async fn skewed_clocks(
     pipeline: &Pipeline,
     size: Size,

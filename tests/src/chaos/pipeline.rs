@@ -99,22 +99,11 @@ impl Pipeline {
 
     /// `tally ARGS`, its output appended to `<role>.log`.
     fn tally(&self, role: &str) -> anyhow::Result<Command> {
-        self.tally_niced(role, false)
-    }
-
-    /// `tally ARGS` as [`Self::tally`], at the lowest CPU priority with `niced`.
-    fn tally_niced(&self, role: &str, niced: bool) -> anyhow::Result<Command> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{role}.log")))?;
-        let mut command = if niced {
-            let mut nice = Command::new("nice");
-            nice.args(["-n", "19"]).arg(&self.tally);
-            nice
-        } else {
-            Command::new(&self.tally)
-        };
+        let mut command = Command::new(&self.tally);
         command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -252,18 +241,19 @@ pub struct Collector {
     seed: u64,
     from: Minute,
     to: Minute,
+    brokers: String,
+    /// `"key" = "value"` lines of its configuration's `[kafka.librdkafka]`.
+    librdkafka_settings: String,
     config: PathBuf,
     spool: PathBuf,
-    /// Its clock is this far off the machine's (libfaketime), in seconds.
+    /// Its clock is this far off the machine's, in seconds (the simulator's
+    /// `clock_offset_seconds`).
     clock_offset_seconds: i64,
     process: Option<Process>,
     /// The minute of its first sampling: the one before the minute it first started in.
     pub first: Option<Minute>,
     pub starts: usize,
 }
-
-/// Where Debian's libfaketime (`apt-get install libfaketime`, `tests/install`) lives.
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 impl Collector {
     /// A collector of `host` for a fleet of `resources` over `[from, to)`; `librdkafka`
@@ -277,10 +267,30 @@ impl Collector {
     ) -> anyhow::Result<Self> {
         let dir = Self::dir(pipeline, host);
         std::fs::create_dir_all(&dir)?;
-        let spool = dir.join("spool");
-        let config = dir.join("collect.toml");
-        let seed = pipeline.spec.seed;
-        let mut text = format!(
+        let mut librdkafka_settings = String::new();
+        for (key, value) in librdkafka {
+            librdkafka_settings.push_str(&format!("\"{key}\" = \"{value}\"\n"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            resources,
+            seed: pipeline.spec.seed,
+            from,
+            to,
+            brokers: pipeline.clients.clone(),
+            librdkafka_settings,
+            config: dir.join("collect.toml"),
+            spool: dir.join("spool"),
+            clock_offset_seconds: 0,
+            process: None,
+            first: None,
+            starts: 0,
+        })
+    }
+
+    /// Its agent's configuration, written before each start.
+    fn write_config(&self) -> anyhow::Result<()> {
+        let text = format!(
             r#"host = "{host}"
 [source]
 kind = "simulator"
@@ -288,6 +298,7 @@ resources = {resources}
 seed = {seed}
 from = "{from}"
 to = "{to}"
+clock_offset_seconds = {offset}
 [traffic]
 networks = {{ public = "external", private = "internal" }}
 [spool]
@@ -297,27 +308,19 @@ brokers = "{brokers}"
 topic = "{SAMPLES_TOPIC}"
 [kafka.librdkafka]
 "reconnect.backoff.max.ms" = "1000"
-"#,
-            spool = spool.display(),
-            brokers = pipeline.clients,
+{librdkafka}"#,
+            host = self.host,
+            resources = self.resources,
+            seed = self.seed,
+            from = self.from,
+            to = self.to,
+            offset = self.clock_offset_seconds,
+            spool = self.spool.display(),
+            brokers = self.brokers,
+            librdkafka = self.librdkafka_settings,
         );
-        for (key, value) in librdkafka {
-            text.push_str(&format!("\"{key}\" = \"{value}\"\n"));
-        }
-        std::fs::write(&config, text)?;
-        Ok(Self {
-            host: host.to_owned(),
-            resources,
-            seed,
-            from,
-            to,
-            config,
-            spool,
-            clock_offset_seconds: 0,
-            process: None,
-            first: None,
-            starts: 0,
-        })
+        std::fs::write(&self.config, text)?;
+        Ok(())
     }
 
     /// Where the collector of `host` keeps its configuration and spool.
@@ -325,7 +328,7 @@ topic = "{SAMPLES_TOPIC}"
         pipeline.dir.join(format!("collector-{host}"))
     }
 
-    /// Runs its agent with a clock `seconds` off the machine's (libfaketime).
+    /// Runs its agent with a clock `seconds` off the machine's.
     pub fn with_clock_offset(mut self, seconds: i64) -> Self {
         self.clock_offset_seconds = seconds;
         self
@@ -334,27 +337,13 @@ topic = "{SAMPLES_TOPIC}"
     /// Starts its agent (again), which samples from where its spool says it left off.
     pub fn start(&mut self, pipeline: &Pipeline) -> anyhow::Result<()> {
         ensure!(self.process.is_none(), "collector {} is running", self.host);
-        // Under libfaketime librdkafka's timed waits return at once (see scenario 10):
-        // that agent spins, on the CPU the others leave.
-        let skewed = self.clock_offset_seconds != 0;
-        let mut command = pipeline.tally_niced(&format!("collect-{}", self.host), skewed)?;
+        self.write_config()?;
+        let mut command = pipeline.tally(&format!("collect-{}", self.host))?;
         command
             .arg("collect")
             .arg("--config")
             .arg(&self.config)
             .args(["--flush-seconds", "60"]);
-        if skewed {
-            ensure!(
-                Path::new(LIBFAKETIME).is_file(),
-                "{LIBFAKETIME} is missing (Debian: apt-get install libfaketime; tests/install does)"
-            );
-            command
-                .env("LD_PRELOAD", LIBFAKETIME)
-                .env("FAKETIME", format!("{:+}", self.clock_offset_seconds))
-                // Timers and librdkafka keep the machine's monotonic clock.
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-                .env("FAKETIME_NO_CACHE", "1");
-        }
         let started = chrono::Utc::now() + chrono::TimeDelta::seconds(self.clock_offset_seconds);
         self.process = Some(Process(command.spawn()?));
         self.starts += 1;
