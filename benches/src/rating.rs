@@ -347,6 +347,7 @@ async fn tally_runs(
             out: out.path().into(),
             issue: false,
             explain: None,
+            engine: tally_rating::Engine::InProcess,
         })
         .await?;
         seconds.push(started.elapsed().as_secs_f64());

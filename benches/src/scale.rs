@@ -775,6 +775,7 @@ async fn rate_month(data: &Path, out: &Path) -> anyhow::Result<tally_rating::Rat
         out: out.into(),
         issue: false,
         explain: None,
+        engine: tally_rating::Engine::InProcess,
     })
     .await?)
 }

@@ -3,6 +3,7 @@
 mod aggregator_bad_input;
 mod aggregator_crash;
 mod aggregator_groups;
+mod ballista;
 mod broker_pipeline;
 mod collector;
 mod demo;

@@ -121,6 +121,7 @@ async fn rating_reads_and_writes_a_lake_on_s3_byte_for_byte() -> anyhow::Result<
         out: on_s3.clone(),
         issue: false,
         explain: None,
+        engine: tally_rating::Engine::InProcess,
     })
     .await?;
     println!(

@@ -1,5 +1,6 @@
 //! The `tally` command. Each subcommand parses its arguments and calls one library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -159,6 +160,16 @@ enum Command {
         /// and in total the old and new amounts and the lines that changed; writes nothing.
         #[arg(long, conflicts_with_all = ["issue", "explain"])]
         compare: bool,
+        /// Run the usage queries on a Ballista cluster, through its scheduler at URL
+        /// (`df://HOST:PORT`, started by `tally ballista scheduler`); the lake must be a
+        /// directory the executors read too.
+        #[arg(long, value_name = "URL")]
+        ballista: Option<String>,
+    },
+    /// A Ballista scheduler or executor that runs `tally rate --ballista`'s queries.
+    Ballista {
+        #[command(subcommand)]
+        command: BallistaCommand,
     },
     /// Prepaid budgets (T5): balance and start decisions, computed from the lake.
     Budget {
@@ -273,6 +284,30 @@ fn parse_hour(text: &str) -> Result<Hour, String> {
         .map_err(|_| {
             format!("'{text}' is not an hour such as 2026-10-05T14 or 2026-10-05T14:00:00Z")
         })
+}
+
+#[derive(Subcommand)]
+enum BallistaCommand {
+    /// The cluster's scheduler: plans each query's stages and hands them to executors.
+    Scheduler {
+        /// gRPC for clients and executors.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: SocketAddr,
+    },
+    /// An executor: runs the stages the scheduler hands it and serves their results.
+    Executor {
+        /// Arrow Flight on this address, gRPC on the next port.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        bind: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: SocketAddr,
+        /// Where shuffle files go.
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Tasks at a time (default: the machine's cores).
+        #[arg(long)]
+        concurrent_tasks: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -505,6 +540,7 @@ fn main() -> Result<()> {
             explain,
             tariff_overrides,
             compare,
+            ballista,
         } => {
             let request = tally_rating::RateRequest {
                 out: out.unwrap_or_else(|| lake.clone()),
@@ -514,6 +550,10 @@ fn main() -> Result<()> {
                 contracts,
                 issue,
                 explain,
+                engine: match ballista {
+                    Some(scheduler) => tally_rating::Engine::Ballista { scheduler },
+                    None => tally_rating::Engine::InProcess,
+                },
             };
             if compare {
                 let comparison = runtime
@@ -527,6 +567,31 @@ fn main() -> Result<()> {
                 None => print_rate_report(&report),
             }
         }
+        Command::Ballista { command } => match command {
+            BallistaCommand::Scheduler { bind } => {
+                runtime.block_on(tally_rating::distributed::run_scheduler(bind))?;
+            }
+            BallistaCommand::Executor {
+                bind,
+                scheduler,
+                work_dir,
+                concurrent_tasks,
+            } => {
+                std::fs::create_dir_all(&work_dir)
+                    .with_context(|| format!("creating {}", work_dir.display()))?;
+                let concurrent_tasks = concurrent_tasks.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |cores| cores.get())
+                });
+                runtime.block_on(tally_rating::distributed::run_executor(
+                    tally_rating::distributed::ExecutorOptions {
+                        bind,
+                        scheduler,
+                        work_dir,
+                        concurrent_tasks,
+                    },
+                ))?;
+            }
+        },
         Command::Budget {
             command:
                 BudgetCommand::Status {

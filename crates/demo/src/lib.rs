@@ -199,6 +199,7 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
         out: lake.clone().into(),
         issue: false,
         explain: None,
+        engine: tally_rating::Engine::InProcess,
     })
     .await?;
     timings.push(("rate", started.elapsed()));

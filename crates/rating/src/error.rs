@@ -54,6 +54,8 @@ pub enum Error {
     Invoice { account_id: String, detail: String },
     #[error("no rollups under {0}: run `tally aggregate` (or `tally demo`) first")]
     NoLake(String),
+    #[error("the Ballista cluster ({scheduler}): {detail}")]
+    Ballista { scheduler: String, detail: String },
     #[error(transparent)]
     Lake(#[from] tally_lake::Error),
     #[error("query failed: {0}")]

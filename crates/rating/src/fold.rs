@@ -80,8 +80,14 @@ pub fn resource_usage_udaf(first_hour: i64, hours: usize) -> AggregateUDF {
     })
 }
 
+/// The month (first hour, hours) `udaf` folds, if it is a [`resource_usage_udaf`].
+pub fn resource_usage_month(udaf: &AggregateUDF) -> Option<(i64, usize)> {
+    udaf.inner()
+        .downcast_ref::<ResourceUsageUdaf>()
+        .map(|fold| (fold.month.first_hour, fold.month.hours))
+}
+
 /// One resource-hour seen in two places: the fast fold cannot prove it counts it once.
-#[derive(Debug)]
 pub struct SplitHour {
     /// Known when a row showed it; not when two partial folds did.
     pub resource_id: Option<String>,
@@ -94,14 +100,20 @@ impl fmt::Display for SplitHour {
         if let Some(resource_id) = &self.resource_id {
             write!(f, " of resource '{resource_id}'")?;
         }
-        write!(f, " is in more than one place in the lake")
+        write!(f, " {SPLIT_HOUR}")
+    }
+}
+
+/// As its message: a Ballista executor reports a task's error by its debug text.
+impl fmt::Debug for SplitHour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
 impl std::error::Error for SplitHour {}
 
 /// A rollup row the fold cannot use, with what identifies it.
-#[derive(Debug)]
 pub struct BadRow {
     pub account_id: String,
     pub resource_id: String,
@@ -118,12 +130,24 @@ impl fmt::Display for BadRow {
     }
 }
 
+/// As its message, like [`SplitHour`]'s.
+impl fmt::Debug for BadRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl std::error::Error for BadRow {}
 
 /// Whether `error` (anywhere in its chain) is a [`SplitHour`].
 pub fn is_split_hour(error: &DataFusionError) -> bool {
     external::<SplitHour>(error).is_some()
+        // From an executor of another process (Ballista) the error arrives as its text.
+        || error.to_string().contains(SPLIT_HOUR)
 }
+
+/// The end of a [`SplitHour`]'s message.
+const SPLIT_HOUR: &str = "is in more than one place in the lake";
 
 /// The [`BadRow`] behind `error`, if that is what it is.
 pub fn bad_row(error: &DataFusionError) -> Option<&BadRow> {

@@ -34,6 +34,7 @@ pub mod compare;
 pub mod contracts;
 pub mod correction;
 pub mod deliver;
+pub mod distributed;
 pub mod error;
 pub mod explain;
 pub mod fold;
@@ -57,6 +58,7 @@ use datafusion::arrow::array::RecordBatch;
 use rust_decimal::Decimal;
 use tally_model::tariff::{Interval, Tariff};
 
+pub use distributed::Engine;
 pub use error::{Error, Result};
 pub use tally_lake::Lake;
 pub use tariff::check_tariff;
@@ -94,6 +96,8 @@ pub struct RateRequest {
     pub issue: bool,
     /// Explain this account's invoice line by line instead of writing anything.
     pub explain: Option<String>,
+    /// Where the usage queries run: here, or on a Ballista cluster.
+    pub engine: Engine,
 }
 
 /// One invoice in brief.
@@ -186,7 +190,7 @@ pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<Pr
             detail,
         })?;
         let month = BillingMonth::new(&request.month, zone)?;
-        let rollups = usage::MonthRollups::open(&request.lake, &month).await?;
+        let rollups = usage::MonthRollups::open_on(&request.lake, &month, &request.engine).await?;
         let usages = rollups.usage().await?;
         // Resources paid per period of their contract (T2) are priced hour by hour: all of
         // the zone's are read in one query.

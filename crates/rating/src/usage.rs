@@ -42,6 +42,7 @@ use tally_lake::Lake;
 use tally_model::rollup::{PARTITION_KEY, ROLLUPS_DIR, rollup_arrow_schema};
 use tally_model::{Hour, ResourceKind, ResourceState, RollupFileName};
 
+use crate::distributed::{self, Engine};
 use crate::error::{Error, Result};
 use crate::fold::{self, ResourceFolds};
 use crate::month::BillingMonth;
@@ -278,7 +279,13 @@ pub struct MonthRollups {
 }
 
 impl MonthRollups {
+    /// The month in a session of this process.
     pub async fn open(lake: &Lake, month: &BillingMonth) -> Result<Self> {
+        Self::open_on(lake, month, &Engine::InProcess).await
+    }
+
+    /// The month in a session whose plans run on `engine`.
+    pub async fn open_on(lake: &Lake, month: &BillingMonth, engine: &Engine) -> Result<Self> {
         if !lake.has_any(ROLLUPS_DIR)? {
             return Err(Error::NoLake(lake.to_string()));
         }
@@ -293,7 +300,18 @@ impl MonthRollups {
                 "datafusion.execution.skip_partial_aggregation_probe_ratio_threshold",
                 "1.0",
             );
-        let context = SessionContext::new_with_config(config);
+        let (context, schema) = match engine {
+            Engine::InProcess => (
+                SessionContext::new_with_config(config),
+                viewed(&rollup_arrow_schema()),
+            ),
+            // Ballista ships batches over Arrow Flight, which it does not yet do for
+            // string views: plain strings there.
+            Engine::Ballista { scheduler } => (
+                distributed::remote_session(scheduler, config, lake).await?,
+                rollup_arrow_schema().as_ref().clone(),
+            ),
+        };
         register_lake(&context, lake);
         context.register_udf(popcount_udf());
         let hours = usize::try_from(month.hours())
@@ -304,7 +322,6 @@ impl MonthRollups {
         ));
         if !files.is_empty() {
             let paths: Vec<String> = files.iter().map(|file| lake.table_path(file)).collect();
-            let schema = viewed(&rollup_arrow_schema());
             let options = ParquetReadOptions::default().schema(&schema);
             let rollups = context.read_parquet(paths, options).await?;
             context.register_table(MONTH_TABLE, rollups.into_view())?;

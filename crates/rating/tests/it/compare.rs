@@ -102,6 +102,7 @@ async fn a_price_change_shows_per_account_and_line_and_writes_nothing() {
         out: root.path().into(),
         issue: false,
         explain: None,
+        engine: tally_rating::Engine::InProcess,
     };
     let before = files_under(root.path());
     let comparison = compare(&request, &[override_path]).await.expect("compare");

@@ -61,6 +61,7 @@ impl Setup {
             out: self.out().into(),
             issue,
             explain: explain.map(str::to_owned),
+            engine: tally_rating::Engine::InProcess,
         }
     }
 }

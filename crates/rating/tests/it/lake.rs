@@ -399,6 +399,7 @@ pub async fn rate_with_contracts(
         out: root.path().into(),
         issue: false,
         explain: None,
+        engine: tally_rating::Engine::InProcess,
     })
     .await?;
     let mut invoices = BTreeMap::new();

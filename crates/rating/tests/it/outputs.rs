@@ -129,6 +129,7 @@ async fn an_invoice_no_longer_produced_is_removed() {
         out: out.clone().into(),
         issue: false,
         explain: None,
+        engine: tally_rating::Engine::InProcess,
     };
     let before = root.path().join("before");
     mixed_lake().write(&before, Layout::ONE_FILE);

@@ -1,0 +1,244 @@
+//! Rating on a DataFusion Ballista cluster: a scheduler and two executors, each a process
+//! of its own on 127.0.0.1 (this test binary started again, running what `tally ballista
+//! scheduler|executor` runs), rate the demo's month; line items and invoices must be the
+//! bytes of the in-process run, and both executors must have run stages of it.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use tally_lake::Lake;
+use tally_rating::distributed::{ExecutorOptions, run_executor, run_scheduler};
+use tally_rating::usage::MonthRollups;
+
+/// Set in a child: `scheduler BIND` or `executor BIND SCHEDULER WORK_DIR`.
+const CHILD: &str = "TALLY_BALLISTA_CHILD";
+
+/// Run by the child processes only.
+#[test]
+fn ballista_child() -> anyhow::Result<()> {
+    let Ok(role) = std::env::var(CHILD) else {
+        return Ok(()); // an ordinary test run: nothing to do
+    };
+    let words: Vec<&str> = role.split(' ').collect();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match words.as_slice() {
+        ["scheduler", bind] => runtime.block_on(run_scheduler(bind.parse()?))?,
+        ["executor", bind, scheduler, work_dir] => {
+            runtime.block_on(run_executor(ExecutorOptions {
+                bind: bind.parse()?,
+                scheduler: scheduler.parse()?,
+                work_dir: PathBuf::from(work_dir),
+                concurrent_tasks: 1,
+            }))?;
+        }
+        _ => anyhow::bail!("{CHILD}={role}: not a role"),
+    }
+    Ok(())
+}
+
+/// A child process, killed when dropped.
+struct Node(Child);
+
+impl Node {
+    fn start(role: String, log: &Path) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(log)?;
+        Ok(Self(
+            Command::new(std::env::current_exe()?)
+                .args(["--exact", "ballista::ballista_child", "--nocapture"])
+                .env(CHILD, role)
+                .env("RUST_LOG", "info")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?,
+        ))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free port on 127.0.0.1 whose next port is free too (an executor serves Arrow
+/// Flight on the one and gRPC on the other).
+fn free_port_pair() -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0")?;
+        let port = first.local_addr()?.port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no two adjacent free ports on 127.0.0.1")
+}
+
+fn wait_until_listening(address: SocketAddr, what: &str, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the {what} did not listen on {address} within 60 s; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Every file below `prefix` of `lake`, with its bytes.
+fn files(lake: &Lake, prefix: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    lake.list(prefix)?
+        .into_iter()
+        .map(|key| {
+            let bytes = lake
+                .get(&key)?
+                .ok_or_else(|| anyhow::anyhow!("{key} listed but gone"))?;
+            Ok((key, bytes))
+        })
+        .collect()
+}
+
+/// Files below `directory`, at any depth.
+fn file_count(directory: &Path) -> usize {
+    std::fs::read_dir(directory).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|entry| {
+                let path = entry.path();
+                if path.is_dir() { file_count(&path) } else { 1 }
+            })
+            .sum()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Result<()> {
+    // The demo's month, rated in this process, is the reference.
+    let out = tempfile::tempdir()?;
+    let mut demo = tally_demo::DemoConfig::new(out.path());
+    demo.month = Some("2026-10".to_owned());
+    demo.scale = 1;
+    demo.partitions = 1;
+    let demo = tally_demo::run(&demo).await?;
+    let in_process = Lake::directory(&demo.lake);
+
+    let cluster = tempfile::tempdir()?;
+    let scheduler: SocketAddr = format!("127.0.0.1:{}", free_port_pair()?).parse()?;
+    let scheduler_log = cluster.path().join("scheduler.log");
+    let _scheduler = Node::start(format!("scheduler {scheduler}"), &scheduler_log)?;
+    wait_until_listening(scheduler, "scheduler", &scheduler_log)?;
+    let mut executors = Vec::new();
+    let mut work_dirs = Vec::new();
+    for name in ["executor-1", "executor-2"] {
+        let bind: SocketAddr = format!("127.0.0.1:{}", free_port_pair()?).parse()?;
+        let work_dir = cluster.path().join(name);
+        std::fs::create_dir_all(&work_dir)?;
+        let log = cluster.path().join(format!("{name}.log"));
+        executors.push(Node::start(
+            format!("executor {bind} {scheduler} {}", work_dir.display()),
+            &log,
+        )?);
+        wait_until_listening(bind, name, &log)?;
+        work_dirs.push(work_dir);
+    }
+
+    let started = Instant::now();
+    let on_ballista = tempfile::tempdir()?;
+    let tariffs = std::fs::read_dir(out.path().join("tariffs"))?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let report = tally_rating::rate(&tally_rating::RateRequest {
+        lake: in_process.clone(),
+        month: demo.month.clone(),
+        tariffs,
+        contracts: out.path().join("contracts.json"),
+        out: Lake::directory(on_ballista.path()),
+        issue: false,
+        explain: None,
+        engine: tally_rating::Engine::Ballista {
+            scheduler: format!("df://{scheduler}"),
+        },
+    })
+    .await?;
+    println!(
+        "rated {} line items into {} invoices on the cluster in {:?}",
+        report.line_items,
+        report.invoices.len(),
+        started.elapsed()
+    );
+    assert_eq!(report.invoices.len(), demo.rating.invoices.len());
+
+    let on_ballista = Lake::directory(on_ballista.path());
+    for output in ["line_items", "invoices"] {
+        let expected = files(&in_process, output)?;
+        assert!(!expected.is_empty(), "the demo wrote no {output}");
+        let found = files(&on_ballista, output)?;
+        let names = |files: &[(String, Vec<u8>)]| -> Vec<String> {
+            files.iter().map(|(key, _)| key.clone()).collect()
+        };
+        assert_eq!(names(&found), names(&expected), "{output}");
+        assert!(
+            found == expected,
+            "{output} rated on Ballista differ from those rated in process"
+        );
+    }
+    // Both executors ran stages: each wrote shuffle files.
+    for work_dir in &work_dirs {
+        let written = file_count(work_dir);
+        println!("{}: {written} shuffle files", work_dir.display());
+        assert!(
+            written > 0,
+            "executor with work dir {} wrote nothing: did it run no stage?",
+            work_dir.display()
+        );
+    }
+
+    // Resource-hours in two places (the month's first hour imported again into its last
+    // hour's directory): the fold on the cluster reports them across the process
+    // boundary, and the exact two-step plan (with `popcount`) sums the month there as it
+    // does here.
+    let split = tempfile::tempdir()?;
+    let split_lake = Lake::directory(split.path());
+    let rollups = files(&in_process, "rollups")?;
+    let (_, first_bytes) = rollups.first().cloned().expect("the demo wrote rollups");
+    let (last_key, _) = rollups.last().cloned().expect("the demo wrote rollups");
+    let (last_hour, _) = last_key.rsplit_once('/').expect("rollups/hour=…/file");
+    split_lake.put_many(rollups)?;
+    split_lake.put(
+        &format!("{last_hour}/import-p000-g0000.parquet"),
+        first_bytes,
+    )?;
+    let month = tally_rating::month::BillingMonth::new(&demo.month, chrono_tz::Europe::Berlin)?;
+    let here = MonthRollups::open(&split_lake, &month).await?;
+    match here.folded_usage().await {
+        Err(tally_rating::Error::DataFusion(error)) => {
+            assert!(tally_rating::fold::is_split_hour(&error), "{error}");
+        }
+        other => anyhow::bail!("the fold in process missed the split hour: {other:?}"),
+    }
+    let there = MonthRollups::open_on(
+        &split_lake,
+        &month,
+        &tally_rating::Engine::Ballista {
+            scheduler: format!("df://{scheduler}"),
+        },
+    )
+    .await?;
+    match there.folded_usage().await {
+        Err(tally_rating::Error::DataFusion(error)) => {
+            assert!(tally_rating::fold::is_split_hour(&error), "{error}");
+        }
+        other => anyhow::bail!("the fold on the cluster missed the split hour: {other:?}"),
+    }
+    let expected = here.usage().await?;
+    assert!(!expected.is_empty());
+    assert!(
+        there.usage().await? == expected,
+        "the two-step plan on the cluster sums the month differently"
+    );
+    Ok(())
+}
