@@ -300,6 +300,10 @@ pub struct OwnBroker {
     pub authentication: bool,
     /// The port clients are told to connect to: the broker's own, or a proxy's in front.
     advertised_port: u16,
+    /// While the broker is stopped, its port, bound but not listening: clients are refused
+    /// as by a stopped broker, and no other test's server can take the port meanwhile (one
+    /// did once: an agent meant to spool through an outage shipped to another broker).
+    port_hold: Option<socket2::Socket>,
 }
 
 impl OwnBroker {
@@ -323,6 +327,7 @@ impl OwnBroker {
             process: None,
             authentication: false,
             advertised_port: advertised_port.unwrap_or(port),
+            port_hold: None,
         };
         broker.restart()?;
         Ok(broker)
@@ -351,6 +356,7 @@ impl OwnBroker {
     /// Starts the broker (again), on the same port and data, and waits until it listens.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.process.is_none(), "the broker is running");
+        self.port_hold = None;
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         let log = std::fs::File::create(self.dir.path().join("tansu.log"))?;
@@ -386,6 +392,7 @@ impl OwnBroker {
         if let Some(mut process) = self.process.take() {
             process.kill()?;
             process.wait()?;
+            self.port_hold = Some(hold_port(self.port)?);
         }
         Ok(())
     }
@@ -408,8 +415,22 @@ impl OwnBroker {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.port_hold = Some(hold_port(self.port)?);
         Ok(())
     }
+}
+
+/// `port` on 127.0.0.1, bound and not listening.
+fn hold_port(port: u16) -> anyhow::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    // The stopped broker's closed connections may linger in TIME_WAIT on the port.
+    socket.set_reuse_address(true)?;
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket
+        .bind(&address.into())
+        .map_err(|error| anyhow::anyhow!("holding the stopped broker's port {port}: {error}"))?;
+    Ok(socket)
 }
 
 impl Drop for OwnBroker {

@@ -276,6 +276,7 @@ pub struct MonthRollups {
     context: SessionContext,
     month: BillingMonth,
     files: usize,
+    engine: Engine,
 }
 
 impl MonthRollups {
@@ -330,6 +331,7 @@ impl MonthRollups {
             context,
             month: month.clone(),
             files: files.len(),
+            engine: engine.clone(),
         })
     }
 
@@ -353,7 +355,14 @@ impl MonthRollups {
                     resource_id: bad.resource_id.clone(),
                     detail: bad.detail.clone(),
                 },
-                None => Error::DataFusion(error),
+                None => match &self.engine {
+                    Engine::InProcess => Error::DataFusion(error),
+                    // It may be the cluster's (unreachable, an executor lost): say which.
+                    Engine::Ballista { scheduler } => Error::Ballista {
+                        scheduler: scheduler.clone(),
+                        detail: error.to_string(),
+                    },
+                },
             }),
             other => other,
         }
