@@ -469,6 +469,13 @@ mod tests {
     use std::sync::mpsc::channel;
     use std::time::Duration;
 
+    use futures::stream::BoxStream;
+    use tally_lake::object_store::path::Path as StorePath;
+    use tally_lake::object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, PutMode,
+        PutMultipartOptions, PutOptions, PutPayload, PutResult, Result as ObjectResult,
+    };
+
     fn memory_lake() -> Lake {
         let store = tally_lake::object_store::memory::InMemory::new();
         let base = "memory:///".parse().expect("url");
@@ -542,6 +549,120 @@ mod tests {
             rows.iter().all(|row| row.key.resource_id == "vm-owner"),
             "{rows:?}"
         );
+    }
+
+    /// An in-memory store on which, once armed, the previous owner writes the manifest
+    /// once more just before the next conditional write of it (between the new owner's
+    /// read and write: the race a claim retries), setting `resume_offset` to 42.
+    #[derive(Debug)]
+    struct PreviousOwnerWritesFirst {
+        inner: tally_lake::object_store::memory::InMemory,
+        armed: std::sync::atomic::AtomicBool,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    impl std::fmt::Display for PreviousOwnerWritesFirst {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "PreviousOwnerWritesFirst({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl tally_lake::object_store::ObjectStore for PreviousOwnerWritesFirst {
+        async fn put_opts(
+            &self,
+            location: &StorePath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> ObjectResult<PutResult> {
+            let manifest_update = matches!(opts.mode, PutMode::Update(_))
+                && location.as_ref().ends_with(".json")
+                && location.as_ref().contains("/_state/");
+            if manifest_update
+                && self.armed.load(std::sync::atomic::Ordering::SeqCst)
+                && !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                let bytes = self.inner.get_opts(location, GetOptions::default()).await?;
+                let mut manifest: serde_json::Value =
+                    serde_json::from_slice(&bytes.bytes().await?).expect("manifest JSON");
+                manifest["resume_offset"] = 42.into();
+                let text = serde_json::to_vec(&manifest).expect("JSON");
+                self.inner
+                    .put_opts(location, text.into(), PutOptions::default())
+                    .await?;
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &StorePath,
+            opts: PutMultipartOptions,
+        ) -> ObjectResult<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &StorePath,
+            options: GetOptions,
+        ) -> ObjectResult<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, ObjectResult<StorePath>>,
+        ) -> BoxStream<'static, ObjectResult<StorePath>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(&self, prefix: Option<&StorePath>) -> BoxStream<'static, ObjectResult<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&StorePath>,
+        ) -> ObjectResult<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &StorePath,
+            to: &StorePath,
+            options: CopyOptions,
+        ) -> ObjectResult<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[test]
+    fn a_claim_that_races_the_previous_owners_manifest_write_reads_again() {
+        let store = std::sync::Arc::new(PreviousOwnerWritesFirst {
+            inner: tally_lake::object_store::memory::InMemory::new(),
+            armed: false.into(),
+            raced: false.into(),
+        });
+        let lake = Lake::store(
+            store.clone(),
+            "memory:///".parse().expect("url"),
+            "lake".into(),
+        );
+        // The previous owner's manifest is there before the new owner opens the partition.
+        let mut previous = PartitionState::open(&lake, "samples", 0, 15).expect("previous");
+        accept_all(&mut previous, &samples("vm-previous", 60));
+        previous.seal_all(60).expect("the previous owner seals");
+
+        store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        PartitionState::open(&lake, "samples", 0, 15).expect("the next owner claims");
+        assert!(store.raced.load(std::sync::atomic::Ordering::SeqCst));
+        let manifest = Manifest::load(&lake, "samples", 0).expect("manifest");
+        // The claim was refused once, read the manifest again and counted itself into
+        // the previous owner's latest write, keeping it.
+        assert_eq!((manifest.owners, manifest.resume_offset), (2, 42));
+        assert_eq!(manifest.sealed.len(), 1);
     }
 
     #[test]

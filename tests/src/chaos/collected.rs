@@ -331,8 +331,8 @@ pub async fn skewed_clocks(
 
 /// 7: disks full. The lake and the spool of agent `hv-0` are small tmpfs volumes; the
 /// runner fills the spool's (a ballast file topped up as the agent frees space) for three
-/// minutes (one in a smoke run), then the lake's for two (40 s), each time freeing it
-/// again. A full spool makes the agent's appends fail: the minute stays due and is caught
+/// minutes (one in a smoke run), then the lake's for two (40 s; longer, by up to a
+/// minute, until a write has failed on it), each time freeing it again. A full spool makes the agent's appends fail: the minute stays due and is caught
 /// up once there is room (the bound is 10 minutes). A full lake makes the aggregator fail
 /// on its next write and exit; the runner starts it again every few seconds, as a service
 /// manager would, and it resumes from its last manifest. No manifest may pass data that
@@ -367,9 +367,21 @@ pub async fn disks_full(pipeline: &mut Pipeline, size: Size) -> anyhow::Result<O
     tokio::time::sleep(Duration::from_secs(20)).await;
 
     let mut ballast = Ballast::fill(&pipeline.lake)?;
-    let until = std::time::Instant::now() + lake_full;
+    let lake_filled = std::time::Instant::now();
+    let until = lake_filled + lake_full;
+    // The aggregator writes when it has read something; its reads from Tansu can stall
+    // for tens of seconds (CI, 2026-12-06: a 40 s window with no write at all), so the
+    // lake stays full past the window until a write has failed on it, for at most a
+    // minute more.
+    let latest = until + Duration::from_secs(60);
     let mut aggregator_failures = 0;
-    while std::time::Instant::now() < until {
+    loop {
+        let now = std::time::Instant::now();
+        if now >= latest
+            || (now >= until && pipeline.count_in_logs("aggregate", &["No space left"])? > 0)
+        {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         ballast.top_up();
         if aggregator.try_wait()?.is_some() {
@@ -379,6 +391,7 @@ pub async fn disks_full(pipeline: &mut Pipeline, size: Size) -> anyhow::Result<O
         }
     }
     drop(ballast);
+    let lake_full = lake_filled.elapsed();
     let run = Duration::from_secs(hosts.minutes * 60);
     while started.elapsed() < run {
         tokio::time::sleep(Duration::from_secs(1)).await;
