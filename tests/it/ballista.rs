@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tally_lake::Lake;
 use tally_rating::distributed::{ExecutorOptions, run_executor, run_scheduler};
 use tally_rating::usage::MonthRollups;
+use tally_tests::{assert_same_ratings, lake_files};
 
 /// Set in a child: `scheduler BIND` or `executor BIND SCHEDULER WORK_DIR`.
 const CHILD: &str = "TALLY_BALLISTA_CHILD";
@@ -89,19 +90,6 @@ fn wait_until_listening(address: SocketAddr, what: &str, log: &Path) -> anyhow::
     Ok(())
 }
 
-/// Every file below `prefix` of `lake`, with its bytes.
-fn files(lake: &Lake, prefix: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    lake.list(prefix)?
-        .into_iter()
-        .map(|key| {
-            let bytes = lake
-                .get(&key)?
-                .ok_or_else(|| anyhow::anyhow!("{key} listed but gone"))?;
-            Ok((key, bytes))
-        })
-        .collect()
-}
-
 /// Files below `directory`, at any depth.
 fn file_count(directory: &Path) -> usize {
     std::fs::read_dir(directory).map_or(0, |entries| {
@@ -173,19 +161,7 @@ async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Res
     assert_eq!(report.invoices.len(), demo.rating.invoices.len());
 
     let on_ballista = Lake::directory(on_ballista.path());
-    for output in ["line_items", "invoices"] {
-        let expected = files(&in_process, output)?;
-        assert!(!expected.is_empty(), "the demo wrote no {output}");
-        let found = files(&on_ballista, output)?;
-        let names = |files: &[(String, Vec<u8>)]| -> Vec<String> {
-            files.iter().map(|(key, _)| key.clone()).collect()
-        };
-        assert_eq!(names(&found), names(&expected), "{output}");
-        assert!(
-            found == expected,
-            "{output} rated on Ballista differ from those rated in process"
-        );
-    }
+    assert_same_ratings(&in_process, &on_ballista, "rated on Ballista")?;
     // Both executors ran stages: each wrote shuffle files.
     for work_dir in &work_dirs {
         let written = file_count(work_dir);
@@ -203,7 +179,7 @@ async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Res
     // does here.
     let split = tempfile::tempdir()?;
     let split_lake = Lake::directory(split.path());
-    let rollups = files(&in_process, "rollups")?;
+    let rollups = lake_files(&in_process, "rollups")?;
     let (_, first_bytes) = rollups.first().cloned().expect("the demo wrote rollups");
     let (last_key, _) = rollups.last().cloned().expect("the demo wrote rollups");
     let (last_hour, _) = last_key.rsplit_once('/').expect("rollups/hour=…/file");

@@ -12,20 +12,7 @@ use tally_aggregator::{AggregateConfig, KafkaInput, Ownership};
 use tally_collector::{Fleet, FleetSpec, ShipConfig, Shipper};
 use tally_lake::Lake;
 use tally_model::clock::FixedClock;
-use tally_tests::{broker, create_topic, s3_lake, unique_topic};
-
-/// Every file below `prefix` of `lake`, with its bytes.
-fn files(lake: &Lake, prefix: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    lake.list(prefix)?
-        .into_iter()
-        .map(|key| {
-            let bytes = lake
-                .get(&key)?
-                .ok_or_else(|| anyhow::anyhow!("{key} listed but gone"))?;
-            Ok((key, bytes))
-        })
-        .collect()
-}
+use tally_tests::{assert_same_ratings, broker, create_topic, lake_files, s3_lake, unique_topic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aggregator_writes_to_s3_the_bytes_it_writes_to_disk() -> anyhow::Result<()> {
@@ -59,10 +46,10 @@ async fn the_aggregator_writes_to_s3_the_bytes_it_writes_to_disk() -> anyhow::Re
         assert_eq!(report.accepted, samples.len() as u64, "into {lake}");
     }
 
-    let rollups = files(&on_disk, "rollups")?;
+    let rollups = lake_files(&on_disk, "rollups")?;
     assert!(rollups.len() >= 5, "{} rollup files", rollups.len());
     assert!(
-        files(&on_s3, "rollups")? == rollups,
+        lake_files(&on_s3, "rollups")? == rollups,
         "the rollup files on S3 differ from those on disk"
     );
     let source = tally_aggregator::ingest::source_name(&topic);
@@ -103,7 +90,7 @@ async fn rating_reads_and_writes_a_lake_on_s3_byte_for_byte() -> anyhow::Result<
             ("aws_secret_access_key", "test".to_owned()),
         ],
     )?;
-    let rollups = files(&on_disk, "rollups")?;
+    let rollups = lake_files(&on_disk, "rollups")?;
     let uploaded = rollups.len();
     on_s3.put_many(rollups)?;
     println!(
@@ -137,19 +124,7 @@ async fn rating_reads_and_writes_a_lake_on_s3_byte_for_byte() -> anyhow::Result<
     );
     assert_eq!(report.invoices.len(), demo.rating.invoices.len());
 
-    for output in ["line_items", "invoices"] {
-        let expected = files(&on_disk, output)?;
-        assert!(!expected.is_empty(), "the demo wrote no {output}");
-        let found = files(&on_s3, output)?;
-        let names = |files: &[(String, Vec<u8>)]| -> Vec<String> {
-            files.iter().map(|(key, _)| key.clone()).collect()
-        };
-        assert_eq!(names(&found), names(&expected), "{output}");
-        assert!(
-            found == expected,
-            "{output} on S3 differ from those on disk"
-        );
-    }
+    assert_same_ratings(&on_disk, &on_s3, "rated on S3")?;
 
     // Analysts' SQL sees the same tables on S3.
     let statement = "SELECT count(*) AS n, CAST(sum(\"BilledCost\") * 100 AS BIGINT) AS cents \

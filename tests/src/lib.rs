@@ -67,6 +67,47 @@ pub fn s3_environment() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Every file below `prefix` of `lake`, with its bytes, by key.
+pub fn lake_files(lake: &tally_lake::Lake, prefix: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    lake.list(prefix)?
+        .into_iter()
+        .map(|key| {
+            let bytes = lake
+                .get(&key)?
+                .ok_or_else(|| anyhow::anyhow!("{key} listed but gone"))?;
+            Ok((key, bytes))
+        })
+        .collect()
+}
+
+/// Fails unless `found` holds the line items and invoices of `expected`, byte for byte
+/// under the same keys; `how` says how `found`'s were made.
+pub fn assert_same_ratings(
+    expected: &tally_lake::Lake,
+    found: &tally_lake::Lake,
+    how: &str,
+) -> anyhow::Result<()> {
+    for output in ["line_items", "invoices"] {
+        let expected = lake_files(expected, output)?;
+        anyhow::ensure!(!expected.is_empty(), "the reference has no {output}");
+        let found = lake_files(found, output)?;
+        let keys = |files: &[(String, Vec<u8>)]| -> Vec<String> {
+            files.iter().map(|(key, _)| key.clone()).collect()
+        };
+        anyhow::ensure!(
+            keys(&found) == keys(&expected),
+            "{output} {how}: other files than the reference's: {:?} against {:?}",
+            keys(&found),
+            keys(&expected)
+        );
+        anyhow::ensure!(
+            found == expected,
+            "{output} {how} differ from the reference's"
+        );
+    }
+    Ok(())
+}
+
 /// A topic name no other test (or earlier run against the same broker) uses.
 pub fn unique_topic(prefix: &str) -> String {
     let nanos = SystemTime::now()
