@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tally_lake::Lake;
 use tally_rating::distributed::{ExecutorOptions, run_executor, run_scheduler};
 use tally_rating::usage::MonthRollups;
-use tally_tests::{assert_same_ratings, lake_files};
+use tally_tests::{assert_same_ratings, demo_month, demo_tariffs, lake_files};
 
 /// Set in a child: `scheduler BIND` or `executor BIND SCHEDULER WORK_DIR`.
 const CHILD: &str = "TALLY_BALLISTA_CHILD";
@@ -106,12 +106,7 @@ fn file_count(directory: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Result<()> {
     // The demo's month, rated in this process, is the reference.
-    let out = tempfile::tempdir()?;
-    let mut demo = tally_demo::DemoConfig::new(out.path());
-    demo.month = Some("2026-10".to_owned());
-    demo.scale = 1;
-    demo.partitions = 1;
-    let demo = tally_demo::run(&demo).await?;
+    let (out, demo) = demo_month().await?;
     let in_process = Lake::directory(&demo.lake);
 
     let cluster = tempfile::tempdir()?;
@@ -136,9 +131,7 @@ async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Res
 
     let started = Instant::now();
     let on_ballista = tempfile::tempdir()?;
-    let tariffs = std::fs::read_dir(out.path().join("tariffs"))?
-        .map(|entry| entry.map(|entry| entry.path()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tariffs = demo_tariffs(out.path())?;
     let report = tally_rating::rate(&tally_rating::RateRequest {
         lake: in_process.clone(),
         month: demo.month.clone(),

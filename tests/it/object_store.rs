@@ -12,7 +12,10 @@ use tally_aggregator::{AggregateConfig, KafkaInput, Ownership};
 use tally_collector::{Fleet, FleetSpec, ShipConfig, Shipper};
 use tally_lake::Lake;
 use tally_model::clock::FixedClock;
-use tally_tests::{assert_same_ratings, broker, create_topic, lake_files, s3_lake, unique_topic};
+use tally_tests::{
+    assert_same_ratings, broker, create_topic, demo_month, demo_tariffs, lake_files, s3_lake,
+    unique_topic,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aggregator_writes_to_s3_the_bytes_it_writes_to_disk() -> anyhow::Result<()> {
@@ -69,12 +72,7 @@ async fn the_aggregator_writes_to_s3_the_bytes_it_writes_to_disk() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rating_reads_and_writes_a_lake_on_s3_byte_for_byte() -> anyhow::Result<()> {
     // The demo's month, rated on disk, is the reference.
-    let out = tempfile::tempdir()?;
-    let mut demo = tally_demo::DemoConfig::new(out.path());
-    demo.month = Some("2026-10".to_owned());
-    demo.scale = 1;
-    demo.partitions = 1;
-    let demo = tally_demo::run(&demo).await?;
+    let (out, demo) = demo_month().await?;
     let on_disk = Lake::directory(&demo.lake);
     let started = std::time::Instant::now();
 
@@ -97,9 +95,7 @@ async fn rating_reads_and_writes_a_lake_on_s3_byte_for_byte() -> anyhow::Result<
         "uploaded {uploaded} rollup files in {:?}",
         started.elapsed()
     );
-    let tariffs = std::fs::read_dir(out.path().join("tariffs"))?
-        .map(|entry| entry.map(|entry| entry.path()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tariffs = demo_tariffs(out.path())?;
     let report = tally_rating::rate(&tally_rating::RateRequest {
         lake: on_s3.clone(),
         month: demo.month.clone(),

@@ -80,6 +80,26 @@ pub fn lake_files(lake: &tally_lake::Lake, prefix: &str) -> anyhow::Result<Vec<(
         .collect()
 }
 
+/// The demo's October 2026 (scale 1, one partition: 745 hourly files) in a directory of
+/// its own (`lake/`, `tariffs/`, `contracts.json`), rated in process: the reference of
+/// the tests that rate the same month elsewhere.
+pub async fn demo_month() -> anyhow::Result<(tempfile::TempDir, tally_demo::DemoReport)> {
+    let out = tempfile::tempdir()?;
+    let mut demo = tally_demo::DemoConfig::new(out.path());
+    demo.month = Some("2026-10".to_owned());
+    demo.scale = 1;
+    demo.partitions = 1;
+    let report = tally_demo::run(&demo).await?;
+    Ok((out, report))
+}
+
+/// The tariff files of a [`demo_month`] directory.
+pub fn demo_tariffs(out: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    Ok(std::fs::read_dir(out.join("tariffs"))?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Fails unless `found` holds the line items and invoices of `expected`, byte for byte
 /// under the same keys; `how` says how `found`'s were made.
 pub fn assert_same_ratings(
