@@ -1,10 +1,11 @@
-//! `resource_usage(...)`: a DataFusion aggregate that folds one resource's month of rollup
-//! rows into its usage, so the usage side of rating is one scan with one group per resource.
-//! The group key is the resource id alone (with one text column instead of four, grouping
-//! went from about 30 % to about 19 % of the usage side in the benchmark's profiles);
-//! account, kind and SKU are arguments, and the rare resource
-//! that changes one of them within the month gets one [`Fold`] per combination, exactly as
-//! grouping by all four would give ([`ResourceFolds`]).
+//! `resource_usage(...)`: a DataFusion aggregate that folds a month of rollup rows into
+//! each resource's usage, so the usage side of rating is one scan and one aggregate with
+//! no GROUP BY: the aggregate keeps a fold per resource itself, found by the order of the
+//! lake's files instead of a hash of each row's resource id ([`ResourceIndex`]). Account,
+//! kind and SKU are arguments, and the rare resource that changes one of them within the
+//! month gets one [`Fold`] per combination, exactly as grouping by all four would give
+//! ([`ResourceFolds`]). Its result is every resource's folds in one binary value
+//! ([`decode_usage`]).
 //!
 //! **Why a custom aggregate.** Rules that are not additive (every *started* hour, the
 //! largest state or GPU count of an hour) must see each resource-hour once, and one hour of
@@ -13,8 +14,8 @@
 //! resources, minutes instead of seconds. The fold uses the lake's layout instead: all rows
 //! of one resource-hour are in one file (a resource's samples go to one source partition,
 //! and readers take one generation of it) and next to each other (files are sorted by
-//! account and resource), so each group keeps its current hour open and closes it into the
-//! hour buckets when another hour starts.
+//! account and resource), so each resource's fold keeps its current hour open and closes it
+//! into the hour buckets when another hour starts.
 //!
 //! **Why that is safe.** Every fold keeps a bitset of the hours it closed. An hour that comes
 //! back after it was closed, or that two partial folds both saw, is reported as a
@@ -29,21 +30,21 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanArray, StringArray,
-    StringViewArray, TimestampMicrosecondArray, UInt16Array, UInt64Array,
+    Array, ArrayRef, AsArray, BinaryArray, StringArray, StringViewArray, TimestampMicrosecondArray,
+    UInt16Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
 };
-use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 use tally_model::ResourceState;
 
-use crate::usage::{HourBucket, MinuteBucket, StatesSeen};
+use crate::usage::{HourBucket, MinuteBucket};
+
+mod state;
 
 /// The aggregate's name in SQL.
 pub const NAME: &str = "resource_usage";
@@ -191,37 +192,14 @@ impl AggregateUDFImpl for ResourceUsageUdaf {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(FoldAccumulator {
-            month: self.month,
-            texts: Texts::default(),
-            sums: ResourceSums::default(),
-        }))
-    }
-
-    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
-        true
-    }
-
-    fn create_groups_accumulator(
-        &self,
-        _args: AccumulatorArgs,
-    ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(FoldGroups {
-            month: self.month,
-            texts: Texts::default(),
-            batch: BatchTexts::default(),
-            groups: Vec::new(),
-        }))
+        Ok(Box::new(MonthFold::new(self.month)))
     }
 }
 
-/// A resource's usage under one account, kind and SKU: what
-/// [`crate::usage::ResourceUsage`] is built from, and (with the other parts of its
-/// resource) the aggregate's state between partial and final aggregation.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// A resource's usage under one account, kind and SKU, as [`decode_usage`] gives it:
+/// what [`crate::usage::ResourceUsage`] is built from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fold {
-    /// Bit `i` of word `i / 64`: hour `i` of the month was seen.
-    hours_seen: Vec<u64>,
     pub hour_buckets: Vec<HourBucket>,
     pub minute_buckets: Vec<MinuteBucket>,
     pub present_minutes: i64,
@@ -240,14 +218,15 @@ pub struct Fold {
 }
 
 /// One resource's folds, one per (account, kind, SKU) it had in the month (almost always
-/// one): what the aggregate returns, serialised, parts sorted.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// one), parts sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResourceFolds {
+    pub resource_id: String,
     pub parts: Vec<FoldPart>,
 }
 
 /// The usage of one resource under one account, kind and SKU.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FoldPart {
     pub account_id: String,
     pub kind: String,
@@ -255,14 +234,11 @@ pub struct FoldPart {
     pub fold: Fold,
 }
 
-impl ResourceFolds {
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|error| DataFusionError::External(Box::new(error)))
-    }
-
-    fn to_bytes(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|error| DataFusionError::External(Box::new(error)))
-    }
+/// The resources' usage in `resource_usage`'s result, in the order they were first seen;
+/// each resource's parts and buckets sorted, so the result does not depend on the order
+/// the rows were read in.
+pub fn decode_usage(bytes: &[u8]) -> Result<Vec<ResourceFolds>> {
+    state::decode_usage(bytes)
 }
 
 /// The text values one accumulator has seen, each stored once; sums refer to them by id.
@@ -328,14 +304,6 @@ struct Identity {
 }
 
 impl Identity {
-    fn of(account_id: &str, kind: &str, sku: &str, texts: &mut Texts) -> Self {
-        Self {
-            account_id: texts.id(account_id),
-            kind: texts.id(kind),
-            sku: texts.id(sku),
-        }
-    }
-
     fn of_row(row: &Row) -> Self {
         Self {
             account_id: row.account_id,
@@ -346,104 +314,140 @@ impl Identity {
 }
 
 /// A resource's sums in one accumulator: under its first (account, kind, SKU) inline,
-/// under any other (a plan change within the month) after it.
-#[derive(Debug, Default)]
+/// under any other (a plan change within the month) behind a pointer.
+///
+/// **Why so compact.** Every hour file revisits every resource, so the fold streams all
+/// resources' sums through the cache once per hour file: at 480 bytes a resource that was
+/// most of the usage stage's time (the profile showed the first touch of each resource's
+/// sums as the fold's hottest instructions). What nearly every row updates fits in two
+/// cache lines; what few resources need (a second bucket, a gap in their hours, a plan
+/// change) lives behind a pointer.
+#[derive(Debug)]
 struct ResourceSums {
-    first: Option<(Identity, Sums)>,
-    others: Vec<(Identity, Sums)>,
+    identity: Identity,
+    sums: Sums,
+    // One word where a `Vec` takes three, in every resource's sums.
+    #[allow(clippy::box_collection)]
+    others: Option<Box<Vec<(Identity, Sums)>>>,
 }
 
 impl ResourceSums {
-    fn add(&mut self, row: &Row, texts: &Texts) -> Result<()> {
-        self.sums_of(Identity::of_row(row)).add(row, texts)
+    fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            sums: Sums::default(),
+            others: None,
+        }
     }
 
     /// The sums under `identity`, new if there are none yet.
     fn sums_of(&mut self, identity: Identity) -> &mut Sums {
-        let first = self
-            .first
-            .get_or_insert_with(|| (identity, Sums::default()));
-        if first.0 == identity {
-            return &mut first.1;
+        if self.identity == identity {
+            return &mut self.sums;
         }
-        let index = match self.others.iter().position(|(other, _)| *other == identity) {
+        let others = self.others.get_or_insert_with(Box::default);
+        let index = match others.iter().position(|(other, _)| *other == identity) {
             Some(index) => index,
             None => {
-                self.others.push((identity, Sums::default()));
-                self.others.len() - 1
+                others.push((identity, Sums::default()));
+                others.len() - 1
             }
         };
-        &mut self.others[index].1
+        &mut others[index].1
     }
 
-    /// Adds another accumulator's folds of the same resource.
-    fn merge(&mut self, other: ResourceFolds, texts: &mut Texts) -> Result<()> {
-        for part in other.parts {
-            let identity = Identity::of(&part.account_id, &part.kind, &part.sku, texts);
-            let theirs = Sums::from_fold(part.fold, texts)?;
-            self.sums_of(identity).merge(theirs, texts)?;
-        }
-        Ok(())
+    fn parts(&self) -> impl Iterator<Item = (&Identity, &Sums)> {
+        std::iter::once((&self.identity, &self.sums)).chain(
+            self.others
+                .iter()
+                .flat_map(|others| others.iter().map(|(identity, sums)| (identity, sums))),
+        )
     }
 
-    /// The sums as text; `finish` also sorts parts and buckets (the final result).
-    fn closed_folds(&mut self, texts: &Texts, finish: bool) -> ResourceFolds {
-        let mut parts: Vec<FoldPart> = self
-            .first
-            .iter_mut()
-            .chain(&mut self.others)
-            .map(|(identity, sums)| FoldPart {
-                account_id: texts.get(identity.account_id).to_owned(),
-                kind: texts.get(identity.kind).to_owned(),
-                sku: texts.get(identity.sku).to_owned(),
-                fold: sums.closed_fold(texts, finish),
-            })
-            .collect();
-        if finish {
-            parts.sort_by(|a, b| {
-                (&a.account_id, &a.kind, &a.sku).cmp(&(&b.account_id, &b.kind, &b.sku))
-            });
-        }
-        ResourceFolds { parts }
+    fn parts_count(&self) -> usize {
+        1 + self.others.as_ref().map_or(0, |others| others.len())
     }
 }
 
 /// Words of the hours-seen bitset: 768 hours, more than the longest month (745).
 const HOUR_WORDS: usize = 12;
 
-/// The sums of one resource under one identity while rows are added: a [`Fold`] with its
-/// texts as ids and its hour bitset inline, so adding a row stays within the sums.
-#[derive(Debug, Default)]
-struct Sums {
-    hours_seen: [u64; HOUR_WORDS],
-    /// The hour rows are being added to, closed into `hour_buckets` when another starts.
-    open: Option<OpenHour>,
-    /// Inline: every row closes an hour into these, and a pointer to elsewhere in memory
-    /// was a cache miss per row (a resource has one or two buckets of each).
-    hour_buckets: SmallVec<[HourBucket; 2]>,
-    minute_buckets: SmallVec<[LabelMinutes; 1]>,
-    present_minutes: i64,
-    /// Outbound external, outbound internal, inbound bytes and size-byte-minutes.
-    meters: [i128; 4],
-    first_hour: i64,
-    last_hour: i64,
-    zone: u32,
-    labels: u32,
-    max_gpus: u16,
-    rollup_rows: i64,
+/// Hours whose rows are closed into these sums: almost always one run (a resource's rows
+/// come hour after hour), kept as its bounds; a bitset in [`MoreSums`] once they are not.
+#[derive(Clone, Copy, Debug, Default)]
+struct HourRun {
+    start: u16,
+    /// Exclusive; `start == end` is no hour, [`HourRun::SPILLED`] the bitset.
+    end: u16,
 }
 
-/// A [`MinuteBucket`] with its labels as a text id.
-#[derive(Clone, Copy, Debug)]
+impl HourRun {
+    const SPILLED: u16 = u16::MAX;
+
+    fn spilled(self) -> bool {
+        self.end == Self::SPILLED
+    }
+}
+
+/// The hours of one resource-hour bucket (same states seen, same GPU count).
+/// **Why 16-bit.** Each hour is closed into a resource's sums once (the hours seen say so),
+/// so a bucket holds at most a month's 768 hours of at most 64 minutes: 49,152.
+#[derive(Clone, Copy, Debug, Default)]
+struct Hours {
+    states_seen: u8,
+    gpus: u16,
+    hours: u16,
+    minutes: [u16; ResourceState::COUNT],
+}
+
+/// Minutes of one label set and GPU count (rows add, so these are checked, 32-bit).
+#[derive(Clone, Copy, Debug, Default)]
 struct LabelMinutes {
     labels: u32,
     gpus: u16,
-    minutes: [i64; ResourceState::COUNT],
+    minutes: [u32; ResourceState::COUNT],
 }
 
+/// What few resources' sums need.
+#[derive(Clone, Debug, Default)]
+struct MoreSums {
+    /// Set once the hours seen are not one run.
+    hours_seen: Option<[u64; HOUR_WORDS]>,
+    hour_buckets: Vec<Hours>,
+    minute_buckets: Vec<LabelMinutes>,
+    /// How often each meter's 64-bit sum wrapped: the sum is `carries << 64 | meters`.
+    meter_carries: [u64; 4],
+}
+
+/// The sums of one resource under one identity (see [`ResourceSums`] for the layout).
+#[derive(Debug, Default)]
+struct Sums {
+    hours: HourRun,
+    /// The first buckets: two of hours (a resource stopped for a while has a second,
+    /// `hours == 0` is none), one of minutes (`rollup_rows == 0` is none).
+    hour_buckets: [Hours; 2],
+    minute_bucket: LabelMinutes,
+    present_minutes: u32,
+    /// Outbound external, outbound internal, inbound bytes and size-byte-minutes
+    /// (with [`MoreSums::meter_carries`]).
+    meters: [u64; 4],
+    /// Hour indexes in the month of the first and last hour with a row.
+    first_index: u16,
+    last_index: u16,
+    /// Zone and labels of the last hour (the largest, if it has several).
+    zone: u32,
+    labels: u32,
+    rollup_rows: u32,
+    more: Option<Box<MoreSums>>,
+}
+
+/// The hour being added to: the rows of one resource-hour come one after the other
+/// (see the module's documentation), so one hour is open at a time, in the accumulator.
 #[derive(Clone, Copy, Debug)]
 struct OpenHour {
-    index: usize,
+    slot: usize,
+    identity: Identity,
+    index: u16,
     masks: [u64; ResourceState::COUNT],
     gpus: u16,
 }
@@ -456,9 +460,7 @@ struct Row<'a> {
     account_id: u32,
     kind: u32,
     sku: u32,
-    /// Unix hours.
-    hour: i64,
-    hour_index: usize,
+    hour_index: u16,
     gpus: u16,
     labels: u32,
     zone: u32,
@@ -478,6 +480,26 @@ impl Row<'_> {
             detail,
         }))
     }
+
+    fn split(&self) -> DataFusionError {
+        DataFusionError::External(Box::new(SplitHour {
+            resource_id: Some(self.resource_id().to_owned()),
+            hour_index: usize::from(self.hour_index),
+        }))
+    }
+}
+
+fn bit(words: &[u64; HOUR_WORDS], index: u16) -> bool {
+    words[usize::from(index) / 64] & (1 << (index % 64)) != 0
+}
+
+fn set_bit(words: &mut [u64; HOUR_WORDS], index: u16) {
+    words[usize::from(index) / 64] |= 1 << (index % 64);
+}
+
+fn minutes_of(masks: &[u64; ResourceState::COUNT]) -> [u16; ResourceState::COUNT] {
+    // A popcount of a u64 is at most 64.
+    masks.map(|mask| mask.count_ones() as u16)
 }
 
 impl Sums {
@@ -485,86 +507,187 @@ impl Sums {
         self.rollup_rows == 0
     }
 
-    fn seen(&self, index: usize) -> bool {
-        self.hours_seen
-            .get(index / 64)
-            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    fn more(&mut self) -> &mut MoreSums {
+        self.more.get_or_insert_with(Box::default)
     }
 
-    fn add(&mut self, row: &Row, texts: &Texts) -> Result<()> {
-        match &mut self.open {
-            Some(open) if open.index == row.hour_index => {
-                for (mask, add) in open.masks.iter_mut().zip(row.masks) {
-                    *mask |= add;
-                }
-                open.gpus = open.gpus.max(row.gpus);
-            }
-            _ => {
-                self.close_hour();
-                if self.seen(row.hour_index) {
-                    return Err(DataFusionError::External(Box::new(SplitHour {
-                        resource_id: Some(row.resource_id().to_owned()),
-                        hour_index: row.hour_index,
-                    })));
-                }
-                let word = self
-                    .hours_seen
-                    .get_mut(row.hour_index / 64)
-                    .ok_or_else(|| {
-                        row.bad(format!("hour {} is beyond any month", row.hour_index))
-                    })?;
-                *word |= 1 << (row.hour_index % 64);
-                self.open = Some(OpenHour {
-                    index: row.hour_index,
-                    masks: row.masks,
-                    gpus: row.gpus,
-                });
-            }
-        }
-
-        let minutes = row.masks.map(|mask| i64::from(mask.count_ones()));
-        let labels = row.labels;
-        match self
-            .minute_buckets
-            .iter_mut()
-            .find(|bucket| bucket.gpus == row.gpus && bucket.labels == labels)
+    /// The hours seen as a bitset.
+    fn hours_seen(&self) -> [u64; HOUR_WORDS] {
+        if self.hours.spilled()
+            && let Some(words) = self.more.as_ref().and_then(|more| more.hours_seen)
         {
-            Some(bucket) => add_minutes(&mut bucket.minutes, &minutes),
-            None => self.minute_buckets.push(LabelMinutes {
-                labels,
-                gpus: row.gpus,
-                minutes,
-            }),
+            return words;
         }
-
-        for (sum, meter) in self.meters.iter_mut().zip(row.meters) {
-            *sum = sum
-                .checked_add(i128::from(meter))
-                .ok_or_else(|| row.bad("a monthly sum overflows".to_owned()))?;
+        let mut words = [0; HOUR_WORDS];
+        for index in self.hours.start..self.hours.end {
+            set_bit(&mut words, index);
         }
+        words
+    }
 
-        let zone = row.zone;
-        if self.is_empty() {
-            self.first_hour = row.hour;
-            self.last_hour = row.hour;
-            self.zone = zone;
-            self.labels = labels;
+    /// Makes `words` the hours seen.
+    fn spill_hours(&mut self, words: [u64; HOUR_WORDS]) {
+        self.more().hours_seen = Some(words);
+        self.hours = HourRun {
+            start: 0,
+            end: HourRun::SPILLED,
+        };
+    }
+
+    /// Marks hour `index` (below 768) as seen; false if it was already.
+    fn see_hour(&mut self, index: u16) -> bool {
+        let run = self.hours;
+        if !run.spilled() {
+            if run.start == run.end {
+                self.hours = HourRun {
+                    start: index,
+                    end: index + 1,
+                };
+                return true;
+            }
+            if index == run.end {
+                self.hours.end += 1;
+                return true;
+            }
+            if (run.start..run.end).contains(&index) {
+                return false;
+            }
+        }
+        let mut words = self.hours_seen();
+        let fresh = !bit(&words, index);
+        set_bit(&mut words, index);
+        self.spill_hours(words);
+        fresh
+    }
+
+    /// Counts a closed hour in the bucket of its states seen and GPU count.
+    fn close_hour(&mut self, open: &OpenHour) {
+        let mut states_seen = 0u8;
+        for (index, mask) in open.masks.iter().enumerate() {
+            if *mask != 0 {
+                states_seen |= 1 << index;
+            }
+        }
+        let present = open.masks.iter().fold(0, |all, mask| all | mask);
+        self.present_minutes += present.count_ones();
+        self.add_hours(Hours {
+            states_seen,
+            gpus: open.gpus,
+            hours: 1,
+            minutes: minutes_of(&open.masks),
+        });
+    }
+
+    /// Adds `hours` to the bucket of its states seen and GPU count.
+    fn add_hours(&mut self, hours: Hours) {
+        let fits = |bucket: &Hours| {
+            bucket.hours == 0
+                || (bucket.states_seen == hours.states_seen && bucket.gpus == hours.gpus)
+        };
+        let bucket = match self.hour_buckets.iter().position(fits) {
+            Some(index) => &mut self.hour_buckets[index],
+            None => {
+                let more = self.more();
+                match more.hour_buckets.iter().position(fits) {
+                    Some(index) => &mut more.hour_buckets[index],
+                    None => {
+                        more.hour_buckets.push(Hours::default());
+                        more.hour_buckets.last_mut().expect("just pushed")
+                    }
+                }
+            }
+        };
+        bucket.states_seen = hours.states_seen;
+        bucket.gpus = hours.gpus;
+        bucket.hours += hours.hours;
+        for (sum, add) in bucket.minutes.iter_mut().zip(hours.minutes) {
+            *sum += add;
+        }
+    }
+
+    /// Adds minutes to the bucket of `labels` and `gpus`; false if a sum overflows.
+    fn add_minutes(
+        &mut self,
+        labels: u32,
+        gpus: u16,
+        minutes: [u32; ResourceState::COUNT],
+    ) -> bool {
+        let same = |bucket: &LabelMinutes| bucket.labels == labels && bucket.gpus == gpus;
+        let bucket = if self.is_empty() || same(&self.minute_bucket) {
+            &mut self.minute_bucket
         } else {
-            self.first_hour = self.first_hour.min(row.hour);
-            self.take_last(row.hour, zone, labels, texts);
+            let more = self.more();
+            match more.minute_buckets.iter().position(same) {
+                Some(index) => &mut more.minute_buckets[index],
+                None => {
+                    more.minute_buckets.push(LabelMinutes::default());
+                    more.minute_buckets.last_mut().expect("just pushed")
+                }
+            }
+        };
+        bucket.labels = labels;
+        bucket.gpus = gpus;
+        for (sum, add) in bucket.minutes.iter_mut().zip(minutes) {
+            match sum.checked_add(add) {
+                Some(total) => *sum = total,
+                None => return false,
+            }
         }
-        self.max_gpus = self.max_gpus.max(row.gpus);
-        self.rollup_rows += 1;
+        true
+    }
+
+    /// Adds 64-bit meter values, carrying into [`MoreSums::meter_carries`].
+    fn add_meters(&mut self, meters: [u64; 4], carries: [u64; 4]) -> bool {
+        for (index, add) in meters.into_iter().enumerate() {
+            let (total, wrapped) = self.meters[index].overflowing_add(add);
+            self.meters[index] = total;
+            let Some(carry) = carries[index].checked_add(u64::from(wrapped)) else {
+                return false;
+            };
+            if carry > 0 {
+                let more = self.more();
+                match more.meter_carries[index].checked_add(carry) {
+                    Some(total) => more.meter_carries[index] = total,
+                    None => return false,
+                }
+            }
+        }
+        true
+    }
+
+    /// Adds a row's minutes, meters and texts (its hour is the open one).
+    fn add(&mut self, row: &Row, texts: &Texts) -> Result<()> {
+        let minutes = minutes_of(&row.masks).map(u32::from);
+        let was_empty = self.is_empty();
+        if !self.add_minutes(row.labels, row.gpus, minutes) {
+            return Err(row.bad("a monthly minute sum overflows".to_owned()));
+        }
+        if !self.add_meters(row.meters, [0; 4]) {
+            return Err(row.bad("a monthly sum overflows".to_owned()));
+        }
+        if was_empty {
+            self.first_index = row.hour_index;
+            self.last_index = row.hour_index;
+            self.zone = row.zone;
+            self.labels = row.labels;
+        } else {
+            self.first_index = self.first_index.min(row.hour_index);
+            self.take_last(row.hour_index, row.zone, row.labels, texts);
+        }
+        self.rollup_rows = self
+            .rollup_rows
+            .checked_add(1)
+            .ok_or_else(|| row.bad("more than 4 billion rollup rows".to_owned()))?;
         Ok(())
     }
 
     /// Keeps the zone and labels of the latest hour; within one hour, the largest.
-    fn take_last(&mut self, hour: i64, zone: u32, labels: u32, texts: &Texts) {
-        if hour > self.last_hour {
-            self.last_hour = hour;
+    fn take_last(&mut self, index: u16, zone: u32, labels: u32, texts: &Texts) {
+        if index > self.last_index {
+            self.last_index = index;
             self.zone = zone;
             self.labels = labels;
-        } else if hour == self.last_hour {
+        } else if index == self.last_index {
             if texts.get(zone) > texts.get(self.zone) {
                 self.zone = zone;
             }
@@ -574,51 +697,48 @@ impl Sums {
         }
     }
 
-    /// Counts the open hour in the bucket of its states seen and GPU count.
-    fn close_hour(&mut self) {
-        let Some(open) = self.open.take() else {
-            return;
-        };
-        let mut states_seen = 0u8;
-        for (index, mask) in open.masks.iter().enumerate() {
-            if *mask != 0 {
-                states_seen |= 1 << index;
-            }
+    fn hour_buckets(&self) -> impl Iterator<Item = &Hours> {
+        self.hour_buckets
+            .iter()
+            .chain(self.more.iter().flat_map(|more| &more.hour_buckets))
+            .filter(|bucket| bucket.hours > 0)
+    }
+
+    fn minute_buckets(&self) -> impl Iterator<Item = &LabelMinutes> {
+        std::iter::once(&self.minute_bucket)
+            .filter(|_| !self.is_empty())
+            .chain(self.more.iter().flat_map(|more| &more.minute_buckets))
+    }
+
+    fn max_gpus(&self) -> u16 {
+        self.minute_buckets()
+            .map(|bucket| bucket.gpus)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The meters as full sums.
+    fn meter_sums(&self) -> [i128; 4] {
+        let carries = self.more.as_ref().map_or([0; 4], |more| more.meter_carries);
+        let mut sums = [0; 4];
+        for (index, sum) in sums.iter_mut().enumerate() {
+            *sum = (i128::from(carries[index]) << 64) | i128::from(self.meters[index]);
         }
-        let states_seen = StatesSeen(states_seen);
-        let minutes = open.masks.map(|mask| i64::from(mask.count_ones()));
-        let present = open.masks.iter().fold(0, |all, mask| all | mask);
-        self.present_minutes += i64::from(present.count_ones());
-        match self
-            .hour_buckets
-            .iter_mut()
-            .find(|bucket| bucket.states_seen == states_seen && bucket.gpus == open.gpus)
-        {
-            Some(bucket) => {
-                bucket.hours += 1;
-                add_minutes(&mut bucket.minutes, &minutes);
-            }
-            None => self.hour_buckets.push(HourBucket {
-                states_seen,
-                gpus: open.gpus,
-                hours: 1,
-                minutes,
-            }),
-        }
+        sums
     }
 
     /// Adds another accumulator's sums of the same resource and identity.
-    fn merge(&mut self, mut other: Sums, texts: &Texts) -> Result<()> {
-        other.close_hour();
+    fn merge(&mut self, other: Sums, texts: &Texts) -> Result<()> {
         if other.is_empty() {
             return Ok(());
         }
-        self.close_hour();
         if self.is_empty() {
             *self = other;
             return Ok(());
         }
-        for (index, (mine, theirs)) in self.hours_seen.iter().zip(&other.hours_seen).enumerate() {
+        let mine = self.hours_seen();
+        let theirs = other.hours_seen();
+        for (index, (mine, theirs)) in mine.iter().zip(&theirs).enumerate() {
             let both = mine & theirs;
             if both != 0 {
                 return Err(DataFusionError::External(Box::new(SplitHour {
@@ -627,130 +747,35 @@ impl Sums {
                 })));
             }
         }
-        for (mine, theirs) in self.hours_seen.iter_mut().zip(&other.hours_seen) {
-            *mine |= theirs;
+        let mut union = mine;
+        for (word, add) in union.iter_mut().zip(theirs) {
+            *word |= add;
         }
-        for bucket in other.hour_buckets {
-            match self
-                .hour_buckets
-                .iter_mut()
-                .find(|mine| mine.states_seen == bucket.states_seen && mine.gpus == bucket.gpus)
-            {
-                Some(mine) => {
-                    mine.hours += bucket.hours;
-                    add_minutes(&mut mine.minutes, &bucket.minutes);
-                }
-                None => self.hour_buckets.push(bucket),
-            }
+        self.spill_hours(union);
+        for bucket in other.hour_buckets() {
+            self.add_hours(*bucket);
         }
-        for bucket in other.minute_buckets {
-            match self
-                .minute_buckets
-                .iter_mut()
-                .find(|mine| mine.gpus == bucket.gpus && mine.labels == bucket.labels)
-            {
-                Some(mine) => add_minutes(&mut mine.minutes, &bucket.minutes),
-                None => self.minute_buckets.push(bucket),
+        let overflow = || DataFusionError::Execution("a monthly usage sum overflows".to_owned());
+        for bucket in other.minute_buckets() {
+            if !self.add_minutes(bucket.labels, bucket.gpus, bucket.minutes) {
+                return Err(overflow());
             }
         }
         self.present_minutes += other.present_minutes;
-        for (sum, add) in self.meters.iter_mut().zip(other.meters) {
-            *sum = sum.checked_add(add).ok_or_else(|| {
-                DataFusionError::Execution("a monthly usage sum overflows".to_owned())
-            })?;
+        let carries = other
+            .more
+            .as_ref()
+            .map_or([0; 4], |more| more.meter_carries);
+        if !self.add_meters(other.meters, carries) {
+            return Err(overflow());
         }
-        self.first_hour = self.first_hour.min(other.first_hour);
-        self.take_last(other.last_hour, other.zone, other.labels, texts);
-        self.max_gpus = self.max_gpus.max(other.max_gpus);
-        self.rollup_rows += other.rollup_rows;
+        self.first_index = self.first_index.min(other.first_index);
+        self.take_last(other.last_index, other.zone, other.labels, texts);
+        self.rollup_rows = self
+            .rollup_rows
+            .checked_add(other.rollup_rows)
+            .ok_or_else(overflow)?;
         Ok(())
-    }
-
-    /// The sums as a [`Fold`], the open hour closed; `finish` sorts the buckets.
-    fn closed_fold(&mut self, texts: &Texts, finish: bool) -> Fold {
-        self.close_hour();
-        let words = self
-            .hours_seen
-            .iter()
-            .rposition(|word| *word != 0)
-            .map_or(0, |last| last + 1);
-        let mut fold = Fold {
-            hours_seen: self.hours_seen[..words].to_vec(),
-            hour_buckets: self.hour_buckets.to_vec(),
-            minute_buckets: self
-                .minute_buckets
-                .iter()
-                .map(|bucket| MinuteBucket {
-                    labels: texts.get(bucket.labels).to_owned(),
-                    gpus: bucket.gpus,
-                    minutes: bucket.minutes,
-                })
-                .collect(),
-            present_minutes: self.present_minutes,
-            out_external_bytes: self.meters[0],
-            out_internal_bytes: self.meters[1],
-            in_bytes: self.meters[2],
-            size_byte_minutes: self.meters[3],
-            first_hour: self.first_hour,
-            last_hour: self.last_hour,
-            zone: texts.get(self.zone).to_owned(),
-            labels: texts.get(self.labels).to_owned(),
-            max_gpus: self.max_gpus,
-            rollup_rows: self.rollup_rows,
-        };
-        if finish {
-            fold.hour_buckets
-                .sort_by_key(|bucket| (bucket.states_seen, bucket.gpus));
-            fold.minute_buckets
-                .sort_by(|a, b| (&a.labels, a.gpus).cmp(&(&b.labels, b.gpus)));
-        }
-        fold
-    }
-
-    fn from_fold(fold: Fold, texts: &mut Texts) -> Result<Self> {
-        let mut hours_seen = [0; HOUR_WORDS];
-        hours_seen
-            .get_mut(..fold.hours_seen.len())
-            .ok_or_else(|| {
-                DataFusionError::Internal(format!(
-                    "{NAME}: a state with {} hour words, more than a month's {HOUR_WORDS}",
-                    fold.hours_seen.len()
-                ))
-            })?
-            .copy_from_slice(&fold.hours_seen);
-        Ok(Self {
-            hours_seen,
-            open: None,
-            hour_buckets: fold.hour_buckets.into(),
-            minute_buckets: fold
-                .minute_buckets
-                .iter()
-                .map(|bucket| LabelMinutes {
-                    labels: texts.id(&bucket.labels),
-                    gpus: bucket.gpus,
-                    minutes: bucket.minutes,
-                })
-                .collect(),
-            present_minutes: fold.present_minutes,
-            meters: [
-                fold.out_external_bytes,
-                fold.out_internal_bytes,
-                fold.in_bytes,
-                fold.size_byte_minutes,
-            ],
-            first_hour: fold.first_hour,
-            last_hour: fold.last_hour,
-            zone: texts.id(&fold.zone),
-            labels: texts.id(&fold.labels),
-            max_gpus: fold.max_gpus,
-            rollup_rows: fold.rollup_rows,
-        })
-    }
-}
-
-fn add_minutes(sum: &mut [i64; ResourceState::COUNT], add: &[i64; ResourceState::COUNT]) {
-    for (sum, add) in sum.iter_mut().zip(add) {
-        *sum += add;
     }
 }
 
@@ -894,6 +919,10 @@ impl<'a> Inputs<'a> {
         Ok(inputs)
     }
 
+    fn rows(&self) -> usize {
+        self.hour_start.len()
+    }
+
     /// Row `row`, its texts' ids from `ids` (read from this batch).
     fn row<'b>(&'b self, row: usize, ids: &BatchTexts, month: MonthHours) -> Result<Row<'b>> {
         let mut read = Row {
@@ -902,7 +931,6 @@ impl<'a> Inputs<'a> {
             account_id: ids.account_id[row],
             kind: ids.kind[row],
             sku: ids.sku[row],
-            hour: 0,
             hour_index: 0,
             gpus: self.gpus.value(row),
             labels: ids.labels[row],
@@ -916,10 +944,10 @@ impl<'a> Inputs<'a> {
                 "hour_start {micros} µs is not the start of an hour"
             )));
         }
-        read.hour = micros.div_euclid(MICROS_PER_HOUR);
-        read.hour_index = usize::try_from(read.hour - month.first_hour)
+        // The hours-seen bitset holds 768 hours, more than any month.
+        read.hour_index = u16::try_from(micros.div_euclid(MICROS_PER_HOUR) - month.first_hour)
             .ok()
-            .filter(|index| *index < month.hours)
+            .filter(|index| usize::from(*index) < month.hours.min(HOUR_WORDS * 64))
             .ok_or_else(|| {
                 read.bad(format!(
                     "hour_start {micros} µs is outside the month's {} hours",
@@ -930,155 +958,190 @@ impl<'a> Inputs<'a> {
     }
 }
 
-/// Sums of many groups: what the hash aggregation drives.
-struct FoldGroups {
+/// The month's sums of every resource one partition of the scan (or, merged, all of them)
+/// has seen: the aggregate's accumulator. There is no GROUP BY: DataFusion hashing each
+/// row's resource id was the largest single cost of the usage side in the benchmark's
+/// profile, and the lake's order makes it unnecessary ([`ResourceIndex`]).
+#[derive(Debug)]
+struct MonthFold {
     month: MonthHours,
     texts: Texts,
     batch: BatchTexts,
-    groups: Vec<ResourceSums>,
+    resources: ResourceIndex,
+    /// By slot of [`ResourceIndex`].
+    sums: Vec<ResourceSums>,
+    open: Option<OpenHour>,
 }
 
-impl fmt::Debug for FoldGroups {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FoldGroups({} groups)", self.groups.len())
+impl MonthFold {
+    fn new(month: MonthHours) -> Self {
+        Self {
+            month,
+            texts: Texts::default(),
+            batch: BatchTexts::default(),
+            resources: ResourceIndex::default(),
+            sums: Vec::new(),
+            open: None,
+        }
     }
-}
 
-fn binary(groups: Vec<ResourceSums>, texts: &Texts, finish: bool) -> Result<ArrayRef> {
-    let mut builder = BinaryBuilder::new();
-    for mut group in groups {
-        builder.append_value(group.closed_folds(texts, finish).to_bytes()?);
-    }
-    Ok(Arc::new(builder.finish()))
-}
-
-fn binary_states(states: &[ArrayRef]) -> Result<&BinaryArray> {
-    states
-        .first()
-        .and_then(|column| column.as_any().downcast_ref::<BinaryArray>())
-        .ok_or_else(|| DataFusionError::Internal(format!("{NAME}: state is not binary")))
-}
-
-fn filtered_out(filter: Option<&BooleanArray>, row: usize) -> bool {
-    filter.is_some_and(|filter| !filter.is_valid(row) || !filter.value(row))
-}
-
-impl GroupsAccumulator for FoldGroups {
-    fn update_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.groups
-            .resize_with(total_num_groups, ResourceSums::default);
-        let inputs = Inputs::new(values)?;
-        self.batch.read(&inputs, &mut self.texts);
-        for (row, &group) in group_indices.iter().enumerate() {
-            if !filtered_out(opt_filter, row) {
-                self.groups[group].add(&inputs.row(row, &self.batch, self.month)?, &self.texts)?;
+    /// Adds one row of resource `slot`.
+    fn add(&mut self, slot: usize, row: &Row) -> Result<()> {
+        let identity = Identity::of_row(row);
+        match &mut self.open {
+            Some(open)
+                if open.slot == slot
+                    && open.identity == identity
+                    && open.index == row.hour_index =>
+            {
+                for (mask, add) in open.masks.iter_mut().zip(row.masks) {
+                    *mask |= add;
+                }
+                open.gpus = open.gpus.max(row.gpus);
+            }
+            _ => {
+                self.close_hour();
+                let sums = sums_at(&mut self.sums, slot, identity).sums_of(identity);
+                if !sums.see_hour(row.hour_index) {
+                    return Err(row.split());
+                }
+                self.open = Some(OpenHour {
+                    slot,
+                    identity,
+                    index: row.hour_index,
+                    masks: row.masks,
+                    gpus: row.gpus,
+                });
             }
         }
-        Ok(())
+        self.sums[slot].sums_of(identity).add(row, &self.texts)
     }
 
-    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        binary(emit_to.take_needed(&mut self.groups), &self.texts, true)
-    }
-
-    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let groups = emit_to.take_needed(&mut self.groups);
-        Ok(vec![binary(groups, &self.texts, false)?])
-    }
-
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.groups
-            .resize_with(total_num_groups, ResourceSums::default);
-        let states = binary_states(values)?;
-        for (row, &group) in group_indices.iter().enumerate() {
-            let theirs = ResourceFolds::from_bytes(states.value(row))?;
-            self.groups[group].merge(theirs, &mut self.texts)?;
+    /// Closes the open hour into its resource's sums.
+    fn close_hour(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.sums[open.slot]
+                .sums_of(open.identity)
+                .close_hour(&open);
         }
-        Ok(())
-    }
-
-    /// Each row as a state of its own (only used if partial aggregation is skipped: rows
-    /// of one resource-hour then meet in `merge_batch` and are reported as split).
-    fn convert_to_state(
-        &self,
-        values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> Result<Vec<ArrayRef>> {
-        let inputs = Inputs::new(values)?;
-        let mut texts = Texts::default();
-        let mut batch = BatchTexts::default();
-        batch.read(&inputs, &mut texts);
-        let mut builder = BinaryBuilder::new();
-        for row in 0..values.first().map_or(0, |column| column.len()) {
-            let mut sums = ResourceSums::default();
-            if !filtered_out(opt_filter, row) {
-                sums.add(&inputs.row(row, &batch, self.month)?, &texts)?;
-            }
-            builder.append_value(sums.closed_folds(&texts, false).to_bytes()?);
-        }
-        Ok(vec![Arc::new(builder.finish())])
-    }
-
-    /// An estimate: DataFusion asks after every batch, so it must not walk the groups.
-    /// A resource holds one set of sums with a few buckets; the text table is small.
-    fn size(&self) -> usize {
-        let per_group =
-            size_of::<ResourceSums>() + 2 * size_of::<HourBucket>() + size_of::<LabelMinutes>();
-        self.groups.capacity() * per_group + self.texts.values.len() * 64
     }
 }
 
-/// One group's sums, for plans that aggregate without group indices.
-#[derive(Debug)]
-struct FoldAccumulator {
-    month: MonthHours,
-    texts: Texts,
-    sums: ResourceSums,
+/// The sums of resource `slot` among `sums`, new (under `identity`) if the slot is.
+fn sums_at(sums: &mut Vec<ResourceSums>, slot: usize, identity: Identity) -> &mut ResourceSums {
+    if slot == sums.len() {
+        sums.push(ResourceSums::new(identity));
+    }
+    &mut sums[slot]
 }
 
-impl Accumulator for FoldAccumulator {
+impl Accumulator for MonthFold {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         let inputs = Inputs::new(values)?;
-        let mut batch = BatchTexts::default();
-        batch.read(&inputs, &mut self.texts);
-        for row in 0..values.first().map_or(0, |column| column.len()) {
-            self.sums
-                .add(&inputs.row(row, &batch, self.month)?, &self.texts)?;
+        self.batch.read(&inputs, &mut self.texts);
+        for row in 0..inputs.rows() {
+            let slot = self.resources.slot_of(inputs.resource_id.value(row));
+            let read = inputs.row(row, &self.batch, self.month)?;
+            self.add(slot, &read)?;
         }
         Ok(())
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        let folds = self.sums.closed_folds(&self.texts, true);
-        Ok(ScalarValue::Binary(Some(folds.to_bytes()?)))
-    }
-
-    fn size(&self) -> usize {
-        size_of::<Self>()
+        Ok(ScalarValue::Binary(Some(state::encode(self))))
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let folds = self.sums.closed_folds(&self.texts, false);
-        Ok(vec![ScalarValue::Binary(Some(folds.to_bytes()?))])
+        Ok(vec![ScalarValue::Binary(Some(state::encode(self)))])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let states = binary_states(states)?;
+        let states = states
+            .first()
+            .and_then(|column| column.as_any().downcast_ref::<BinaryArray>())
+            .ok_or_else(|| DataFusionError::Internal(format!("{NAME}: state is not binary")))?;
         for row in 0..states.len() {
-            let theirs = ResourceFolds::from_bytes(states.value(row))?;
-            self.sums.merge(theirs, &mut self.texts)?;
+            if states.is_valid(row) {
+                state::merge(self, states.value(row))?;
+            }
         }
         Ok(())
+    }
+
+    /// An estimate: a resource holds its compact sums (the few with more hold a little
+    /// more) and its id twice in the index; the text table is small.
+    fn size(&self) -> usize {
+        let per_resource = size_of::<ResourceSums>() + size_of::<MoreSums>() / 8;
+        size_of::<Self>()
+            + self.sums.capacity() * per_resource
+            + self.resources.bytes()
+            + self.texts.values.len() * 64
+    }
+}
+
+/// Which slot holds each resource's sums. **Why not a hash lookup per row.** Every hour
+/// file lists its resources in the same order (sorted by account and resource), so the
+/// resource after a row's is nearly always the one that came after it in the hour before:
+/// each slot remembers its successor, and a row whose id equals that guess (one compare
+/// of a short text) takes its slot without hashing. Only resources that appear, disappear
+/// or move (and the first file) go through the hash map.
+#[derive(Debug, Default)]
+struct ResourceIndex {
+    /// The ids, one after another, slot `i` at `ends[i - 1]..ends[i]`: the guesses
+    /// compare against memory that is read in order.
+    ids: String,
+    ends: Vec<usize>,
+    slots: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
+    /// Per slot, the slot of the resource whose row came after its row last time.
+    next: Vec<usize>,
+    /// The slot of the row before.
+    last: Option<usize>,
+}
+
+/// No successor seen yet.
+const NO_SLOT: usize = usize::MAX;
+
+impl ResourceIndex {
+    fn id(&self, slot: usize) -> &str {
+        let start = slot.checked_sub(1).map_or(0, |before| self.ends[before]);
+        &self.ids[start..self.ends[slot]]
+    }
+
+    /// The slot of the row with resource `id`, which follows the row of the last call.
+    fn slot_of(&mut self, id: &str) -> usize {
+        if let Some(last) = self.last {
+            let guess = self.next[last];
+            if guess != NO_SLOT && self.id(guess) == id {
+                self.last = Some(guess);
+                return guess;
+            }
+            // A second row of the same resource-hour (a label or GPU change).
+            if self.id(last) == id {
+                return last;
+            }
+        }
+        let slot = self.find_or_add(id);
+        if let Some(last) = self.last {
+            self.next[last] = slot;
+        }
+        self.last = Some(slot);
+        slot
+    }
+
+    /// The slot of resource `id`, a new one if it has none.
+    fn find_or_add(&mut self, id: &str) -> usize {
+        if let Some(slot) = self.slots.get(id) {
+            return *slot;
+        }
+        let slot = self.ends.len();
+        self.ids.push_str(id);
+        self.ends.push(self.ids.len());
+        self.next.push(NO_SLOT);
+        self.slots.insert(id.into(), slot);
+        slot
+    }
+
+    fn bytes(&self) -> usize {
+        2 * self.ids.len() + self.ends.len() * (3 * size_of::<usize>() + size_of::<Box<str>>())
     }
 }

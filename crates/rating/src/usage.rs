@@ -44,7 +44,7 @@ use tally_model::{Hour, ResourceKind, ResourceState, RollupFileName};
 
 use crate::distributed::{self, Engine};
 use crate::error::{Error, Result};
-use crate::fold::{self, ResourceFolds};
+use crate::fold;
 use crate::month::BillingMonth;
 
 /// The set of states seen in one hour, bit `i` for [`ResourceState::index`] `i`.
@@ -292,15 +292,9 @@ impl MonthRollups {
         }
         let files = month_files(lake, month)?;
         // Each file is read whole by one partition of the scan: `resource_usage` relies on
-        // the rows of a resource-hour coming next to each other (see `fold.rs`). Partial
-        // aggregation is never skipped: the first hour has one row per resource, which
-        // looks like no reduction, but a month folds 745 rows into one.
-        let config = SessionConfig::new()
-            .set_bool("datafusion.optimizer.repartition_file_scans", false)
-            .set_str(
-                "datafusion.execution.skip_partial_aggregation_probe_ratio_threshold",
-                "1.0",
-            );
+        // the rows of a resource-hour coming next to each other (see `fold.rs`).
+        let config =
+            SessionConfig::new().set_bool("datafusion.optimizer.repartition_file_scans", false);
         let (context, schema) = match engine {
             Engine::InProcess => (
                 SessionContext::new_with_config(config),
@@ -368,8 +362,11 @@ impl MonthRollups {
         }
     }
 
-    /// One scan, one group per resource: `resource_usage` folds the rows.
+    /// One scan: `resource_usage` folds every resource's rows.
     pub async fn folded_usage(&self) -> Result<Vec<ResourceUsage>> {
+        if self.files == 0 {
+            return Ok(Vec::new());
+        }
         let batches = self
             .context
             .sql(&folded_usage_sql())
@@ -380,37 +377,38 @@ impl MonthRollups {
         for batch in &batches {
             let columns = Columns::new(batch)?;
             let folds = columns.typed::<BinaryArray>("usage")?;
-            let resource_ids = columns.text("resource_id")?;
             for row in 0..batch.num_rows() {
-                for part in ResourceFolds::from_bytes(folds.value(row))?.parts {
-                    let fold = part.fold;
-                    let resource_id = resource_ids.value(row).to_owned();
-                    let Some(kind) = ResourceKind::parse(&part.kind) else {
-                        return Err(Error::Usage {
+                for resource in fold::decode_usage(folds.value(row))? {
+                    for part in resource.parts {
+                        let fold = part.fold;
+                        let resource_id = resource.resource_id.clone();
+                        let Some(kind) = ResourceKind::parse(&part.kind) else {
+                            return Err(Error::Usage {
+                                account_id: part.account_id,
+                                resource_id,
+                                detail: unknown_kind(&part.kind),
+                            });
+                        };
+                        usages.push(ResourceUsage {
+                            kind,
                             account_id: part.account_id,
                             resource_id,
-                            detail: unknown_kind(&part.kind),
+                            sku: part.sku,
+                            zone: fold.zone,
+                            labels: fold.labels,
+                            max_gpus: fold.max_gpus,
+                            hour_buckets: fold.hour_buckets,
+                            minute_buckets: fold.minute_buckets,
+                            present_minutes: fold.present_minutes,
+                            out_external_bytes: fold.out_external_bytes,
+                            out_internal_bytes: fold.out_internal_bytes,
+                            in_bytes: fold.in_bytes,
+                            size_byte_minutes: fold.size_byte_minutes,
+                            first_hour: Hour::from_unix_hours(fold.first_hour),
+                            last_hour: Hour::from_unix_hours(fold.last_hour),
+                            rollup_rows: fold.rollup_rows,
                         });
-                    };
-                    usages.push(ResourceUsage {
-                        kind,
-                        account_id: part.account_id,
-                        resource_id,
-                        sku: part.sku,
-                        zone: fold.zone,
-                        labels: fold.labels,
-                        max_gpus: fold.max_gpus,
-                        hour_buckets: fold.hour_buckets,
-                        minute_buckets: fold.minute_buckets,
-                        present_minutes: fold.present_minutes,
-                        out_external_bytes: fold.out_external_bytes,
-                        out_internal_bytes: fold.out_internal_bytes,
-                        in_bytes: fold.in_bytes,
-                        size_byte_minutes: fold.size_byte_minutes,
-                        first_hour: Hour::from_unix_hours(fold.first_hour),
-                        last_hour: Hour::from_unix_hours(fold.last_hour),
-                        rollup_rows: fold.rollup_rows,
-                    });
+                    }
                 }
             }
         }
@@ -428,6 +426,9 @@ impl MonthRollups {
     /// The exact plan that assumes nothing about the layout: group by resource-hour
     /// first (a minute in two rows counts once), then by resource. Slow for a large fleet.
     pub async fn grouped_usage(&self) -> Result<Vec<ResourceUsage>> {
+        if self.files == 0 {
+            return Ok(Vec::new());
+        }
         let hour_batches = self
             .context
             .sql(&hour_buckets_sql())
@@ -741,12 +742,11 @@ impl ResourceUsage {
     }
 }
 
-/// Per resource: its usage folded by `resource_usage` (sorted by the caller).
+/// Every resource's usage folded by `resource_usage`: one row (sorted by the caller).
 pub fn folded_usage_sql() -> String {
     format!(
-        "SELECT resource_id, {name}({arguments}) AS usage
-         FROM {MONTH_TABLE}
-         GROUP BY resource_id",
+        "SELECT {name}({arguments}) AS usage
+         FROM {MONTH_TABLE}",
         name = fold::NAME,
         arguments = fold::ARGUMENTS.join(", "),
     )

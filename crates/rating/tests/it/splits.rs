@@ -197,8 +197,8 @@ async fn a_resource_hour_the_fold_sees_twice_is_summed_by_the_exact_plan() {
 #[tokio::test]
 async fn a_resize_within_an_hour_is_a_started_hour_of_each_plan() {
     // cx22 until 14:30, cx32 from then: hour 14 is a started hour of both plans, as the
-    // exact plan (one group per resource, SKU and hour) counts it. The fold groups by
-    // resource alone and keeps one fold per SKU, so it must agree without a fallback.
+    // exact plan (one group per resource, SKU and hour) counts it. The fold keeps one
+    // fold per resource and SKU, so it must agree without a fallback.
     use tally_rating::month::BillingMonth;
     use tally_rating::usage::MonthRollups;
 

@@ -1,0 +1,418 @@
+//! The binary form of a [`MonthFold`]: its state between partial and final aggregation
+//! (two partitions' folds of 100,000 resources each, merged) and its result.
+//!
+//! **Why not JSON** (as before): the state is written and read once per resource per
+//! partition and once more for the result; a fixed little-endian layout with the texts
+//! in one table up front costs a copy, where JSON cost formatting and parsing every
+//! number and repeated every account, SKU and label text per resource.
+//!
+//! Layout: the magic `tally-fold-1`; the texts (count, then each as length and UTF-8);
+//! the resources (count, then each: its id, its parts: account, kind and SKU as text
+//! ids, then the [`Sums`]). Counts and lengths are `u32`, integers little-endian.
+
+use datafusion::error::{DataFusionError, Result};
+use tally_model::ResourceState;
+
+use super::{HOUR_WORDS, HourRun, Hours, Identity, MonthFold, NAME, Sums, sums_at};
+use crate::fold::{Fold, FoldPart, ResourceFolds};
+use crate::usage::{HourBucket, MinuteBucket, StatesSeen};
+
+const MAGIC: &[u8] = b"tally-fold-1";
+
+/// `fold` as bytes, every open hour closed first.
+pub(super) fn encode(fold: &mut MonthFold) -> Vec<u8> {
+    fold.close_hour();
+    let first_hour = fold.month.first_hour;
+    let mut out = Writer(Vec::with_capacity(64 + fold.sums.len() * 160));
+    out.0.extend_from_slice(MAGIC);
+    out.count(fold.texts.values.len());
+    for text in &fold.texts.values {
+        out.text(text);
+    }
+    out.count(fold.sums.len());
+    for (slot, resource) in fold.sums.iter().enumerate() {
+        out.text(fold.resources.id(slot));
+        out.count(resource.parts_count());
+        for (identity, sums) in resource.parts() {
+            out.u32(identity.account_id);
+            out.u32(identity.kind);
+            out.u32(identity.sku);
+            out.sums(sums, first_hour);
+        }
+    }
+    out.0
+}
+
+/// Adds the folds of another accumulator's state to `fold`.
+pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8]) -> Result<()> {
+    let mut input = Reader::new(bytes)?;
+    // Their text ids as ours.
+    let texts = input.count()?;
+    let mut ours = Vec::with_capacity(texts);
+    for _ in 0..texts {
+        ours.push(fold.texts.id(input.text()?));
+    }
+    let id = |theirs: u32| {
+        ours.get(theirs as usize)
+            .copied()
+            .ok_or_else(|| broken(format!("text {theirs} of a table of {}", ours.len())))
+    };
+    for _ in 0..input.count()? {
+        let slot = fold.resources.find_or_add(input.text()?);
+        for _ in 0..input.count()? {
+            let identity = Identity {
+                account_id: id(input.u32()?)?,
+                kind: id(input.u32()?)?,
+                sku: id(input.u32()?)?,
+            };
+            let theirs = input.sums()?.compact(&id, fold.month.first_hour)?;
+            sums_at(&mut fold.sums, slot, identity)
+                .sums_of(identity)
+                .merge(theirs, &fold.texts)?;
+        }
+    }
+    input.end()
+}
+
+/// The resources of a result, with their texts; parts and buckets sorted.
+pub(super) fn decode_usage(bytes: &[u8]) -> Result<Vec<ResourceFolds>> {
+    let mut input = Reader::new(bytes)?;
+    let count = input.count()?;
+    let mut texts = Vec::with_capacity(count);
+    for _ in 0..count {
+        texts.push(input.text()?);
+    }
+    let text = |id: u32| {
+        texts
+            .get(id as usize)
+            .map(|text| (*text).to_owned())
+            .ok_or_else(|| broken(format!("text {id} of a table of {}", texts.len())))
+    };
+    let count = input.count()?;
+    let mut resources = Vec::with_capacity(count);
+    for _ in 0..count {
+        let resource_id = input.text()?.to_owned();
+        let mut parts = Vec::new();
+        for _ in 0..input.count()? {
+            let account_id = text(input.u32()?)?;
+            let kind = text(input.u32()?)?;
+            let sku = text(input.u32()?)?;
+            let sums = input.sums()?;
+            let mut minute_buckets = sums
+                .minute_buckets
+                .iter()
+                .map(|bucket| {
+                    Ok(MinuteBucket {
+                        labels: text(bucket.labels)?,
+                        gpus: bucket.gpus,
+                        minutes: bucket.minutes,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            minute_buckets.sort_by(|a, b| (&a.labels, a.gpus).cmp(&(&b.labels, b.gpus)));
+            let mut hour_buckets = sums.hour_buckets;
+            hour_buckets.sort_by_key(|bucket| (bucket.states_seen, bucket.gpus));
+            let [
+                out_external_bytes,
+                out_internal_bytes,
+                in_bytes,
+                size_byte_minutes,
+            ] = sums.meters;
+            parts.push(FoldPart {
+                account_id,
+                kind,
+                sku,
+                fold: Fold {
+                    hour_buckets,
+                    minute_buckets,
+                    present_minutes: sums.present_minutes,
+                    out_external_bytes,
+                    out_internal_bytes,
+                    in_bytes,
+                    size_byte_minutes,
+                    first_hour: sums.first_hour,
+                    last_hour: sums.last_hour,
+                    zone: text(sums.zone)?,
+                    labels: text(sums.labels)?,
+                    max_gpus: sums.max_gpus,
+                    rollup_rows: sums.rollup_rows,
+                },
+            });
+        }
+        parts.sort_by(|a, b| {
+            (&a.account_id, &a.kind, &a.sku).cmp(&(&b.account_id, &b.kind, &b.sku))
+        });
+        resources.push(ResourceFolds { resource_id, parts });
+    }
+    input.end()?;
+    Ok(resources)
+}
+
+fn broken(detail: String) -> DataFusionError {
+    DataFusionError::Internal(format!("{NAME}: a broken state: {detail}"))
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn i64(&mut self, value: i64) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// Counts and lengths: a state holds far fewer than 4 billion of anything (the
+    /// accumulator would have run out of memory first).
+    fn count(&mut self, count: usize) {
+        self.u32(u32::try_from(count).unwrap_or(u32::MAX));
+    }
+
+    fn text(&mut self, text: &str) {
+        self.count(text.len());
+        self.0.extend_from_slice(text.as_bytes());
+    }
+
+    fn minutes(&mut self, minutes: &[i64; ResourceState::COUNT]) {
+        for minute in minutes {
+            self.i64(*minute);
+        }
+    }
+
+    /// Sums (the accumulator's open hour closed), hours as Unix hours.
+    fn sums(&mut self, sums: &Sums, first_hour: i64) {
+        let hours_seen = sums.hours_seen();
+        let words = hours_seen
+            .iter()
+            .rposition(|word| *word != 0)
+            .map_or(0, |last| last + 1);
+        self.count(words);
+        for word in &hours_seen[..words] {
+            self.0.extend_from_slice(&word.to_le_bytes());
+        }
+        self.count(sums.hour_buckets().count());
+        for bucket in sums.hour_buckets() {
+            self.0.push(bucket.states_seen);
+            self.0.extend_from_slice(&bucket.gpus.to_le_bytes());
+            self.i64(i64::from(bucket.hours));
+            self.minutes(&bucket.minutes.map(i64::from));
+        }
+        self.count(sums.minute_buckets().count());
+        for bucket in sums.minute_buckets() {
+            self.u32(bucket.labels);
+            self.0.extend_from_slice(&bucket.gpus.to_le_bytes());
+            self.minutes(&bucket.minutes.map(i64::from));
+        }
+        self.i64(i64::from(sums.present_minutes));
+        for meter in sums.meter_sums() {
+            self.0.extend_from_slice(&meter.to_le_bytes());
+        }
+        self.i64(first_hour + i64::from(sums.first_index));
+        self.i64(first_hour + i64::from(sums.last_index));
+        self.u32(sums.zone);
+        self.u32(sums.labels);
+        self.0.extend_from_slice(&sums.max_gpus().to_le_bytes());
+        self.i64(i64::from(sums.rollup_rows));
+    }
+}
+
+/// [`Sums`] as a state holds them: wide integers, texts as the state's ids.
+struct StateSums {
+    hours_seen: [u64; HOUR_WORDS],
+    hour_buckets: Vec<HourBucket>,
+    minute_buckets: Vec<StateMinutes>,
+    present_minutes: i64,
+    meters: [i128; 4],
+    first_hour: i64,
+    last_hour: i64,
+    zone: u32,
+    labels: u32,
+    max_gpus: u16,
+    rollup_rows: i64,
+}
+
+struct StateMinutes {
+    labels: u32,
+    gpus: u16,
+    minutes: [i64; ResourceState::COUNT],
+}
+
+impl StateSums {
+    /// As the accumulator's sums: text ids through `id`, hours as indexes from
+    /// `first_hour`; every value checked against what the compact form holds.
+    fn compact(self, id: &impl Fn(u32) -> Result<u32>, first_hour: i64) -> Result<Sums> {
+        fn narrow<T: TryFrom<i64>>(value: i64, what: &str) -> Result<T> {
+            T::try_from(value).map_err(|_| broken(format!("{what} {value} is out of range")))
+        }
+        let index = |hour: i64| narrow::<u16>(hour - first_hour, "hour");
+        let mut sums = Sums {
+            hours: HourRun::default(),
+            present_minutes: narrow(self.present_minutes, "present minutes")?,
+            first_index: index(self.first_hour)?,
+            last_index: index(self.last_hour)?,
+            zone: id(self.zone)?,
+            labels: id(self.labels)?,
+            rollup_rows: narrow(self.rollup_rows, "rollup rows")?,
+            ..Sums::default()
+        };
+        sums.spill_hours(self.hours_seen);
+        for bucket in &self.hour_buckets {
+            let mut minutes = [0; ResourceState::COUNT];
+            for (minute, value) in minutes.iter_mut().zip(bucket.minutes) {
+                *minute = narrow(value, "hour bucket minutes")?;
+            }
+            sums.add_hours(Hours {
+                states_seen: bucket.states_seen.0,
+                gpus: bucket.gpus,
+                hours: narrow(bucket.hours, "hours")?,
+                minutes,
+            });
+        }
+        // `add_minutes` fills the inline bucket while the sums have no rows.
+        let rollup_rows = std::mem::take(&mut sums.rollup_rows);
+        for bucket in &self.minute_buckets {
+            let mut minutes = [0; ResourceState::COUNT];
+            for (minute, value) in minutes.iter_mut().zip(bucket.minutes) {
+                *minute = narrow(value, "label minutes")?;
+            }
+            if !sums.add_minutes(id(bucket.labels)?, bucket.gpus, minutes) {
+                return Err(broken("label minutes overflow".to_owned()));
+            }
+            sums.rollup_rows = 1;
+        }
+        sums.rollup_rows = rollup_rows;
+        let mut low = [0; 4];
+        let mut carries = [0; 4];
+        for (index, meter) in self.meters.iter().enumerate() {
+            let meter = u128::try_from(*meter)
+                .map_err(|_| broken(format!("meter sum {meter} is negative")))?;
+            low[index] = meter as u64;
+            carries[index] = (meter >> 64) as u64;
+        }
+        if !sums.add_meters(low, carries) {
+            return Err(broken("a meter sum overflows".to_owned()));
+        }
+        if sums.max_gpus() != self.max_gpus {
+            return Err(broken(format!(
+                "largest GPU count {} is not its label buckets' {}",
+                self.max_gpus,
+                sums.max_gpus()
+            )));
+        }
+        Ok(sums)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Self> {
+        match bytes.strip_prefix(MAGIC) {
+            Some(bytes) => Ok(Self { bytes }),
+            None => Err(broken("it does not start with tally-fold-1".to_owned())),
+        }
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let (taken, rest) = self
+            .bytes
+            .split_first_chunk::<N>()
+            .ok_or_else(|| broken("it ends early".to_owned()))?;
+        self.bytes = rest;
+        Ok(*taken)
+    }
+
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take()?))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.take()?))
+    }
+
+    fn count(&mut self) -> Result<usize> {
+        Ok(self.u32()? as usize)
+    }
+
+    fn text(&mut self) -> Result<&'a str> {
+        let length = self.count()?;
+        if self.bytes.len() < length {
+            return Err(broken("a text ends early".to_owned()));
+        }
+        let (text, rest) = self.bytes.split_at(length);
+        self.bytes = rest;
+        std::str::from_utf8(text).map_err(|error| broken(format!("a text is not UTF-8: {error}")))
+    }
+
+    fn minutes(&mut self) -> Result<[i64; ResourceState::COUNT]> {
+        let mut minutes = [0; ResourceState::COUNT];
+        for minute in &mut minutes {
+            *minute = self.i64()?;
+        }
+        Ok(minutes)
+    }
+
+    fn sums(&mut self) -> Result<StateSums> {
+        let mut hours_seen = [0; HOUR_WORDS];
+        let words = self.count()?;
+        if words > HOUR_WORDS {
+            return Err(broken(format!(
+                "{words} words of hours seen, more than a month's {HOUR_WORDS}"
+            )));
+        }
+        for word in &mut hours_seen[..words] {
+            *word = u64::from_le_bytes(self.take()?);
+        }
+        let mut hour_buckets = Vec::new();
+        for _ in 0..self.count()? {
+            let [states_seen] = self.take()?;
+            hour_buckets.push(HourBucket {
+                states_seen: StatesSeen(states_seen),
+                gpus: self.u16()?,
+                hours: self.i64()?,
+                minutes: self.minutes()?,
+            });
+        }
+        let mut minute_buckets = Vec::new();
+        for _ in 0..self.count()? {
+            minute_buckets.push(StateMinutes {
+                labels: self.u32()?,
+                gpus: self.u16()?,
+                minutes: self.minutes()?,
+            });
+        }
+        let present_minutes = self.i64()?;
+        let mut meters = [0; 4];
+        for meter in &mut meters {
+            *meter = i128::from_le_bytes(self.take()?);
+        }
+        Ok(StateSums {
+            hours_seen,
+            hour_buckets,
+            minute_buckets,
+            present_minutes,
+            meters,
+            first_hour: self.i64()?,
+            last_hour: self.i64()?,
+            zone: self.u32()?,
+            labels: self.u32()?,
+            max_gpus: self.u16()?,
+            rollup_rows: self.i64()?,
+        })
+    }
+
+    fn end(&self) -> Result<()> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(broken(format!("{} bytes after its end", self.bytes.len())))
+        }
+    }
+}
