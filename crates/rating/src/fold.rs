@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, StringArray, StringViewArray, TimestampMicrosecondArray,
     UInt16Array, UInt64Array,
@@ -279,12 +280,42 @@ struct BatchTexts {
     sku: Vec<u32>,
     labels: Vec<u32>,
     zone: Vec<u32>,
-    /// Scratch for [`TextColumn::ids`], kept to reuse its allocation.
-    seen: HashMap<u128, u32, foldhash::fast::RandomState>,
+    seen: SeenViews,
+}
+
+/// String views already given an id. A text of up to 12 bytes is its own view, so those
+/// hold for the accumulator's life (nearly every account id, kind, SKU and zone: most rows
+/// then need no text lookup at all); a longer one points into its batch's buffers, so
+/// those hold for one batch.
+#[derive(Debug, Default)]
+struct SeenViews {
+    inline: HashMap<u128, u32, foldhash::fast::RandomState>,
+    batch: HashMap<u128, u32, foldhash::fast::RandomState>,
+}
+
+/// The longest text a string view holds inline.
+const INLINE_TEXT: usize = 12;
+
+/// What stands for "not inline" where an inline view is expected: no view has this length.
+const NOT_INLINE: u128 = u128::MAX;
+
+/// `text`'s string view if it is inline, else [`NOT_INLINE`].
+fn inline_view(text: &str) -> u128 {
+    if text.len() <= INLINE_TEXT {
+        make_view(text.as_bytes(), 0, 0)
+    } else {
+        NOT_INLINE
+    }
+}
+
+fn is_inline(view: u128) -> bool {
+    // The low 32 bits of a view are its text's length.
+    (view as u32 as usize) <= INLINE_TEXT
 }
 
 impl BatchTexts {
     fn read(&mut self, inputs: &Inputs, texts: &mut Texts) {
+        self.seen.batch.clear();
         inputs
             .account_id
             .ids(texts, &mut self.seen, &mut self.account_id);
@@ -372,20 +403,27 @@ impl ResourceSums {
 /// Words of the hours-seen bitset: 768 hours, more than the longest month (745).
 const HOUR_WORDS: usize = 12;
 
-/// Hours whose rows are closed into these sums: almost always one run (a resource's rows
-/// come hour after hour), kept as its bounds; a bitset in [`MoreSums`] once they are not.
+/// Hours whose rows are closed into these sums: almost always evenly spaced (`count`
+/// hours from `first`, `step` apart), kept as that; a bitset in [`MoreSums`] once they are
+/// not. **Why spaced, not only consecutive:** DataFusion deals the month's files to the
+/// scan's partitions in turn, so with two partitions each sees every other hour.
 #[derive(Clone, Copy, Debug, Default)]
 struct HourRun {
-    start: u16,
-    /// Exclusive; `start == end` is no hour, [`HourRun::SPILLED`] the bitset.
-    end: u16,
+    first: u16,
+    /// [`HourRun::SPILLED`]: the bitset holds the hours.
+    step: u16,
+    count: u16,
 }
 
 impl HourRun {
     const SPILLED: u16 = u16::MAX;
 
     fn spilled(self) -> bool {
-        self.end == Self::SPILLED
+        self.step == Self::SPILLED
+    }
+
+    fn hours(self) -> impl Iterator<Item = u16> {
+        (0..self.count).map(move |n| self.first + n * self.step)
     }
 }
 
@@ -519,7 +557,7 @@ impl Sums {
             return words;
         }
         let mut words = [0; HOUR_WORDS];
-        for index in self.hours.start..self.hours.end {
+        for index in self.hours.hours() {
             set_bit(&mut words, index);
         }
         words
@@ -529,8 +567,9 @@ impl Sums {
     fn spill_hours(&mut self, words: [u64; HOUR_WORDS]) {
         self.more().hours_seen = Some(words);
         self.hours = HourRun {
-            start: 0,
-            end: HourRun::SPILLED,
+            first: 0,
+            step: HourRun::SPILLED,
+            count: 0,
         };
     }
 
@@ -538,26 +577,41 @@ impl Sums {
     fn see_hour(&mut self, index: u16) -> bool {
         let run = self.hours;
         if !run.spilled() {
-            if run.start == run.end {
-                self.hours = HourRun {
-                    start: index,
-                    end: index + 1,
-                };
-                return true;
+            match run.count {
+                0 => {
+                    self.hours = HourRun {
+                        first: index,
+                        step: 0,
+                        count: 1,
+                    };
+                    return true;
+                }
+                1 if index > run.first => {
+                    self.hours.step = index - run.first;
+                    self.hours.count = 2;
+                    return true;
+                }
+                _ if run.count > 1 && index == run.first + run.count * run.step => {
+                    self.hours.count += 1;
+                    return true;
+                }
+                _ => {}
             }
-            if index == run.end {
-                self.hours.end += 1;
-                return true;
-            }
-            if (run.start..run.end).contains(&index) {
+            if run.hours().any(|seen| seen == index) {
                 return false;
             }
+            let words = self.hours_seen();
+            self.spill_hours(words);
         }
-        let mut words = self.hours_seen();
-        let fresh = !bit(&words, index);
-        set_bit(&mut words, index);
-        self.spill_hours(words);
-        fresh
+        match self.more.as_mut().and_then(|more| more.hours_seen.as_mut()) {
+            Some(words) => {
+                let fresh = !bit(words, index);
+                set_bit(words, index);
+                fresh
+            }
+            // Spilled sums hold their bitset.
+            None => false,
+        }
     }
 
     /// Counts a closed hour in the bucket of its states seen and GPU count.
@@ -803,16 +857,22 @@ impl<'a> TextColumn<'a> {
         }
     }
 
+    /// Row `row`'s text as an inline string view, or [`NOT_INLINE`].
+    fn inline_view(&self, row: usize) -> u128 {
+        match self {
+            Self::Utf8(strings) => inline_view(strings.value(row)),
+            Self::View(strings) => {
+                let view = strings.views()[row];
+                if is_inline(view) { view } else { NOT_INLINE }
+            }
+        }
+    }
+
     /// The id of each row's text in `ids`, looking up each distinct text once: a row with
     /// the text of the row before it takes its id, and for string views a view seen
-    /// before in the batch (`seen`) names the same text (views of a Parquet dictionary's
-    /// value are equal, and a short text is its own view).
-    fn ids(
-        &self,
-        texts: &mut Texts,
-        seen: &mut HashMap<u128, u32, foldhash::fast::RandomState>,
-        ids: &mut Vec<u32>,
-    ) {
+    /// before ([`SeenViews`]) names the same text (views of a Parquet dictionary's value
+    /// are equal, and a short text is its own view).
+    fn ids(&self, texts: &mut Texts, seen: &mut SeenViews, ids: &mut Vec<u32>) {
         ids.clear();
         match self {
             Self::Utf8(strings) => {
@@ -827,14 +887,20 @@ impl<'a> TextColumn<'a> {
                 }
             }
             Self::View(strings) => {
-                seen.clear();
                 let mut previous: Option<(u128, u32)> = None;
                 for (row, view) in strings.views().iter().enumerate() {
                     let id = match previous {
                         Some((before, id)) if before == *view => id,
-                        _ => *seen
-                            .entry(*view)
-                            .or_insert_with(|| texts.id(strings.value(row))),
+                        _ => {
+                            let seen = if is_inline(*view) {
+                                &mut seen.inline
+                            } else {
+                                &mut seen.batch
+                            };
+                            *seen
+                                .entry(*view)
+                                .or_insert_with(|| texts.id(strings.value(row)))
+                        }
                     };
                     previous = Some((*view, id));
                     ids.push(id);
@@ -1040,7 +1106,10 @@ impl Accumulator for MonthFold {
         let inputs = Inputs::new(values)?;
         self.batch.read(&inputs, &mut self.texts);
         for row in 0..inputs.rows() {
-            let slot = self.resources.slot_of(inputs.resource_id.value(row));
+            let slot = self.resources.slot_of(
+                inputs.resource_id.value(row),
+                inputs.resource_id.inline_view(row),
+            );
             let read = inputs.row(row, &self.batch, self.month)?;
             self.add(slot, &read)?;
         }
@@ -1091,6 +1160,9 @@ struct ResourceIndex {
     /// compare against memory that is read in order.
     ids: String,
     ends: Vec<usize>,
+    /// Per slot, its id's inline string view ([`NOT_INLINE`] if longer): a guess is then
+    /// one integer compare.
+    views: Vec<u128>,
     slots: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     /// Per slot, the slot of the resource whose row came after its row last time.
     next: Vec<usize>,
@@ -1107,16 +1179,25 @@ impl ResourceIndex {
         &self.ids[start..self.ends[slot]]
     }
 
-    /// The slot of the row with resource `id`, which follows the row of the last call.
-    fn slot_of(&mut self, id: &str) -> usize {
+    fn is(&self, slot: usize, id: &str, view: u128) -> bool {
+        if view == NOT_INLINE {
+            self.id(slot) == id
+        } else {
+            self.views[slot] == view
+        }
+    }
+
+    /// The slot of the row with resource `id` (`view`: its inline string view, or
+    /// [`NOT_INLINE`]), which follows the row of the last call.
+    fn slot_of(&mut self, id: &str, view: u128) -> usize {
         if let Some(last) = self.last {
             let guess = self.next[last];
-            if guess != NO_SLOT && self.id(guess) == id {
+            if guess != NO_SLOT && self.is(guess, id, view) {
                 self.last = Some(guess);
                 return guess;
             }
             // A second row of the same resource-hour (a label or GPU change).
-            if self.id(last) == id {
+            if self.is(last, id, view) {
                 return last;
             }
         }
@@ -1136,12 +1217,58 @@ impl ResourceIndex {
         let slot = self.ends.len();
         self.ids.push_str(id);
         self.ends.push(self.ids.len());
+        self.views.push(inline_view(id));
         self.next.push(NO_SLOT);
         self.slots.insert(id.into(), slot);
         slot
     }
 
     fn bytes(&self) -> usize {
-        2 * self.ids.len() + self.ends.len() * (3 * size_of::<usize>() + size_of::<Box<str>>())
+        2 * self.ids.len()
+            + self.ends.len() * (3 * size_of::<usize>() + size_of::<u128>() + size_of::<Box<str>>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sums;
+
+    /// The hours of `order` marked in turn: which were new.
+    fn see(order: &[u16]) -> (Vec<bool>, Sums) {
+        let mut sums = Sums::default();
+        let fresh = order.iter().map(|hour| sums.see_hour(*hour)).collect();
+        (fresh, sums)
+    }
+
+    #[test]
+    fn evenly_spaced_hours_stay_a_run_and_a_repeat_is_seen() {
+        for step in [1, 2, 3] {
+            let hours: Vec<u16> = (0..100).map(|n| 7 + n * step).collect();
+            let (fresh, sums) = see(&hours);
+            assert!(fresh.iter().all(|new| *new));
+            assert!(!sums.hours.spilled(), "step {step}");
+            let (fresh, _) = see(&[hours.clone(), vec![7 + 50 * step]].concat());
+            assert_eq!(fresh.last(), Some(&false), "step {step}");
+        }
+    }
+
+    #[test]
+    fn hours_out_of_step_go_to_the_bitset_and_repeats_are_still_seen() {
+        let (fresh, sums) = see(&[10, 12, 14, 15, 3, 767, 12, 15, 3, 767, 4]);
+        assert_eq!(
+            fresh,
+            [
+                true, true, true, true, true, true, false, false, false, false, true
+            ]
+        );
+        assert!(sums.hours.spilled());
+        let words = sums.hours_seen();
+        let seen: Vec<u16> = (0..768).filter(|hour| super::bit(&words, *hour)).collect();
+        assert_eq!(seen, [3, 4, 10, 12, 14, 15, 767]);
+        let (fresh, _) = see(&[5, 5]);
+        assert_eq!(fresh, [true, false]);
+        let (fresh, sums) = see(&[9, 8]);
+        assert_eq!(fresh, [true, true]);
+        assert!(sums.hours.spilled());
     }
 }
