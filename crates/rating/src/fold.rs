@@ -14,11 +14,12 @@
 //! resources, minutes instead of seconds. The fold uses the lake's layout instead: all rows
 //! of one resource-hour are in one file (a resource's samples go to one source partition,
 //! and readers take one generation of it) and next to each other (files are sorted by
-//! account and resource), so each resource's fold keeps its current hour open and closes it
-//! into the hour buckets when another hour starts.
+//! account and resource), so the accumulator keeps the current row's resource-hour open and
+//! closes it into that resource's hour buckets when the next row is of another.
 //!
-//! **Why that is safe.** Every fold keeps a bitset of the hours it closed. An hour that comes
-//! back after it was closed, or that two partial folds both saw, is reported as a
+//! **Why that is safe.** Every fold keeps the hours it saw (as a run or a bitset, see
+//! [`HourRun`]). An hour that comes back after it was closed (its rows were not next to each
+//! other), or that two partial folds both saw, is reported as a
 //! [`SplitHour`] error instead of being counted twice, and the caller falls back to the
 //! exact two-step plan (see `usage.rs`). For the hour buckets the minutes of the open hour
 //! are OR-ed, so a minute in two rows of the hour counts once; the per-label minute buckets
@@ -287,10 +288,31 @@ struct BatchTexts {
 /// hold for the accumulator's life (nearly every account id, kind, SKU and zone: most rows
 /// then need no text lookup at all); a longer one points into its batch's buffers, so
 /// those hold for one batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SeenViews {
     inline: HashMap<u128, u32, foldhash::fast::RandomState>,
+    /// The last inline views looked up, by a hash of the view: in front of `inline`, as a
+    /// row's kind or SKU changes from row to row but among few values.
+    recent: Box<[(u128, u32); RECENT_VIEWS]>,
     batch: HashMap<u128, u32, foldhash::fast::RandomState>,
+}
+
+const RECENT_VIEWS: usize = 256;
+
+impl Default for SeenViews {
+    fn default() -> Self {
+        Self {
+            inline: HashMap::default(),
+            recent: Box::new([(NOT_INLINE, 0); RECENT_VIEWS]),
+            batch: HashMap::default(),
+        }
+    }
+}
+
+/// Where `view` goes in [`SeenViews::recent`].
+fn recent_slot(view: u128) -> usize {
+    let mixed = (view as u64 ^ (view >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 56) as usize
 }
 
 /// The longest text a string view holds inline.
@@ -891,16 +913,23 @@ impl<'a> TextColumn<'a> {
                 for (row, view) in strings.views().iter().enumerate() {
                     let id = match previous {
                         Some((before, id)) if before == *view => id,
-                        _ => {
-                            let seen = if is_inline(*view) {
-                                &mut seen.inline
+                        _ if is_inline(*view) => {
+                            let recent = &mut seen.recent[recent_slot(*view)];
+                            if recent.0 == *view {
+                                recent.1
                             } else {
-                                &mut seen.batch
-                            };
-                            *seen
-                                .entry(*view)
-                                .or_insert_with(|| texts.id(strings.value(row)))
+                                let id = *seen
+                                    .inline
+                                    .entry(*view)
+                                    .or_insert_with(|| texts.id(strings.value(row)));
+                                *recent = (*view, id);
+                                id
+                            }
                         }
+                        _ => *seen
+                            .batch
+                            .entry(*view)
+                            .or_insert_with(|| texts.id(strings.value(row))),
                     };
                     previous = Some((*view, id));
                     ids.push(id);
@@ -1054,7 +1083,7 @@ impl MonthFold {
     /// Adds one row of resource `slot`.
     fn add(&mut self, slot: usize, row: &Row) -> Result<()> {
         let identity = Identity::of_row(row);
-        match &mut self.open {
+        let opens = match &mut self.open {
             Some(open)
                 if open.slot == slot
                     && open.identity == identity
@@ -1064,23 +1093,27 @@ impl MonthFold {
                     *mask |= add;
                 }
                 open.gpus = open.gpus.max(row.gpus);
+                false
             }
             _ => {
                 self.close_hour();
-                let sums = sums_at(&mut self.sums, slot, identity).sums_of(identity);
-                if !sums.see_hour(row.hour_index) {
-                    return Err(row.split());
-                }
-                self.open = Some(OpenHour {
-                    slot,
-                    identity,
-                    index: row.hour_index,
-                    masks: row.masks,
-                    gpus: row.gpus,
-                });
+                true
             }
+        };
+        let sums = sums_at(&mut self.sums, slot, identity).sums_of(identity);
+        if opens {
+            if !sums.see_hour(row.hour_index) {
+                return Err(row.split());
+            }
+            self.open = Some(OpenHour {
+                slot,
+                identity,
+                index: row.hour_index,
+                masks: row.masks,
+                gpus: row.gpus,
+            });
         }
-        self.sums[slot].sums_of(identity).add(row, &self.texts)
+        sums.add(row, &self.texts)
     }
 
     /// Closes the open hour into its resource's sums.
