@@ -399,14 +399,12 @@ impl ResourceSums {
             return &mut self.sums;
         }
         let others = self.others.get_or_insert_with(Box::default);
-        let index = match others.iter().position(|(other, _)| *other == identity) {
-            Some(index) => index,
-            None => {
-                others.push((identity, Sums::default()));
-                others.len() - 1
-            }
-        };
-        &mut others[index].1
+        &mut find_or_push(
+            others,
+            |(other, _)| *other == identity,
+            || (identity, Sums::default()),
+        )
+        .1
     }
 
     fn parts(&self) -> impl Iterator<Item = (&Identity, &Sums)> {
@@ -549,6 +547,22 @@ impl Row<'_> {
     }
 }
 
+/// The first of `items` that `fits`, or a `new` one at the end.
+fn find_or_push<T>(
+    items: &mut Vec<T>,
+    fits: impl Fn(&T) -> bool,
+    new: impl FnOnce() -> T,
+) -> &mut T {
+    let index = match items.iter().position(fits) {
+        Some(index) => index,
+        None => {
+            items.push(new());
+            items.len() - 1
+        }
+    };
+    &mut items[index]
+}
+
 fn bit(words: &[u64; HOUR_WORDS], index: u16) -> bool {
     words[usize::from(index) / 64] & (1 << (index % 64)) != 0
 }
@@ -662,16 +676,7 @@ impl Sums {
         };
         let bucket = match self.hour_buckets.iter().position(fits) {
             Some(index) => &mut self.hour_buckets[index],
-            None => {
-                let more = self.more();
-                match more.hour_buckets.iter().position(fits) {
-                    Some(index) => &mut more.hour_buckets[index],
-                    None => {
-                        more.hour_buckets.push(Hours::default());
-                        more.hour_buckets.last_mut().expect("just pushed")
-                    }
-                }
-            }
+            None => find_or_push(&mut self.more().hour_buckets, fits, Hours::default),
         };
         bucket.states_seen = hours.states_seen;
         bucket.gpus = hours.gpus;
@@ -692,14 +697,7 @@ impl Sums {
         let bucket = if self.is_empty() || same(&self.minute_bucket) {
             &mut self.minute_bucket
         } else {
-            let more = self.more();
-            match more.minute_buckets.iter().position(same) {
-                Some(index) => &mut more.minute_buckets[index],
-                None => {
-                    more.minute_buckets.push(LabelMinutes::default());
-                    more.minute_buckets.last_mut().expect("just pushed")
-                }
-            }
+            find_or_push(&mut self.more().minute_buckets, same, LabelMinutes::default)
         };
         bucket.labels = labels;
         bucket.gpus = gpus;
