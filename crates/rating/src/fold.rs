@@ -372,9 +372,9 @@ impl Identity {
 /// **Why so compact.** Every hour file revisits every resource, so the fold streams all
 /// resources' sums through the cache once per hour file: at 480 bytes a resource that was
 /// most of the usage stage's time (the profile showed the first touch of each resource's
-/// sums as the fold's hottest instructions). What nearly every row updates fits in two
-/// cache lines; what few resources need (a second bucket, a gap in their hours, a plan
-/// change) lives behind a pointer.
+/// sums as the fold's hottest instructions). What nearly every row updates fits in 144
+/// bytes (a unit test keeps it so); what few resources need (a third bucket, hours not
+/// evenly spaced, a plan change) lives behind a pointer.
 #[derive(Debug)]
 struct ResourceSums {
     identity: Identity,
@@ -1262,7 +1262,42 @@ impl ResourceIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::Sums;
+    use super::{ResourceSums, Sums};
+
+    #[test]
+    fn a_broken_state_is_an_error_that_says_what_is_wrong() {
+        let error = |bytes: &[u8]| super::decode_usage(bytes).expect_err("broken").to_string();
+        assert!(error(b"{\"parts\":[]}").contains("does not start with tally-fold-1"));
+        // One text announced, none there.
+        assert!(error(b"tally-fold-1\x01\x00\x00\x00").contains("ends early"));
+        // No texts, one resource whose part names text 7.
+        let mut bytes = b"tally-fold-1".to_vec();
+        for word in [0u32, 1, 1] {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+        bytes.push(b'r');
+        bytes.extend_from_slice(&[1, 0, 0, 0, 7, 0, 0, 0]);
+        assert!(
+            error(&bytes).contains("text 7 of a table of 0"),
+            "{}",
+            error(&bytes)
+        );
+        assert!(
+            super::decode_usage(b"tally-fold-1\x00\x00\x00\x00\x00\x00\x00\x00")
+                .expect("an empty month")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_resources_sums_stay_small() {
+        // Every hour file streams all resources' sums through the cache (see ResourceSums).
+        assert!(
+            size_of::<ResourceSums>() <= 144,
+            "{}",
+            size_of::<ResourceSums>()
+        );
+    }
 
     /// The hours of `order` marked in turn: which were new.
     fn see(order: &[u16]) -> (Vec<bool>, Sums) {

@@ -48,7 +48,8 @@ pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8]) -> Result<()> {
     let mut input = Reader::new(bytes)?;
     // Their text ids as ours.
     let texts = input.count()?;
-    let mut ours = Vec::with_capacity(texts);
+    // Counts come from the bytes: grown as read, not reserved up front.
+    let mut ours = Vec::new();
     for _ in 0..texts {
         ours.push(fold.texts.id(input.text()?));
     }
@@ -78,7 +79,7 @@ pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8]) -> Result<()> {
 pub(super) fn decode_usage(bytes: &[u8]) -> Result<Vec<ResourceFolds>> {
     let mut input = Reader::new(bytes)?;
     let count = input.count()?;
-    let mut texts = Vec::with_capacity(count);
+    let mut texts = Vec::new();
     for _ in 0..count {
         texts.push(input.text()?);
     }
@@ -89,7 +90,7 @@ pub(super) fn decode_usage(bytes: &[u8]) -> Result<Vec<ResourceFolds>> {
             .ok_or_else(|| broken(format!("text {id} of a table of {}", texts.len())))
     };
     let count = input.count()?;
-    let mut resources = Vec::with_capacity(count);
+    let mut resources = Vec::new();
     for _ in 0..count {
         let resource_id = input.text()?.to_owned();
         let mut parts = Vec::new();
@@ -149,7 +150,7 @@ pub(super) fn decode_usage(bytes: &[u8]) -> Result<Vec<ResourceFolds>> {
 }
 
 fn broken(detail: String) -> DataFusionError {
-    DataFusionError::Internal(format!("{NAME}: a broken state: {detail}"))
+    DataFusionError::Execution(format!("{NAME}: a broken state: {detail}"))
 }
 
 struct Writer(Vec<u8>);
@@ -246,6 +247,31 @@ impl StateSums {
             T::try_from(value).map_err(|_| broken(format!("{what} {value} is out of range")))
         }
         let index = |hour: i64| narrow::<u16>(hour - first_hour, "hour");
+        // The compact sums' 16-bit hour buckets stay in range because each hour is counted
+        // once: a state's buckets must hold exactly its hours seen, at most 64 minutes each.
+        let hours_seen: i64 = self
+            .hours_seen
+            .iter()
+            .map(|word| i64::from(word.count_ones()))
+            .sum();
+        let mut bucket_hours = 0i64;
+        for bucket in &self.hour_buckets {
+            let most = bucket.hours.saturating_mul(64);
+            if bucket.hours < 0 || bucket.minutes.iter().any(|m| *m < 0 || *m > most) {
+                return Err(broken(format!(
+                    "an hour bucket of {} hours holds {:?} minutes",
+                    bucket.hours, bucket.minutes
+                )));
+            }
+            bucket_hours = bucket_hours.saturating_add(bucket.hours);
+        }
+        if bucket_hours != hours_seen || self.present_minutes > hours_seen * 64 {
+            return Err(broken(format!(
+                "its hour buckets hold {bucket_hours} hours and {} present minutes, \
+                 but it saw {hours_seen} hours",
+                self.present_minutes
+            )));
+        }
         let mut sums = Sums {
             hours: HourRun::default(),
             present_minutes: narrow(self.present_minutes, "present minutes")?,
