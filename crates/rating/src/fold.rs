@@ -243,7 +243,8 @@ pub fn decode_usage(bytes: &[u8]) -> Result<Vec<ResourceFolds>> {
     state::decode_usage(bytes)
 }
 
-/// The text values one accumulator has seen, each stored once; sums refer to them by id.
+/// Texts, each stored once under a dense id: the texts one accumulator has seen (sums refer
+/// to them by id), and the resource ids of [`ResourceIndex`].
 /// **Why.** Every row names its account, kind, SKU, zone and labels, and a resource's sums
 /// are revisited once per hour file: comparing a row's text with a copy kept in each
 /// resource's sums cost a cache miss per text per row, most of the fold's time. This table
@@ -1151,8 +1152,9 @@ impl Accumulator for MonthFold {
         Ok(ScalarValue::Binary(Some(state::encode(self))))
     }
 
+    /// The state is the result: both are the folds in their binary form.
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::Binary(Some(state::encode(self)))])
+        Ok(vec![self.evaluate()?])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
@@ -1169,7 +1171,7 @@ impl Accumulator for MonthFold {
     }
 
     /// An estimate: a resource holds its compact sums (the few with more hold a little
-    /// more) and its id twice in the index; the text table is small.
+    /// more) and its id in the index; the text table is small.
     fn size(&self) -> usize {
         let per_resource = size_of::<ResourceSums>() + size_of::<MoreSums>() / 8;
         size_of::<Self>()
@@ -1187,14 +1189,11 @@ impl Accumulator for MonthFold {
 /// or move (and the first file) go through the hash map.
 #[derive(Debug, Default)]
 struct ResourceIndex {
-    /// The ids, one after another, slot `i` at `ends[i - 1]..ends[i]`: the guesses
-    /// compare against memory that is read in order.
-    ids: String,
-    ends: Vec<usize>,
+    /// The resources' ids: slot `i` is text id `i`.
+    ids: Texts,
     /// Per slot, its id's inline string view ([`NOT_INLINE`] if longer): a guess is then
     /// one integer compare.
     views: Vec<u128>,
-    slots: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     /// Per slot, the slot of the resource whose row came after its row last time.
     next: Vec<usize>,
     /// The slot of the row before.
@@ -1206,8 +1205,7 @@ const NO_SLOT: usize = usize::MAX;
 
 impl ResourceIndex {
     fn id(&self, slot: usize) -> &str {
-        let start = slot.checked_sub(1).map_or(0, |before| self.ends[before]);
-        &self.ids[start..self.ends[slot]]
+        self.ids.values.get(slot).map_or("", |id| id)
     }
 
     fn is(&self, slot: usize, id: &str, view: u128) -> bool {
@@ -1242,21 +1240,17 @@ impl ResourceIndex {
 
     /// The slot of resource `id`, a new one if it has none.
     fn find_or_add(&mut self, id: &str) -> usize {
-        if let Some(slot) = self.slots.get(id) {
-            return *slot;
+        let slots = self.views.len();
+        let slot = self.ids.id(id) as usize;
+        if slot == slots {
+            self.views.push(inline_view(id));
+            self.next.push(NO_SLOT);
         }
-        let slot = self.ends.len();
-        self.ids.push_str(id);
-        self.ends.push(self.ids.len());
-        self.views.push(inline_view(id));
-        self.next.push(NO_SLOT);
-        self.slots.insert(id.into(), slot);
         slot
     }
 
     fn bytes(&self) -> usize {
-        2 * self.ids.len()
-            + self.ends.len() * (3 * size_of::<usize>() + size_of::<u128>() + size_of::<Box<str>>())
+        self.views.len() * (size_of::<u128>() + size_of::<usize>() + 3 * size_of::<Box<str>>())
     }
 }
 

@@ -13,7 +13,7 @@
 use datafusion::error::{DataFusionError, Result};
 use tally_model::ResourceState;
 
-use super::{HOUR_WORDS, HourRun, Hours, Identity, MonthFold, NAME, Sums, sums_at};
+use super::{HOUR_WORDS, HourRun, Hours, Identity, LabelMinutes, MonthFold, NAME, Sums, sums_at};
 use crate::fold::{Fold, FoldPart, ResourceFolds};
 use crate::usage::{HourBucket, MinuteBucket, StatesSeen};
 
@@ -295,19 +295,30 @@ impl StateSums {
                 minutes,
             });
         }
-        // `add_minutes` fills the inline bucket while the sums have no rows.
-        let rollup_rows = std::mem::take(&mut sums.rollup_rows);
-        for bucket in &self.minute_buckets {
+        // Sums with rows have a label bucket inline (see `Sums::minute_buckets`).
+        if self.minute_buckets.is_empty() != (sums.rollup_rows == 0) {
+            return Err(broken(format!(
+                "{} label buckets for {} rollup rows",
+                self.minute_buckets.len(),
+                sums.rollup_rows
+            )));
+        }
+        for (index, bucket) in self.minute_buckets.iter().enumerate() {
             let mut minutes = [0; ResourceState::COUNT];
             for (minute, value) in minutes.iter_mut().zip(bucket.minutes) {
                 *minute = narrow(value, "label minutes")?;
             }
-            if !sums.add_minutes(id(bucket.labels)?, bucket.gpus, minutes) {
-                return Err(broken("label minutes overflow".to_owned()));
+            let bucket = LabelMinutes {
+                labels: id(bucket.labels)?,
+                gpus: bucket.gpus,
+                minutes,
+            };
+            if index == 0 {
+                sums.minute_bucket = bucket;
+            } else {
+                sums.more().minute_buckets.push(bucket);
             }
-            sums.rollup_rows = 1;
         }
-        sums.rollup_rows = rollup_rows;
         let mut low = [0; 4];
         let mut carries = [0; 4];
         for (index, meter) in self.meters.iter().enumerate() {
