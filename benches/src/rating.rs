@@ -89,9 +89,9 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
         line_items: 0,
         invoices: 0,
     };
-    // Every run's output is kept until the last run is done: removing a run's 20,000
-    // invoice files makes ext4 slow to create the next run's for minutes (it avoids
-    // recently freed inodes), which a month's rating does not meet in operation.
+    // Every run's output is kept until the last run is done, so that removing one run's
+    // files cannot slow the next one's writes (ext4 avoids recently freed inodes; with
+    // 20,000 invoice files a run, before they became two, that cost seconds).
     let mut outs = Vec::new();
     for _ in 0..options.runs {
         let (seconds, report) = runtime.block_on(tally_runs(&data, 1, &mut outs))?;

@@ -198,7 +198,7 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
         ..Figures::default()
     };
     // Every run's rating output is kept until the last run is done, as in the rating
-    // benchmark: removing 20,000 invoice files slows ext4's next creations for minutes.
+    // benchmark, so that removing one run's files cannot slow the next one's writes.
     let mut outs = Vec::new();
     for run in 0..options.runs {
         remove_day(&data, day_first)?;

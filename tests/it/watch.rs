@@ -81,11 +81,12 @@ async fn watch_settles_the_demo_budgets_and_sends_each_notice_to_kafka_once() ->
         }
     }
     assert!(!charged.is_empty());
+    let invoices =
+        tally_rating::write::read_invoices(std::path::Path::new(&demo.rating.invoices_dir))?;
     for (account, amount) in charged {
-        let invoice_path =
-            std::path::Path::new(&demo.rating.invoices_dir).join(format!("{account}.json"));
-        let invoice: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&invoice_path)?)?;
+        let invoice = invoices
+            .get(account)
+            .ok_or_else(|| anyhow::anyhow!("no invoice for {account}"))?;
         let lines: Decimal = invoice["lines"]
             .as_array()
             .into_iter()

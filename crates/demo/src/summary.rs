@@ -71,7 +71,7 @@ pub fn render(report: &DemoReport, wall_time: Duration) -> String {
     );
     let _ = writeln!(
         text,
-        "invoices:   {lake}/invoices/month={}/<account>.json and .csv\n",
+        "invoices:   {lake}/invoices/month={}/invoices.jsonl and .csv\n",
         report.month
     );
     let _ = writeln!(text, "look at them:");

@@ -8,7 +8,7 @@
 //! earlier corrections) and writes only the differences, as lines with FOCUS
 //! `ChargeClass = "Correction"`, in round `n`:
 //! `line_items/month=YYYY-MM/corrections-NNN.parquet` and
-//! `invoices/month=YYYY-MM/corrections-NNN/<account>.{json,csv}`. A re-run that changes
+//! `invoices/month=YYYY-MM/corrections-NNN/invoices.{jsonl,csv}`. A re-run that changes
 //! nothing writes nothing. The record is rewritten last, so a crash part-way through
 //! repeats the same round, with the same file names and bytes.
 

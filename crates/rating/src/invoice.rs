@@ -125,8 +125,12 @@ pub fn build_invoice(
     })
 }
 
-/// The invoice as CSV: one row per line, then the totals.
-pub fn invoice_csv(invoice: &Invoice) -> String {
+/// The header of `invoices.csv`.
+pub const CSV_HEADER: &str = "account_id,description,resource_id,sku,quantity,unit,unit_price,amount,amount_displayed,rule\n";
+
+/// Appends the invoice to `invoices.csv`'s text: one row per line, then its totals (the
+/// label in `description`, the amount in `amount`), each row starting with the account.
+pub fn push_csv_rows(invoice: &Invoice, csv: &mut String) {
     let field = |text: &str| {
         if text.contains([',', '"', '\n']) {
             format!("\"{}\"", text.replace('"', "\"\""))
@@ -134,11 +138,10 @@ pub fn invoice_csv(invoice: &Invoice) -> String {
             text.to_owned()
         }
     };
-    let mut csv = String::from(
-        "description,resource_id,sku,quantity,unit,unit_price,amount,amount_displayed,rule\n",
-    );
+    let account = field(&invoice.account_id);
     for line in &invoice.lines {
         let row = [
+            account.clone(),
             field(&line.description),
             field(line.resource_id.as_deref().unwrap_or("")),
             field(&line.sku),
@@ -159,9 +162,8 @@ pub fn invoice_csv(invoice: &Invoice) -> String {
         ("credit_applied", invoice.credit_applied),
         ("amount_due", invoice.amount_due),
     ] {
-        csv.push_str(&format!("{label},,,,,,{value},,\n"));
+        csv.push_str(&format!("{account},{label},,,,,,{value},,\n"));
     }
-    csv
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@
 //! 5. [`invoice`]: per account, lines summed unrounded and the total rounded once;
 //!    displayed lines, the rounding difference and the credit are reported.
 //! 6. [`write`]: `line_items/month=YYYY-MM/line_items.parquet` and
-//!    `invoices/month=YYYY-MM/<account>.{json,csv}`, temp file → fsync → rename.
+//!    `invoices/month=YYYY-MM/invoices.{jsonl,csv}` (every account's invoice in one
+//!    file a format), temp file → fsync → rename.
 //!
 //! Rating is a pure function of the rollups, contracts and tariff versions: re-running it
 //! gives byte-identical files, however the rollups are split over files.

@@ -8,7 +8,7 @@
 //!   nothing is counted twice.
 //! - `line_items`: FOCUS line items, hive column `month`; correction rounds (H8) are rows
 //!   with `ChargeClass = 'Correction'`.
-//! - `invoices`: one row per invoice file (`invoices/month=M/<account>.json`, and correction
+//! - `invoices`: one row per invoice (`invoices/month=M/invoices.jsonl`, and correction
 //!   invoices under `corrections-NNN/`, named in the column `correction`).
 //!
 //! Samples are not archived in the lake, and dead letters go to the Kafka topic
@@ -34,6 +34,7 @@ pub use datafusion::prelude::SessionContext;
 
 use crate::error::{Error, Result};
 use crate::usage::{current_generation, popcount_udf, register_lake};
+use crate::write::{INVOICES_JSONL, parse_invoices};
 
 /// A session with the lake's tables registered and `popcount`.
 pub async fn session(lake: &Lake) -> Result<SessionContext> {
@@ -141,7 +142,7 @@ async fn register_rollups(context: &SessionContext, lake: &Lake) -> Result<()> {
     Ok(())
 }
 
-/// One row per invoice file under `invoices/month=M/` (and its `corrections-NNN/`).
+/// One row per invoice in `invoices/month=M/invoices.jsonl` (and its `corrections-NNN/`).
 fn invoices_batch(lake: &Lake) -> Result<RecordBatch> {
     let mut files: Vec<(String, Option<String>, String)> = Vec::new();
     for file in lake.list("invoices")? {
@@ -156,15 +157,18 @@ fn invoices_batch(lake: &Lake) -> Result<RecordBatch> {
         let Some(month) = month.strip_prefix("month=") else {
             continue;
         };
-        if name.ends_with(".json") && !name.starts_with('_') {
+        if name == INVOICES_JSONL {
             files.push((month.to_owned(), correction, file.clone()));
         }
     }
     files.sort();
     let mut rows = InvoiceRows::default();
     for (month, correction, file) in files {
+        let location = lake.location(&file);
         let bytes = lake.get(&file)?.unwrap_or_default();
-        rows.push(&month, correction, &lake.location(&file), &bytes)?;
+        for invoice in parse_invoices(&location, &bytes)? {
+            rows.push(&month, correction.clone(), &location, &invoice)?;
+        }
     }
     rows.batch()
 }
@@ -195,14 +199,15 @@ impl InvoiceRows {
         month: &str,
         correction: Option<String>,
         location: &str,
-        bytes: &[u8],
+        invoice: &serde_json::Value,
     ) -> Result<()> {
         let bad = |detail: String| Error::Invoice {
-            account_id: location.rsplit('/').next().unwrap_or_default().to_owned(),
+            account_id: invoice["account_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             detail: format!("{location}: {detail}"),
         };
-        let invoice: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         for (values, name) in self.texts.iter_mut().zip(Self::TEXTS) {
             let value = invoice[name]
                 .as_str()

@@ -324,7 +324,7 @@ fn reference_lake(expected: &Expected, dir: &Path) -> anyhow::Result<std::path::
 /// How the lake's invoices are held against the reference's.
 #[derive(Clone, Debug)]
 pub enum InvoiceCheck {
-    /// The lake is rated now; every invoice file must be byte-identical.
+    /// The lake is rated now; every invoice must be byte-identical.
     Identical,
     /// The scenario issued the month (`tally rate --issue`) into `out` and rated it again
     /// after late usage: each account's issued subtotal plus its corrections' must equal
@@ -332,32 +332,36 @@ pub enum InvoiceCheck {
     IssuedPlusCorrections { out: PathBuf },
 }
 
-/// The invoice files directly in `dir` (`<account>.json`; not the issue record), by name.
-fn invoice_files(dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-    let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        if path.is_file() && name.ends_with(".json") && !name.starts_with('_') {
-            files.insert(name, std::fs::read(&path)?);
-        }
-    }
-    Ok(files)
+/// Each account's invoice in `dir`'s `invoices.jsonl` (not the correction rounds' below
+/// it), as the bytes of its line: compared byte for byte.
+fn invoices(dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let path = dir.join(tally_rating::write::INVOICES_JSONL);
+    let bytes = std::fs::read(&path)?;
+    let lines = bytes
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty());
+    let parsed = tally_rating::write::parse_invoices(&path.display().to_string(), &bytes)?;
+    Ok(parsed
+        .iter()
+        .zip(lines)
+        .map(|(invoice, line)| {
+            let account = invoice["account_id"].as_str().unwrap_or_default();
+            (account.to_owned(), line.to_vec())
+        })
+        .collect())
 }
 
-/// The `subtotal` of every invoice directly in `dir`, by file name.
+/// The `subtotal` of every invoice directly in `dir`, by account.
 fn subtotals(dir: &Path) -> anyhow::Result<BTreeMap<String, Decimal>> {
     let mut subtotals = BTreeMap::new();
-    for (name, bytes) in invoice_files(dir)? {
-        let invoice: serde_json::Value = serde_json::from_slice(&bytes)?;
-        let subtotal = invoice["subtotal"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("{name} in {} has no subtotal", dir.display()))?;
-        subtotals.insert(name, subtotal.parse()?);
+    for (account, invoice) in tally_rating::write::read_invoices(dir)? {
+        let subtotal = invoice["subtotal"].as_str().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the invoice of {account} in {} has no subtotal",
+                dir.display()
+            )
+        })?;
+        subtotals.insert(account, subtotal.parse()?);
     }
     Ok(subtotals)
 }
@@ -384,14 +388,14 @@ fn differences<V>(
     differing
 }
 
-/// Invoice files of `out`'s month that differ from (or are missing in) `reference`'s.
+/// Invoices of `out`'s month that differ from (or are missing in) `reference`'s.
 fn differing_invoices(
     out: &Path,
     reference: &Path,
     month: &str,
 ) -> anyhow::Result<(usize, Vec<String>)> {
-    let found = invoice_files(&tally_rating::write::invoices_dir(out, month))?;
-    let expected = invoice_files(&tally_rating::write::invoices_dir(reference, month))?;
+    let found = invoices(&tally_rating::write::invoices_dir(out, month))?;
+    let expected = invoices(&tally_rating::write::invoices_dir(reference, month))?;
     let differing = differences(&found, &expected, Vec::eq, |name, _, _| name.to_owned());
     Ok((expected.len(), differing))
 }

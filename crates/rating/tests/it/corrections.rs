@@ -66,8 +66,12 @@ impl Setup {
     }
 }
 
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
+/// The invoice of `account` in the invoices directory `dir`.
+fn invoice(dir: &str, account: &str) -> serde_json::Value {
+    tally_rating::write::read_invoices(Path::new(dir))
+        .expect("invoices")
+        .remove(account)
+        .expect("the account's invoice")
 }
 
 #[tokio::test]
@@ -79,7 +83,7 @@ async fn h8_late_usage_after_issue_becomes_correction_lines() {
         .expect("rate");
     assert!(issued.issued);
     assert_eq!(issued.invoices[0].total, dec("0.60"));
-    let invoice_path = Path::new(&issued.invoices_dir).join("h.json");
+    let invoice_path = Path::new(&issued.invoices_dir).join("invoices.jsonl");
     let invoice_bytes = std::fs::read(&invoice_path).expect("invoice");
     let line_items_bytes = std::fs::read(&issued.line_items_file).expect("line items");
 
@@ -98,7 +102,7 @@ async fn h8_late_usage_after_issue_becomes_correction_lines() {
         "{}",
         corrected.line_items_file
     );
-    let correction = json(&Path::new(&corrected.invoices_dir).join("h.json"));
+    let correction = invoice(&corrected.invoices_dir, "h");
     let line = &correction["lines"][0];
     assert_eq!(dec(line["amount"].as_str().expect("amount")), dec("0.3"));
     assert_eq!(line["quantity"], "50");
@@ -156,11 +160,9 @@ async fn before_issue_a_rerun_replaces_the_invoice() {
         .expect("rate");
     assert_eq!(report.correction_round, None);
     assert_eq!(report.invoices[0].total, dec("0.90"));
-    let total: Decimal = dec(
-        json(&Path::new(&report.invoices_dir).join("h.json"))["total"]
-            .as_str()
-            .expect("total"),
-    );
+    let total: Decimal = dec(invoice(&report.invoices_dir, "h")["total"]
+        .as_str()
+        .expect("total"));
     assert_eq!(total, dec("0.90"));
 }
 

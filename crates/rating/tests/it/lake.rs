@@ -402,15 +402,16 @@ pub async fn rate_with_contracts(
         engine: tally_rating::Engine::InProcess,
     })
     .await?;
-    let mut invoices = BTreeMap::new();
-    for summary in &report.invoices {
-        let path = Path::new(&report.invoices_dir).join(format!("{}.json", summary.account_id));
-        let text = std::fs::read_to_string(&path).expect("invoice");
-        invoices.insert(
-            summary.account_id.clone(),
-            serde_json::from_str(&text).expect("json"),
-        );
-    }
+    let invoices = tally_rating::write::read_invoices(Path::new(&report.invoices_dir))?;
+    assert_eq!(
+        invoices.keys().collect::<Vec<_>>(),
+        report
+            .invoices
+            .iter()
+            .map(|summary| &summary.account_id)
+            .collect::<Vec<_>>(),
+        "one invoice per account with a summary, by account id"
+    );
     Ok(Rated {
         root,
         report,

@@ -56,7 +56,9 @@ async fn re_running_gives_byte_identical_files() {
         .await
         .expect("rate");
     let written = first.written();
-    assert_eq!(written.len(), 1 + 2 * 3, "{:?}", written.keys());
+    // The line items, and the month's invoices as JSON Lines and CSV.
+    assert_eq!(written.len(), 3, "{:?}", written.keys());
+    assert_eq!(first.invoices.len(), 3);
     assert_eq!(written, second.written());
 }
 
@@ -159,7 +161,25 @@ async fn an_invoice_no_longer_produced_is_removed() {
         })
         .collect();
     left.sort();
-    assert_eq!(left, vec!["h.csv", "h.json"]);
+    assert_eq!(left, vec!["invoices.csv", "invoices.jsonl"]);
+    let invoices =
+        tally_rating::write::read_invoices(Path::new(&report.invoices_dir)).expect("read");
+    assert_eq!(invoices.keys().collect::<Vec<_>>(), vec!["h"]);
+    let csv =
+        std::fs::read_to_string(Path::new(&report.invoices_dir).join("invoices.csv")).expect("csv");
+    let mut rows = csv.lines();
+    assert_eq!(
+        rows.next(),
+        Some(tally_rating::invoice::CSV_HEADER.trim_end())
+    );
+    let rows: Vec<&str> = rows.collect();
+    assert!(rows.iter().all(|row| row.starts_with("h,")), "{csv}");
+    // 500 minutes from 10:00: 9 started hours × 0.006 = 0.054, due 0.05.
+    assert_eq!(
+        rows.last().copied(),
+        Some("h,amount_due,,,,,,0.05,,"),
+        "{csv}"
+    );
 }
 
 #[tokio::test]
