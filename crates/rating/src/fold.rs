@@ -17,8 +17,8 @@
 //! account and resource), so the accumulator keeps the current row's resource-hour open and
 //! closes it into that resource's hour buckets when the next row is of another.
 //!
-//! **Why that is safe.** Every fold keeps the hours it saw (as a run or a bitset, see
-//! [`HourRun`]). An hour that comes back after it was closed (its rows were not next to each
+//! **Why that is safe.** Every fold keeps the hours it saw (a bitset, see [`HoursSeen`]).
+//! An hour that comes back after it was closed (its rows were not next to each
 //! other), or that two partial folds both saw, is reported as a
 //! [`SplitHour`] error instead of being counted twice, and the caller falls back to the
 //! exact two-step plan (see `usage.rs`). For the hour buckets the minutes of the open hour
@@ -386,16 +386,16 @@ struct ResourceSums {
 }
 
 impl ResourceSums {
-    fn new(identity: Identity) -> Self {
+    fn new(identity: Identity, hours: &mut HoursSeen) -> Self {
         Self {
             identity,
-            sums: Sums::default(),
+            sums: Sums::new(hours.row()),
             others: None,
         }
     }
 
-    /// The sums under `identity`, new if there are none yet.
-    fn sums_of(&mut self, identity: Identity) -> &mut Sums {
+    /// The sums under `identity`, new (with a row in `hours`) if there are none yet.
+    fn sums_of(&mut self, identity: Identity, hours: &mut HoursSeen) -> &mut Sums {
         if self.identity == identity {
             return &mut self.sums;
         }
@@ -403,7 +403,7 @@ impl ResourceSums {
         &mut find_or_push(
             others,
             |(other, _)| *other == identity,
-            || (identity, Sums::default()),
+            || (identity, Sums::new(hours.row())),
         )
         .1
     }
@@ -424,27 +424,54 @@ impl ResourceSums {
 /// Words of the hours-seen bitset: 768 hours, more than the longest month (745).
 const HOUR_WORDS: usize = 12;
 
-/// Hours whose rows are closed into these sums: almost always evenly spaced (`count`
-/// hours from `first`, `step` apart), kept as that; a bitset in [`MoreSums`] once they are
-/// not. **Why spaced, not only consecutive:** DataFusion deals the month's files to the
-/// scan's partitions in turn, so with two partitions each sees every other hour.
-#[derive(Clone, Copy, Debug, Default)]
-struct HourRun {
-    first: u16,
-    /// [`HourRun::SPILLED`]: the bitset holds the hours.
-    step: u16,
-    count: u16,
+/// The hours each [`Sums`] of an accumulator has closed: a bitset of 768 hours per sums,
+/// kept hour-major (word `w` of all sums side by side, `words[w][row]`), a sums holding
+/// its row. **Why hour-major.** The rows of one hour file touch one word each, in the
+/// order of the file: a dense walk through one array, where a bitset in each resource's
+/// sums (96 bytes) would be a cache line a row. **Why not a run of hours:** DataFusion
+/// hands the month's files to the scan's partitions as each asks for more, so the hours
+/// a partition sees of a resource follow no pattern (an earlier version kept them as an
+/// evenly spaced run, and nearly every resource spilled to a bitset behind a pointer).
+#[derive(Debug, Default)]
+struct HoursSeen {
+    words: [Vec<u64>; HOUR_WORDS],
 }
 
-impl HourRun {
-    const SPILLED: u16 = u16::MAX;
+/// The row of sums that are in no [`HoursSeen`] yet: a state's, before they are merged.
+const NO_ROW: u32 = u32::MAX;
 
-    fn spilled(self) -> bool {
-        self.step == Self::SPILLED
+impl HoursSeen {
+    /// A new row, no hour seen: for new sums.
+    fn row(&mut self) -> u32 {
+        // As many rows as sums: memory runs out long before 4 billion.
+        let row = u32::try_from(self.words[0].len()).unwrap_or(NO_ROW);
+        for words in &mut self.words {
+            words.push(0);
+        }
+        row
     }
 
-    fn hours(self) -> impl Iterator<Item = u16> {
-        (0..self.count).map(move |n| self.first + n * self.step)
+    /// Marks hour `index` (below 768) of `row` as seen; false if it was already.
+    fn see(&mut self, row: u32, index: u16) -> bool {
+        let word = &mut self.words[usize::from(index / 64)][row as usize];
+        let bit = 1 << (index % 64);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
+
+    fn of(&self, row: u32) -> [u64; HOUR_WORDS] {
+        std::array::from_fn(|word| self.words[word][row as usize])
+    }
+
+    fn set(&mut self, row: u32, words: [u64; HOUR_WORDS]) {
+        for (column, word) in self.words.iter_mut().zip(words) {
+            column[row as usize] = word;
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.words[0].capacity() * HOUR_WORDS * size_of::<u64>()
     }
 }
 
@@ -470,8 +497,6 @@ struct LabelMinutes {
 /// What few resources' sums need.
 #[derive(Clone, Debug, Default)]
 struct MoreSums {
-    /// Set once the hours seen are not one run.
-    hours_seen: Option<[u64; HOUR_WORDS]>,
     hour_buckets: Vec<Hours>,
     minute_buckets: Vec<LabelMinutes>,
     /// How often each meter's 64-bit sum wrapped: the sum is `carries << 64 | meters`.
@@ -479,9 +504,10 @@ struct MoreSums {
 }
 
 /// The sums of one resource under one identity (see [`ResourceSums`] for the layout).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Sums {
-    hours: HourRun,
+    /// Its row in the accumulator's [`HoursSeen`].
+    hours_row: u32,
     /// The first buckets: two of hours (a resource stopped for a while has a second,
     /// `hours == 0` is none), one of minutes (`rollup_rows == 0` is none).
     hour_buckets: [Hours; 2],
@@ -564,91 +590,34 @@ fn find_or_push<T>(
     &mut items[index]
 }
 
-fn bit(words: &[u64; HOUR_WORDS], index: u16) -> bool {
-    words[usize::from(index) / 64] & (1 << (index % 64)) != 0
-}
-
-fn set_bit(words: &mut [u64; HOUR_WORDS], index: u16) {
-    words[usize::from(index) / 64] |= 1 << (index % 64);
-}
-
 fn minutes_of(masks: &[u64; ResourceState::COUNT]) -> [u16; ResourceState::COUNT] {
     // A popcount of a u64 is at most 64.
     masks.map(|mask| mask.count_ones() as u16)
 }
 
 impl Sums {
+    fn new(hours_row: u32) -> Self {
+        Self {
+            hours_row,
+            hour_buckets: [Hours::default(); 2],
+            minute_bucket: LabelMinutes::default(),
+            present_minutes: 0,
+            meters: [0; 4],
+            first_index: 0,
+            last_index: 0,
+            zone: 0,
+            labels: 0,
+            rollup_rows: 0,
+            more: None,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.rollup_rows == 0
     }
 
     fn more(&mut self) -> &mut MoreSums {
         self.more.get_or_insert_with(Box::default)
-    }
-
-    /// The hours seen as a bitset.
-    fn hours_seen(&self) -> [u64; HOUR_WORDS] {
-        if self.hours.spilled()
-            && let Some(words) = self.more.as_ref().and_then(|more| more.hours_seen)
-        {
-            return words;
-        }
-        let mut words = [0; HOUR_WORDS];
-        for index in self.hours.hours() {
-            set_bit(&mut words, index);
-        }
-        words
-    }
-
-    /// Makes `words` the hours seen.
-    fn spill_hours(&mut self, words: [u64; HOUR_WORDS]) {
-        self.more().hours_seen = Some(words);
-        self.hours = HourRun {
-            first: 0,
-            step: HourRun::SPILLED,
-            count: 0,
-        };
-    }
-
-    /// Marks hour `index` (below 768) as seen; false if it was already.
-    fn see_hour(&mut self, index: u16) -> bool {
-        let run = self.hours;
-        if !run.spilled() {
-            match run.count {
-                0 => {
-                    self.hours = HourRun {
-                        first: index,
-                        step: 0,
-                        count: 1,
-                    };
-                    return true;
-                }
-                1 if index > run.first => {
-                    self.hours.step = index - run.first;
-                    self.hours.count = 2;
-                    return true;
-                }
-                _ if run.count > 1 && index == run.first + run.count * run.step => {
-                    self.hours.count += 1;
-                    return true;
-                }
-                _ => {}
-            }
-            if run.hours().any(|seen| seen == index) {
-                return false;
-            }
-            let words = self.hours_seen();
-            self.spill_hours(words);
-        }
-        match self.more.as_mut().and_then(|more| more.hours_seen.as_mut()) {
-            Some(words) => {
-                let fresh = !bit(words, index);
-                set_bit(words, index);
-                fresh
-            }
-            // Spilled sums hold their bitset.
-            None => false,
-        }
     }
 
     /// Counts a closed hour in the bucket of its states seen and GPU count.
@@ -802,17 +771,19 @@ impl Sums {
         sums
     }
 
-    /// Adds another accumulator's sums of the same resource and identity.
-    fn merge(&mut self, other: Sums, texts: &Texts) -> Result<()> {
+    /// Adds another accumulator's sums of the same resource and identity, which saw the
+    /// hours `theirs`.
+    fn merge(
+        &mut self,
+        other: Sums,
+        theirs: [u64; HOUR_WORDS],
+        hours: &mut HoursSeen,
+        texts: &Texts,
+    ) -> Result<()> {
         if other.is_empty() {
             return Ok(());
         }
-        if self.is_empty() {
-            *self = other;
-            return Ok(());
-        }
-        let mine = self.hours_seen();
-        let theirs = other.hours_seen();
+        let mine = hours.of(self.hours_row);
         for (index, (mine, theirs)) in mine.iter().zip(&theirs).enumerate() {
             let both = mine & theirs;
             if both != 0 {
@@ -826,7 +797,14 @@ impl Sums {
         for (word, add) in union.iter_mut().zip(theirs) {
             *word |= add;
         }
-        self.spill_hours(union);
+        hours.set(self.hours_row, union);
+        if self.is_empty() {
+            *self = Sums {
+                hours_row: self.hours_row,
+                ..other
+            };
+            return Ok(());
+        }
         for bucket in other.hour_buckets() {
             self.add_hours(*bucket);
         }
@@ -1064,6 +1042,7 @@ struct MonthFold {
     resources: ResourceIndex,
     /// By slot of [`ResourceIndex`].
     sums: Vec<ResourceSums>,
+    hours: HoursSeen,
     open: Option<OpenHour>,
 }
 
@@ -1075,6 +1054,7 @@ impl MonthFold {
             batch: BatchTexts::default(),
             resources: ResourceIndex::default(),
             sums: Vec::new(),
+            hours: HoursSeen::default(),
             open: None,
         }
     }
@@ -1099,9 +1079,10 @@ impl MonthFold {
                 true
             }
         };
-        let sums = sums_at(&mut self.sums, slot, identity).sums_of(identity);
+        let sums = sums_at(&mut self.sums, slot, identity, &mut self.hours)
+            .sums_of(identity, &mut self.hours);
         if opens {
-            if !sums.see_hour(row.hour_index) {
+            if !self.hours.see(sums.hours_row, row.hour_index) {
                 return Err(row.split());
             }
             self.open = Some(OpenHour {
@@ -1119,16 +1100,22 @@ impl MonthFold {
     fn close_hour(&mut self) {
         if let Some(open) = self.open.take() {
             self.sums[open.slot]
-                .sums_of(open.identity)
+                .sums_of(open.identity, &mut self.hours)
                 .close_hour(&open);
         }
     }
 }
 
-/// The sums of resource `slot` among `sums`, new (under `identity`) if the slot is.
-fn sums_at(sums: &mut Vec<ResourceSums>, slot: usize, identity: Identity) -> &mut ResourceSums {
+/// The sums of resource `slot` among `sums`, new (under `identity`, with a row in `hours`)
+/// if the slot is.
+fn sums_at<'a>(
+    sums: &'a mut Vec<ResourceSums>,
+    slot: usize,
+    identity: Identity,
+    hours: &mut HoursSeen,
+) -> &'a mut ResourceSums {
     if slot == sums.len() {
-        sums.push(ResourceSums::new(identity));
+        sums.push(ResourceSums::new(identity, hours));
     }
     &mut sums[slot]
 }
@@ -1177,6 +1164,7 @@ impl Accumulator for MonthFold {
         size_of::<Self>()
             + self.sums.capacity() * per_resource
             + self.resources.bytes()
+            + self.hours.bytes()
             + self.texts.values.len() * 64
     }
 }
@@ -1256,7 +1244,7 @@ impl ResourceIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::{ResourceSums, Sums};
+    use super::{HOUR_WORDS, HoursSeen, NO_ROW, ResourceSums, Sums, Texts};
 
     #[test]
     fn a_broken_state_is_an_error_that_says_what_is_wrong() {
@@ -1293,42 +1281,54 @@ mod tests {
         );
     }
 
-    /// The hours of `order` marked in turn: which were new.
-    fn see(order: &[u16]) -> (Vec<bool>, Sums) {
-        let mut sums = Sums::default();
-        let fresh = order.iter().map(|hour| sums.see_hour(*hour)).collect();
-        (fresh, sums)
+    /// The hours of `order` marked in turn in one row of a table with two: which were new.
+    fn see(order: &[u16]) -> (Vec<bool>, [u64; HOUR_WORDS]) {
+        let mut hours = HoursSeen::default();
+        let other = hours.row();
+        let row = hours.row();
+        let fresh = order.iter().map(|hour| hours.see(row, *hour)).collect();
+        assert_eq!(hours.of(other), [0; HOUR_WORDS], "the other row is untouched");
+        (fresh, hours.of(row))
     }
 
     #[test]
-    fn evenly_spaced_hours_stay_a_run_and_a_repeat_is_seen() {
-        for step in [1, 2, 3] {
-            let hours: Vec<u16> = (0..100).map(|n| 7 + n * step).collect();
-            let (fresh, sums) = see(&hours);
-            assert!(fresh.iter().all(|new| *new));
-            assert!(!sums.hours.spilled(), "step {step}");
-            let (fresh, _) = see(&[hours.clone(), vec![7 + 50 * step]].concat());
-            assert_eq!(fresh.last(), Some(&false), "step {step}");
-        }
-    }
-
-    #[test]
-    fn hours_out_of_step_go_to_the_bitset_and_repeats_are_still_seen() {
-        let (fresh, sums) = see(&[10, 12, 14, 15, 3, 767, 12, 15, 3, 767, 4]);
+    fn an_hour_seen_again_is_told_whatever_the_order() {
+        let (fresh, words) = see(&[10, 12, 14, 15, 3, 767, 12, 15, 3, 767, 4, 0, 63, 64]);
         assert_eq!(
             fresh,
             [
-                true, true, true, true, true, true, false, false, false, false, true
+                true, true, true, true, true, true, false, false, false, false, true, true, true,
+                true
             ]
         );
-        assert!(sums.hours.spilled());
-        let words = sums.hours_seen();
-        let seen: Vec<u16> = (0..768).filter(|hour| super::bit(&words, *hour)).collect();
-        assert_eq!(seen, [3, 4, 10, 12, 14, 15, 767]);
-        let (fresh, _) = see(&[5, 5]);
-        assert_eq!(fresh, [true, false]);
-        let (fresh, sums) = see(&[9, 8]);
-        assert_eq!(fresh, [true, true]);
-        assert!(sums.hours.spilled());
+        let seen: Vec<u16> = (0..768)
+            .filter(|hour| words[usize::from(*hour) / 64] & (1 << (hour % 64)) != 0)
+            .collect();
+        assert_eq!(seen, [0, 3, 4, 10, 12, 14, 15, 63, 64, 767]);
+    }
+
+    #[test]
+    fn merged_sums_that_saw_one_hour_twice_are_a_split_hour() {
+        // Sums of one row each, as a state's are before they are merged.
+        let one_row = || Sums {
+            rollup_rows: 1,
+            ..Sums::new(NO_ROW)
+        };
+        let mut hours = HoursSeen::default();
+        let texts = Texts::default();
+        let mut mine = Sums {
+            hours_row: hours.row(),
+            ..one_row()
+        };
+        assert!(hours.see(mine.hours_row, 5));
+        let mut hour_six = [0; HOUR_WORDS];
+        hour_six[0] = 1 << 6;
+        mine.merge(one_row(), hour_six, &mut hours, &texts)
+            .expect("hours 5 and 6 are apart");
+        assert_eq!(hours.of(mine.hours_row)[0], 1 << 5 | 1 << 6);
+        let error = mine
+            .merge(one_row(), hour_six, &mut hours, &texts)
+            .expect_err("hour 6 twice");
+        assert!(super::is_split_hour(&error), "{error}");
     }
 }

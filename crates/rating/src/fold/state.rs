@@ -13,7 +13,7 @@
 use datafusion::error::{DataFusionError, Result};
 use tally_model::ResourceState;
 
-use super::{HOUR_WORDS, HourRun, Hours, Identity, LabelMinutes, MonthFold, NAME, Sums, sums_at};
+use super::{HOUR_WORDS, Hours, Identity, LabelMinutes, MonthFold, NAME, NO_ROW, Sums, sums_at};
 use crate::fold::{Fold, FoldPart, ResourceFolds};
 use crate::usage::{HourBucket, MinuteBucket, StatesSeen};
 
@@ -37,7 +37,7 @@ pub(super) fn encode(fold: &mut MonthFold) -> Vec<u8> {
             out.u32(identity.account_id);
             out.u32(identity.kind);
             out.u32(identity.sku);
-            out.sums(sums, first_hour);
+            out.sums(sums, fold.hours.of(sums.hours_row), first_hour);
         }
     }
     out.0
@@ -66,10 +66,10 @@ pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8]) -> Result<()> {
                 kind: id(input.u32()?)?,
                 sku: id(input.u32()?)?,
             };
-            let theirs = input.sums()?.compact(&id, fold.month.first_hour)?;
-            sums_at(&mut fold.sums, slot, identity)
-                .sums_of(identity)
-                .merge(theirs, &fold.texts)?;
+            let (theirs, their_hours) = input.sums()?.compact(&id, fold.month.first_hour)?;
+            sums_at(&mut fold.sums, slot, identity, &mut fold.hours)
+                .sums_of(identity, &mut fold.hours)
+                .merge(theirs, their_hours, &mut fold.hours, &fold.texts)?;
         }
     }
     input.end()
@@ -181,9 +181,9 @@ impl Writer {
         }
     }
 
-    /// Sums (the accumulator's open hour closed), hours as Unix hours.
-    fn sums(&mut self, sums: &Sums, first_hour: i64) {
-        let hours_seen = sums.hours_seen();
+    /// Sums (the accumulator's open hour closed) that saw `hours_seen`, hours as Unix
+    /// hours.
+    fn sums(&mut self, sums: &Sums, hours_seen: [u64; HOUR_WORDS], first_hour: i64) {
         let words = hours_seen
             .iter()
             .rposition(|word| *word != 0)
@@ -240,9 +240,14 @@ struct StateMinutes {
 }
 
 impl StateSums {
-    /// As the accumulator's sums: text ids through `id`, hours as indexes from
-    /// `first_hour`; every value checked against what the compact form holds.
-    fn compact(self, id: &impl Fn(u32) -> Result<u32>, first_hour: i64) -> Result<Sums> {
+    /// As the accumulator's sums (in no [`super::HoursSeen`] yet) and the hours they saw:
+    /// text ids through `id`, hours as indexes from `first_hour`; every value checked
+    /// against what the compact form holds.
+    fn compact(
+        self,
+        id: &impl Fn(u32) -> Result<u32>,
+        first_hour: i64,
+    ) -> Result<(Sums, [u64; HOUR_WORDS])> {
         fn narrow<T: TryFrom<i64>>(value: i64, what: &str) -> Result<T> {
             T::try_from(value).map_err(|_| broken(format!("{what} {value} is out of range")))
         }
@@ -273,16 +278,14 @@ impl StateSums {
             )));
         }
         let mut sums = Sums {
-            hours: HourRun::default(),
             present_minutes: narrow(self.present_minutes, "present minutes")?,
             first_index: index(self.first_hour)?,
             last_index: index(self.last_hour)?,
             zone: id(self.zone)?,
             labels: id(self.labels)?,
             rollup_rows: narrow(self.rollup_rows, "rollup rows")?,
-            ..Sums::default()
+            ..Sums::new(NO_ROW)
         };
-        sums.spill_hours(self.hours_seen);
         for bucket in &self.hour_buckets {
             let mut minutes = [0; ResourceState::COUNT];
             for (minute, value) in minutes.iter_mut().zip(bucket.minutes) {
@@ -337,7 +340,7 @@ impl StateSums {
                 sums.max_gpus()
             )));
         }
-        Ok(sums)
+        Ok((sums, self.hours_seen))
     }
 }
 
