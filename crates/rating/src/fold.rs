@@ -1287,7 +1287,11 @@ mod tests {
         let other = hours.row();
         let row = hours.row();
         let fresh = order.iter().map(|hour| hours.see(row, *hour)).collect();
-        assert_eq!(hours.of(other), [0; HOUR_WORDS], "the other row is untouched");
+        assert_eq!(
+            hours.of(other),
+            [0; HOUR_WORDS],
+            "the other row is untouched"
+        );
         (fresh, hours.of(row))
     }
 

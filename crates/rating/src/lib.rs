@@ -143,6 +143,64 @@ struct ZoneUsage {
     resource_hours: BTreeMap<(String, String), Vec<usage::HourStates>>,
 }
 
+/// One account to price: its contract, its tariff version and its zone's usage.
+struct AccountToPrice<'a> {
+    account_id: &'a String,
+    contract: &'a contracts::AccountContract,
+    tariff: &'a Tariff,
+    zone: &'a ZoneUsage,
+}
+
+/// One account priced: its lines, its invoice and, if asked for, the explanation.
+struct PricedAccount {
+    items: Vec<tally_model::LineItem>,
+    invoice: invoice::Invoice,
+    explanation: Option<String>,
+}
+
+impl AccountToPrice<'_> {
+    /// The account's lines and invoice; none if nothing is billable. `explain`: the
+    /// account whose invoice is to be explained.
+    fn price(&self, explain: Option<&String>) -> Result<Option<PricedAccount>> {
+        let ZoneUsage {
+            month,
+            usages,
+            resource_hours,
+        } = self.zone;
+        // Usage is sorted by account: the account's is one contiguous run.
+        let account_id = self.account_id;
+        let from = usages.partition_point(|usage| &usage.account_id < account_id);
+        let to = usages.partition_point(|usage| &usage.account_id <= account_id);
+        let account_usage: Vec<&usage::ResourceUsage> = usages[from..to].iter().collect();
+        let items = price::price_account(
+            self.tariff,
+            month,
+            &price::AccountInputs {
+                contract: self.contract,
+                usages: &account_usage,
+                resource_hours,
+            },
+        )?;
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let invoice = invoice::build_invoice(
+            account_id,
+            self.tariff,
+            month,
+            &items,
+            self.contract.credit.unwrap_or_default(),
+        )?;
+        let explanation = (explain == Some(account_id))
+            .then(|| explain::explain(&invoice, &items, &account_usage));
+        Ok(Some(PricedAccount {
+            items,
+            invoice,
+            explanation,
+        }))
+    }
+}
+
 /// A month priced in memory: what [`rate`] writes, before anything is written.
 #[derive(Clone, Debug)]
 pub struct PricedMonth {
@@ -241,14 +299,11 @@ pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<Pr
         billing: BTreeMap::new(),
         explanation: None,
     };
+    let mut accounts = Vec::with_capacity(plans.len());
     for (account_id, contract, tariff) in plans {
         // Every loaded tariff's zone was queried above; a miss would be a bug, and
         // skipping the account would leave it unbilled.
-        let ZoneUsage {
-            month,
-            usages,
-            resource_hours,
-        } = usage_by_zone
+        let zone = usage_by_zone
             .get(tariff.time_zone.as_str())
             .ok_or_else(|| Error::Tariff {
                 path: PathBuf::from(&tariff.id),
@@ -256,35 +311,52 @@ pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<Pr
             })?;
         priced
             .billing
-            .insert(account_id.clone(), (tariff.clone(), month.clone()));
-        // Usage is sorted by account: the account's is one contiguous run.
-        let from = usages.partition_point(|usage| &usage.account_id < account_id);
-        let to = usages.partition_point(|usage| &usage.account_id <= account_id);
-        let account_usage: Vec<&usage::ResourceUsage> = usages[from..to].iter().collect();
-        let items = price::price_account(
-            tariff,
-            month,
-            &price::AccountInputs {
-                contract,
-                usages: &account_usage,
-                resource_hours,
-            },
-        )?;
-        if items.is_empty() {
-            continue;
-        }
-        let invoice = invoice::build_invoice(
+            .insert(account_id.clone(), (tariff.clone(), zone.month.clone()));
+        accounts.push(AccountToPrice {
             account_id,
+            contract,
             tariff,
-            month,
-            &items,
-            contract.credit.unwrap_or_default(),
-        )?;
-        if request.explain.as_ref() == Some(account_id) {
-            priced.explanation = Some(explain::explain(&invoice, &items, &account_usage));
+            zone,
+        });
+    }
+    // Accounts are priced independently: on every core, in chunks, kept in account order.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let chunk = accounts.len().div_ceil(threads).max(1);
+    let explain = request.explain.as_ref();
+    let chunks: Vec<Result<Vec<PricedAccount>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = accounts
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut priced = Vec::new();
+                    for account in part {
+                        priced.extend(account.price(explain)?);
+                    }
+                    Ok(priced)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            // A panic is a bug: it goes on as it would have without threads.
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    for account in chunks
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+    {
+        if account.explanation.is_some() {
+            priced.explanation = account.explanation;
         }
-        priced.invoices.push(invoice);
-        priced.line_items.extend(items);
+        priced.invoices.push(account.invoice);
+        priced.line_items.extend(account.items);
     }
     tracing::info!(
         line_items = priced.line_items.len(),
