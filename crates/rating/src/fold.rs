@@ -287,15 +287,19 @@ struct BatchTexts {
 
 /// String views already given an id. A text of up to 12 bytes is its own view, so those
 /// hold for the accumulator's life (nearly every account id, kind, SKU and zone: most rows
-/// then need no text lookup at all); a longer one points into its batch's buffers, so
-/// those hold for one batch.
+/// then need no text lookup at all); a longer one points into its column's buffers (by
+/// buffer index and offset), so those hold for one column of one batch: two columns'
+/// views of different texts can be equal.
 #[derive(Debug)]
 struct SeenViews {
     inline: HashMap<u128, u32, foldhash::fast::RandomState>,
     /// The last inline views looked up, by a hash of the view: in front of `inline`, as a
     /// row's kind or SKU changes from row to row but among few values.
     recent: Box<[(u128, u32); RECENT_VIEWS]>,
-    batch: HashMap<u128, u32, foldhash::fast::RandomState>,
+    /// The longer views of the column being read, and the last of them looked up (label
+    /// sets change from row to row among few values, each a Parquet dictionary value).
+    column: HashMap<u128, u32, foldhash::fast::RandomState>,
+    column_recent: Box<[(u128, u32); RECENT_VIEWS]>,
 }
 
 const RECENT_VIEWS: usize = 256;
@@ -305,12 +309,13 @@ impl Default for SeenViews {
         Self {
             inline: HashMap::default(),
             recent: Box::new([(NOT_INLINE, 0); RECENT_VIEWS]),
-            batch: HashMap::default(),
+            column: HashMap::default(),
+            column_recent: Box::new([(NOT_INLINE, 0); RECENT_VIEWS]),
         }
     }
 }
 
-/// Where `view` goes in [`SeenViews::recent`].
+/// Where `view` goes in [`SeenViews::recent`] and [`SeenViews::column_recent`].
 fn recent_slot(view: u128) -> usize {
     let mixed = (view as u64 ^ (view >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (mixed >> 56) as usize
@@ -338,7 +343,6 @@ fn is_inline(view: u128) -> bool {
 
 impl BatchTexts {
     fn read(&mut self, inputs: &Inputs, texts: &mut Texts) {
-        self.seen.batch.clear();
         inputs
             .account_id
             .ids(texts, &mut self.seen, &mut self.account_id);
@@ -886,6 +890,8 @@ impl<'a> TextColumn<'a> {
                 }
             }
             Self::View(strings) => {
+                seen.column.clear();
+                seen.column_recent.fill((NOT_INLINE, 0));
                 let mut previous: Option<(u128, u32)> = None;
                 for (row, view) in strings.views().iter().enumerate() {
                     let id = match previous {
@@ -903,10 +909,19 @@ impl<'a> TextColumn<'a> {
                                 id
                             }
                         }
-                        _ => *seen
-                            .batch
-                            .entry(*view)
-                            .or_insert_with(|| texts.id(strings.value(row))),
+                        _ => {
+                            let recent = &mut seen.column_recent[recent_slot(*view)];
+                            if recent.0 == *view {
+                                recent.1
+                            } else {
+                                let id = *seen
+                                    .column
+                                    .entry(*view)
+                                    .or_insert_with(|| texts.id(strings.value(row)));
+                                *recent = (*view, id);
+                                id
+                            }
+                        }
                     };
                     previous = Some((*view, id));
                     ids.push(id);
@@ -1268,6 +1283,41 @@ mod tests {
             super::decode_usage(b"tally-fold-1\x00\x00\x00\x00\x00\x00\x00\x00")
                 .expect("an empty month")
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn equal_views_of_two_columns_are_told_apart() {
+        use datafusion::arrow::array::{ArrayRef, StringViewArray};
+        use std::sync::Arc;
+        // Same length, same first four bytes, both at offset 0 of their column's first
+        // buffer: equal views, different texts.
+        let column = |text: &str| -> ArrayRef {
+            Arc::new(StringViewArray::from_iter_values([text, text, "short"]))
+        };
+        let (first, second) = (column("abcd-long-text-1"), column("abcd-long-text-2"));
+        let first_column = super::TextColumn::new(&first, "a").expect("view");
+        let second_column = super::TextColumn::new(&second, "b").expect("view");
+        assert_eq!(
+            first_column.inline_view(0),
+            super::NOT_INLINE,
+            "the texts are longer than a view holds"
+        );
+        let mut texts = Texts::default();
+        let mut seen = super::SeenViews::default();
+        let (mut first_ids, mut second_ids) = (Vec::new(), Vec::new());
+        first_column.ids(&mut texts, &mut seen, &mut first_ids);
+        second_column.ids(&mut texts, &mut seen, &mut second_ids);
+        let named = |ids: &[u32]| -> Vec<String> {
+            ids.iter().map(|id| texts.get(*id).to_owned()).collect()
+        };
+        assert_eq!(
+            named(&first_ids),
+            ["abcd-long-text-1", "abcd-long-text-1", "short"]
+        );
+        assert_eq!(
+            named(&second_ids),
+            ["abcd-long-text-2", "abcd-long-text-2", "short"]
         );
     }
 
