@@ -378,8 +378,9 @@ impl Identity {
 /// resources' sums through the cache once per hour file: at 480 bytes a resource that was
 /// most of the usage stage's time (the profile showed the first touch of each resource's
 /// sums as the fold's hottest instructions). What nearly every row updates fits in 144
-/// bytes (a unit test keeps it so); what few resources need (a third bucket, hours not
-/// evenly spaced, a plan change) lives behind a pointer.
+/// bytes (a unit test keeps it so); what few resources need (a third hour bucket, a
+/// second label bucket, meter carries, a plan change) lives behind a pointer. The hours
+/// seen are apart, in [`HoursSeen`].
 #[derive(Debug)]
 struct ResourceSums {
     identity: Identity,
@@ -432,10 +433,11 @@ const HOUR_WORDS: usize = 12;
 /// kept hour-major (word `w` of all sums side by side, `words[w][row]`), a sums holding
 /// its row. **Why hour-major.** The rows of one hour file touch one word each, in the
 /// order of the file: a dense walk through one array, where a bitset in each resource's
-/// sums (96 bytes) would be a cache line a row. **Why not a run of hours:** DataFusion
-/// hands the month's files to the scan's partitions as each asks for more, so the hours
-/// a partition sees of a resource follow no pattern (an earlier version kept them as an
-/// evenly spaced run, and nearly every resource spilled to a bitset behind a pointer).
+/// sums (96 bytes) would be a cache line a row. **Why not a run of hours:** the scan's
+/// partitions take the month's files from one shared queue as each is ready for more
+/// (DataFusion 55's `SharedWorkSource`), so the hours a partition sees of a resource
+/// follow no pattern (an earlier version kept them as an evenly spaced run, and nearly
+/// every resource spilled to a bitset behind a pointer).
 #[derive(Debug, Default)]
 struct HoursSeen {
     words: [Vec<u64>; HOUR_WORDS],
