@@ -290,32 +290,52 @@ struct BatchTexts {
 /// then need no text lookup at all); a longer one points into its column's buffers (by
 /// buffer index and offset), so those hold for one column of one batch: two columns'
 /// views of different texts can be equal.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SeenViews {
-    inline: HashMap<u128, u32, foldhash::fast::RandomState>,
-    /// The last inline views looked up, by a hash of the view: in front of `inline`, as a
-    /// row's kind or SKU changes from row to row but among few values.
+    inline: ViewIds,
+    /// The longer views of the column being read.
+    column: ViewIds,
+}
+
+/// Views and their text ids, with the last views looked up in front of the map: a row's
+/// kind, SKU or label set changes from row to row, but among few values.
+#[derive(Debug)]
+struct ViewIds {
+    /// By a hash of the view.
     recent: Box<[(u128, u32); RECENT_VIEWS]>,
-    /// The longer views of the column being read, and the last of them looked up (label
-    /// sets change from row to row among few values, each a Parquet dictionary value).
-    column: HashMap<u128, u32, foldhash::fast::RandomState>,
-    column_recent: Box<[(u128, u32); RECENT_VIEWS]>,
+    ids: HashMap<u128, u32, foldhash::fast::RandomState>,
 }
 
 const RECENT_VIEWS: usize = 256;
 
-impl Default for SeenViews {
+impl Default for ViewIds {
     fn default() -> Self {
         Self {
-            inline: HashMap::default(),
             recent: Box::new([(NOT_INLINE, 0); RECENT_VIEWS]),
-            column: HashMap::default(),
-            column_recent: Box::new([(NOT_INLINE, 0); RECENT_VIEWS]),
+            ids: HashMap::default(),
         }
     }
 }
 
-/// Where `view` goes in [`SeenViews::recent`] and [`SeenViews::column_recent`].
+impl ViewIds {
+    /// The id of `view`'s text, `new` giving it the first time.
+    fn id(&mut self, view: u128, new: impl FnOnce() -> u32) -> u32 {
+        let recent = &mut self.recent[recent_slot(view)];
+        if recent.0 == view {
+            return recent.1;
+        }
+        let id = *self.ids.entry(view).or_insert_with(new);
+        *recent = (view, id);
+        id
+    }
+
+    fn clear(&mut self) {
+        self.recent.fill((NOT_INLINE, 0));
+        self.ids.clear();
+    }
+}
+
+/// Where `view` goes in [`ViewIds::recent`].
 fn recent_slot(view: u128) -> usize {
     let mixed = (view as u64 ^ (view >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (mixed >> 56) as usize
@@ -893,36 +913,17 @@ impl<'a> TextColumn<'a> {
             }
             Self::View(strings) => {
                 seen.column.clear();
-                seen.column_recent.fill((NOT_INLINE, 0));
                 let mut previous: Option<(u128, u32)> = None;
                 for (row, view) in strings.views().iter().enumerate() {
                     let id = match previous {
                         Some((before, id)) if before == *view => id,
-                        _ if is_inline(*view) => {
-                            let recent = &mut seen.recent[recent_slot(*view)];
-                            if recent.0 == *view {
-                                recent.1
-                            } else {
-                                let id = *seen
-                                    .inline
-                                    .entry(*view)
-                                    .or_insert_with(|| texts.id(strings.value(row)));
-                                *recent = (*view, id);
-                                id
-                            }
-                        }
                         _ => {
-                            let recent = &mut seen.column_recent[recent_slot(*view)];
-                            if recent.0 == *view {
-                                recent.1
+                            let known = if is_inline(*view) {
+                                &mut seen.inline
                             } else {
-                                let id = *seen
-                                    .column
-                                    .entry(*view)
-                                    .or_insert_with(|| texts.id(strings.value(row)));
-                                *recent = (*view, id);
-                                id
-                            }
+                                &mut seen.column
+                            };
+                            known.id(*view, || texts.id(strings.value(row)))
                         }
                     };
                     previous = Some((*view, id));
