@@ -61,11 +61,6 @@ pub const INVOICES_JSONL: &str = "invoices.jsonl";
 /// The month's invoices as CSV: each account's lines, then its totals.
 pub const INVOICES_CSV: &str = "invoices.csv";
 
-/// `invoices/month=YYYY-MM/invoices.jsonl` under `out`.
-pub fn invoices_file(out: &Path, month: &str) -> PathBuf {
-    invoices_dir(out, month).join(INVOICES_JSONL)
-}
-
 /// Writes [`INVOICES_JSONL`] and [`INVOICES_CSV`] under `directory` (the key of
 /// `invoices/month=YYYY-MM`, or of a correction round's directory below it). **Why two
 /// files a month, not two per account:** a provider with 100,000 accounts would create
@@ -121,9 +116,9 @@ pub fn parse_invoices(location: &str, bytes: &[u8]) -> Result<Vec<serde_json::Va
         if line.is_empty() {
             continue;
         }
-        let bad = |detail: String| Error::Invoice {
-            account_id: String::new(),
-            detail: format!("{location}, line {}: {detail}", index + 1),
+        let bad = |detail: String| Error::Io {
+            action: format!("read the invoice on line {} of {location}", index + 1),
+            source: std::io::Error::other(detail),
         };
         let invoice: serde_json::Value =
             serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
@@ -190,4 +185,29 @@ fn remove_stale_invoices(out: &Lake, directory: &str, keep: &[String]) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bad_invoice_line_is_an_error_naming_file_and_line() {
+        let bytes = b"{\"account_id\":\"a\"}\n{\"account_id\":\"b\"}\nnot json\n";
+        let error = super::parse_invoices("lake/invoices.jsonl", bytes)
+            .expect_err("line 3 is broken")
+            .to_string();
+        assert!(
+            error.starts_with("cannot read the invoice on line 3 of lake/invoices.jsonl: "),
+            "{error}"
+        );
+        let error = super::parse_invoices("x.jsonl", b"{\"total\":\"1\"}\n")
+            .expect_err("no account")
+            .to_string();
+        assert!(
+            error.contains("line 1 of x.jsonl: not an invoice"),
+            "{error}"
+        );
+        let invoices =
+            super::parse_invoices("x.jsonl", b"{\"account_id\":\"a\"}\n\n").expect("one invoice");
+        assert_eq!(invoices.len(), 1);
+    }
 }
