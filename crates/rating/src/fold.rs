@@ -932,9 +932,10 @@ impl<'a> TextColumn<'a> {
     }
 
     /// The id of each row's text in `ids`, looking up each distinct text once: a row with
-    /// the text of the row before it takes its id, and for string views a view seen
-    /// before ([`SeenViews`]) names the same text (views of a Parquet dictionary's value
-    /// are equal, and a short text is its own view).
+    /// the text of the row before it takes its id; for string views, a short text that
+    /// followed the row before's text last time is guessed ([`Successors`]), and a view
+    /// seen before ([`SeenViews`]) names the same text (views of a Parquet dictionary's
+    /// value are equal, and a short text is its own view).
     fn ids(
         &self,
         texts: &mut Texts,
