@@ -295,12 +295,12 @@ struct BatchTexts {
     successors: [Successors; 5],
 }
 
-/// Per text id, the id of the text that followed it in its column the last time it
-/// changed. **Why.** Every hour file lists its rows in the same order (by account, then
-/// resource), so when a row's account differs from the row before's, it is nearly always
-/// the account that followed that one before: one compare of inline views instead of a
-/// lookup in a map of all accounts (10,000 in the benchmark), whose misses the profile
-/// showed as half of the text ids' time.
+/// Per text id, the id of the text that followed it last time: in a text column, the next
+/// different text; in [`ResourceIndex`], the next resource. **Why.** Every hour file lists
+/// its rows in the same order (by account, then resource), so when a row's account differs
+/// from the row before's, it is nearly always the account that followed that one before:
+/// one compare of inline views instead of a lookup in a map of all accounts (10,000 in the
+/// benchmark), whose misses the profile showed as half of the text ids' time.
 #[derive(Debug, Default)]
 struct Successors(Vec<u32>);
 
@@ -1253,24 +1253,21 @@ struct ResourceIndex {
     /// views ([`Texts::views`]).
     ids: Texts,
     /// Per slot, the slot of the resource whose row came after its row last time.
-    next: Vec<usize>,
+    next: Successors,
     /// The slot of the row before.
-    last: Option<usize>,
+    last: Option<u32>,
 }
-
-/// No successor seen yet.
-const NO_SLOT: usize = usize::MAX;
 
 impl ResourceIndex {
     fn id(&self, slot: usize) -> &str {
         self.ids.values.get(slot).map_or("", |id| id)
     }
 
-    fn is(&self, slot: usize, id: &str, view: u128) -> bool {
+    fn is(&self, slot: u32, id: &str, view: u128) -> bool {
         if view == NOT_INLINE {
-            self.id(slot) == id
+            self.ids.get(slot) == id
         } else {
-            self.ids.views[slot] == view
+            self.ids.is_view(slot, view)
         }
     }
 
@@ -1278,35 +1275,31 @@ impl ResourceIndex {
     /// [`NOT_INLINE`]), which follows the row of the last call.
     fn slot_of(&mut self, id: &str, view: u128) -> usize {
         if let Some(last) = self.last {
-            let guess = self.next[last];
-            if guess != NO_SLOT && self.is(guess, id, view) {
+            let guess = self.next.of(last);
+            if guess != NO_TEXT && self.is(guess, id, view) {
                 self.last = Some(guess);
-                return guess;
+                return guess as usize;
             }
             // A second row of the same resource-hour (a label or GPU change).
             if self.is(last, id, view) {
-                return last;
+                return last as usize;
             }
         }
-        let slot = self.find_or_add(id);
+        let slot = self.ids.id(id);
         if let Some(last) = self.last {
-            self.next[last] = slot;
+            self.next.set(last, slot);
         }
         self.last = Some(slot);
-        slot
+        slot as usize
     }
 
     /// The slot of resource `id`, a new one if it has none.
     fn find_or_add(&mut self, id: &str) -> usize {
-        let slot = self.ids.id(id) as usize;
-        if slot == self.next.len() {
-            self.next.push(NO_SLOT);
-        }
-        slot
+        self.ids.id(id) as usize
     }
 
     fn bytes(&self) -> usize {
-        self.next.len() * (size_of::<u128>() + size_of::<usize>() + 3 * size_of::<Box<str>>())
+        self.ids.values.len() * (size_of::<u128>() + size_of::<u32>() + 3 * size_of::<Box<str>>())
     }
 }
 
@@ -1339,57 +1332,57 @@ mod tests {
         );
     }
 
+    /// Text columns read as string views, one after another into one accumulator's
+    /// tables (one column memory for all: the worst case for telling texts apart).
+    #[derive(Default)]
+    struct ColumnReader {
+        texts: Texts,
+        seen: super::SeenViews,
+        successors: super::Successors,
+    }
+
+    impl ColumnReader {
+        /// The texts `values` read back through their ids.
+        fn read(&mut self, values: &[&str]) -> Vec<String> {
+            use datafusion::arrow::array::{ArrayRef, StringViewArray};
+            let array: ArrayRef = std::sync::Arc::new(StringViewArray::from_iter_values(values));
+            let mut ids = Vec::new();
+            super::TextColumn::new(&array, "text").expect("view").ids(
+                &mut self.texts,
+                &mut self.seen,
+                &mut self.successors,
+                &mut ids,
+            );
+            ids.iter()
+                .map(|id| self.texts.get(*id).to_owned())
+                .collect()
+        }
+    }
+
     #[test]
     fn equal_views_of_two_columns_are_told_apart() {
-        use datafusion::arrow::array::{ArrayRef, StringViewArray};
-        use std::sync::Arc;
         // Same length, same first four bytes, both at offset 0 of their column's first
         // buffer: equal views, different texts.
-        let column = |text: &str| -> ArrayRef {
-            Arc::new(StringViewArray::from_iter_values([text, text, "short"]))
-        };
-        let (first, second) = (column("abcd-long-text-1"), column("abcd-long-text-2"));
-        let first_column = super::TextColumn::new(&first, "a").expect("view");
-        let second_column = super::TextColumn::new(&second, "b").expect("view");
+        let (first, second) = ("abcd-long-text-1", "abcd-long-text-2");
         assert_eq!(
-            first_column.inline_view(0),
+            super::inline_view(first),
             super::NOT_INLINE,
             "the texts are longer than a view holds"
         );
-        let mut texts = Texts::default();
-        let mut seen = super::SeenViews::default();
-        let (mut first_ids, mut second_ids) = (Vec::new(), Vec::new());
-        let mut successors = super::Successors::default();
-        first_column.ids(&mut texts, &mut seen, &mut successors, &mut first_ids);
-        second_column.ids(&mut texts, &mut seen, &mut successors, &mut second_ids);
-        let named = |ids: &[u32]| -> Vec<String> {
-            ids.iter().map(|id| texts.get(*id).to_owned()).collect()
-        };
+        let mut reader = ColumnReader::default();
         assert_eq!(
-            named(&first_ids),
-            ["abcd-long-text-1", "abcd-long-text-1", "short"]
+            reader.read(&[first, first, "short"]),
+            [first, first, "short"]
         );
         assert_eq!(
-            named(&second_ids),
-            ["abcd-long-text-2", "abcd-long-text-2", "short"]
+            reader.read(&[second, second, "short"]),
+            [second, second, "short"]
         );
     }
 
     #[test]
     fn texts_guessed_from_their_order_are_the_texts() {
-        use datafusion::arrow::array::{ArrayRef, StringViewArray};
-        use std::sync::Arc;
-        let mut texts = Texts::default();
-        let mut seen = super::SeenViews::default();
-        let mut successors = super::Successors::default();
-        let mut read = |values: &[&str]| -> Vec<String> {
-            let array: ArrayRef = Arc::new(StringViewArray::from_iter_values(values));
-            let mut ids = Vec::new();
-            super::TextColumn::new(&array, "account_id")
-                .expect("view")
-                .ids(&mut texts, &mut seen, &mut successors, &mut ids);
-            ids.iter().map(|id| texts.get(*id).to_owned()).collect()
-        };
+        let mut reader = ColumnReader::default();
         // The same order twice (the second time by guesses), then another order, in which
         // every guess from the first is wrong.
         for order in [
@@ -1397,7 +1390,7 @@ mod tests {
             vec!["a1", "a1", "a2", "a3", "a3"],
             vec!["a3", "a1", "a3", "a2", "a4"],
         ] {
-            assert_eq!(read(&order), order);
+            assert_eq!(reader.read(&order), order);
         }
     }
 
