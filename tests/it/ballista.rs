@@ -1,7 +1,9 @@
 //! Rating on a DataFusion Ballista cluster: a scheduler and two executors, each a process
 //! of its own on 127.0.0.1 (this test binary started again, running what `tally ballista
-//! scheduler|executor` runs), rate the demo's month; line items and invoices must be the
-//! bytes of the in-process run, and both executors must have run stages of it.
+//! scheduler|executor` runs), rate the demo's month from a lake in a directory and from
+//! one on S3 (moto on 127.0.0.1, which the scheduler and the executors open from their own
+//! environment); line items and invoices must be the bytes of the in-process run, and both
+//! executors must have run stages of it.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -11,7 +13,9 @@ use std::time::{Duration, Instant};
 use tally_lake::Lake;
 use tally_rating::distributed::{ExecutorOptions, run_executor, run_scheduler};
 use tally_rating::usage::MonthRollups;
-use tally_tests::{assert_same_ratings, demo_month, demo_tariffs, lake_files};
+use tally_tests::{
+    assert_same_ratings, demo_month, demo_tariffs, lake_files, s3_environment, s3_lake,
+};
 
 /// Set in a child: `scheduler BIND` or `executor BIND SCHEDULER WORK_DIR`.
 const CHILD: &str = "TALLY_BALLISTA_CHILD";
@@ -50,6 +54,8 @@ impl Node {
                 .args(["--exact", "ballista::ballista_child", "--nocapture"])
                 .env(CHILD, role)
                 .env("RUST_LOG", "info")
+                // The S3 server's settings, as a cluster's nodes would have their store's.
+                .envs(s3_environment())
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()?,
@@ -155,6 +161,32 @@ async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Res
 
     let on_ballista = Lake::directory(on_ballista.path());
     assert_same_ratings(&in_process, &on_ballista, "rated on Ballista")?;
+
+    // The same month from a lake on S3, rated into S3: the plans carry `s3://` URLs, not
+    // the client's store; the scheduler lists the bucket and the executors read it with
+    // stores they opened from their own environment.
+    let on_s3 = s3_lake("ballista-lake");
+    on_s3.put_many(lake_files(&in_process, "rollups")?)?;
+    let rated_on_s3 = s3_lake("ballista-out");
+    let started = Instant::now();
+    tally_rating::rate(&tally_rating::RateRequest {
+        lake: on_s3.clone(),
+        month: demo.month.clone(),
+        tariffs: demo_tariffs(out.path())?,
+        contracts: out.path().join("contracts.json"),
+        out: rated_on_s3.clone(),
+        issue: false,
+        explain: None,
+        engine: tally_rating::Engine::Ballista {
+            scheduler: format!("df://{scheduler}"),
+        },
+    })
+    .await?;
+    println!(
+        "rated the month from {on_s3} on the cluster in {:?}",
+        started.elapsed()
+    );
+    assert_same_ratings(&in_process, &rated_on_s3, "rated on Ballista from S3")?;
     // Both executors ran stages: each wrote shuffle files.
     for work_dir in &work_dirs {
         let written = file_count(work_dir);

@@ -162,7 +162,8 @@ enum Command {
         compare: bool,
         /// Run the usage queries on a Ballista cluster, through its scheduler at URL
         /// (`df://HOST:PORT`, started by `tally ballista scheduler`); the lake must be a
-        /// directory the executors read too.
+        /// directory the scheduler and executors see too, or an object store whose settings
+        /// they have in their environment.
         #[arg(long, value_name = "URL")]
         ballista: Option<String>,
     },

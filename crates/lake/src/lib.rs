@@ -27,6 +27,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use url::Url;
 
 pub use object_store;
+pub use url;
 
 /// Suffix of a directory lake's files while they are written; a crash can leave one,
 /// which the writer that owns the name removes.

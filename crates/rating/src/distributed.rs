@@ -24,8 +24,9 @@ use datafusion::common::TableReference;
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::error::{DataFusionError, Result as DataFusionResult};
-use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::TaskContext;
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{AggregateUDF, Extension, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -33,6 +34,8 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
 use tally_lake::Lake;
+use tally_lake::object_store::ObjectStore;
+use tally_lake::url::Url;
 
 use crate::error::{Error, Result};
 use crate::fold;
@@ -52,22 +55,12 @@ pub enum Engine {
 /// A session whose plans run on the Ballista cluster of `scheduler`, with `config`'s
 /// settings and Tally's codecs. Functions are registered on it afterwards (Ballista's
 /// upgrade of a session replaces its function lists).
-pub async fn remote_session(
-    scheduler: &str,
-    config: SessionConfig,
-    lake: &Lake,
-) -> Result<SessionContext> {
-    // The executors open the files by the paths the client plans with.
-    if lake.local_root().is_none() {
-        return Err(Error::Ballista {
-            scheduler: scheduler.to_owned(),
-            detail: format!(
-                "the lake {lake} is on an object store; Tally's executors read a lake in a \
-                 directory they share with the client (an object-store lake on Ballista \
-                 is not supported yet)"
-            ),
-        });
-    }
+///
+/// The scheduler and the executors open the lake's files by the paths or URLs the client
+/// plans with: a lake in a directory must be one they all see (a shared mount), and a lake
+/// on an object store is opened by each of them from its own environment
+/// ([`StoresFromEnvironment`]).
+pub async fn remote_session(scheduler: &str, config: SessionConfig) -> Result<SessionContext> {
     let config = config
         .upgrade_for_ballista()
         .with_ballista_logical_extension_codec(Arc::new(TallyLogicalCodec::default()))
@@ -235,13 +228,71 @@ impl PhysicalExtensionCodec for TallyPhysicalCodec {
     }
 }
 
+/// The object stores a scheduler or an executor reads lakes from: a store the plans name
+/// (`s3://bucket/`, `gs://…`, `az://…`) is opened the first time it is named, from this
+/// process's environment as `--lake` opens it (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, …), and
+/// kept for the process's life. Credentials stay with the nodes; the plans carry only
+/// URLs. Each node of the cluster needs the settings of the stores its lakes are on.
+#[derive(Debug, Default)]
+pub struct StoresFromEnvironment {
+    opened: DefaultObjectStoreRegistry,
+}
+
+impl ObjectStoreRegistry for StoresFromEnvironment {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.opened.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> DataFusionResult<Arc<dyn ObjectStore>> {
+        self.opened.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> DataFusionResult<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.opened.get_store(url) {
+            return Ok(store);
+        }
+        // Two tasks may open the same store at once; either copy serves.
+        let lake = Lake::open(url.as_str()).map_err(|error| {
+            DataFusionError::External(
+                format!("{error} (the store's settings come from this node's environment)").into(),
+            )
+        })?;
+        match lake.object_store() {
+            Some((base, store)) => {
+                self.opened.register_store(&base, Arc::clone(&store));
+                Ok(store)
+            }
+            // A local path: the default registry's answer (`file://` or an error).
+            None => self.opened.get_store(url),
+        }
+    }
+}
+
 /// A Ballista scheduler that knows Tally's functions, serving on `bind` until the
 /// process ends.
 pub async fn run_scheduler(bind: SocketAddr) -> Result<()> {
+    // The scheduler lists the lake's files when it plans a query's stages.
+    let stores: Arc<dyn ObjectStoreRegistry> = Arc::new(StoresFromEnvironment::default());
+    let session_builder =
+        move |config: SessionConfig| -> DataFusionResult<SessionState> {
+            let runtime = RuntimeEnvBuilder::new()
+                .with_object_store_registry(Arc::clone(&stores))
+                .build_arc()?;
+            Ok(SessionStateBuilder::new_from_existing(
+                ballista_core::utils::default_session_builder(config)?,
+            )
+            .with_runtime_env(runtime)
+            .build())
+        };
     let config = ballista_scheduler::config::SchedulerConfig {
         bind_host: bind.ip().to_string(),
         bind_port: bind.port(),
         external_host: bind.ip().to_string(),
+        override_session_builder: Some(Arc::new(session_builder)),
         override_logical_codec: Some(Arc::new(TallyLogicalCodec::default())),
         override_physical_codec: Some(Arc::new(TallyPhysicalCodec::default())),
         ..Default::default()
@@ -269,6 +320,14 @@ pub struct ExecutorOptions {
 /// A Ballista executor that knows Tally's functions, working until the process ends.
 pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     let host = options.bind.ip().to_string();
+    let stores: Arc<dyn ObjectStoreRegistry> = Arc::new(StoresFromEnvironment::default());
+    let spill_dir = options.work_dir.clone();
+    let runtime = move |_: &SessionConfig| {
+        RuntimeEnvBuilder::new()
+            .with_temp_file_path(spill_dir.clone())
+            .with_object_store_registry(Arc::clone(&stores))
+            .build_arc()
+    };
     let config = ballista_executor::executor_process::ExecutorProcessConfig {
         bind_host: host.clone(),
         external_host: Some(host),
@@ -280,6 +339,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         scheduler_connect_timeout_seconds: 30,
         vcores: options.concurrent_tasks.max(1),
         work_dir: Some(options.work_dir.display().to_string()),
+        override_runtime_producer: Some(Arc::new(runtime)),
         override_logical_codec: Some(Arc::new(TallyLogicalCodec::default())),
         override_physical_codec: Some(Arc::new(TallyPhysicalCodec::default())),
         ..Default::default()
@@ -293,5 +353,43 @@ fn cluster_error(role: &str, bind: SocketAddr, error: impl std::fmt::Display) ->
     Error::Ballista {
         scheduler: format!("{role} on {bind}"),
         detail: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).expect("a URL")
+    }
+
+    #[test]
+    fn a_store_a_plan_names_is_opened_once_and_kept() {
+        let stores = StoresFromEnvironment::default();
+        let first = stores
+            .get_store(&url(
+                "s3://tally-lake/rollups/hour=2026-10-01T00/p000.parquet",
+            ))
+            .expect("an S3 store from the environment");
+        let again = stores
+            .get_store(&url("s3://tally-lake/line_items/"))
+            .expect("the same store");
+        assert!(Arc::ptr_eq(&first, &again), "the bucket was opened twice");
+        let other = stores
+            .get_store(&url("s3://another-lake/rollups/"))
+            .expect("another bucket's store");
+        assert!(!Arc::ptr_eq(&first, &other), "two buckets share a store");
+        stores
+            .get_store(&url("file:///srv/lake/rollups/"))
+            .expect("a directory lake's files");
+        let unknown = stores
+            .get_store(&url("ftp://example/lake/"))
+            .expect_err("no store speaks ftp")
+            .to_string();
+        assert!(
+            unknown.contains("ftp://example/lake/") && unknown.contains("environment"),
+            "{unknown}"
+        );
     }
 }

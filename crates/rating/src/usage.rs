@@ -303,7 +303,7 @@ impl MonthRollups {
             // Ballista ships batches over Arrow Flight, which it does not yet do for
             // string views: plain strings there.
             Engine::Ballista { scheduler } => (
-                distributed::remote_session(scheduler, config, lake).await?,
+                distributed::remote_session(scheduler, config).await?,
                 rollup_arrow_schema().as_ref().clone(),
             ),
         };
