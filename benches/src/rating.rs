@@ -5,16 +5,25 @@
 //! reported too, so engine and job can be told apart. The runs alternate engine by engine,
 //! so drift on a noisy machine hits all of them; figures are medians.
 //!
+//! With `--ballista` the job's usage queries run on a Ballista cluster started in this
+//! process on 127.0.0.1 (a scheduler and two executors of one task each, talking gRPC and
+//! Arrow Flight over loopback as between machines): what distribution costs on one machine.
+//!
 //! DuckDB (PyPI `duckdb`, pinned) runs in a venv under `${TALLY_CACHE_DIR:-~/.cache/tally}`,
 //! installed on first use.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::rollup_month::{MonthSpec, contracts_json, write_month};
 use anyhow::{Context, bail};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use tally_rating::Engine;
+use tally_rating::distributed::{
+    ExecutorOptions, free_loopback_address, run_executor, run_scheduler, wait_until_listening,
+};
 use tally_rating::month::BillingMonth;
 
 const DUCKDB_VERSION: &str = "1.4.4";
@@ -50,12 +59,16 @@ pub struct Options {
     pub data_root: PathBuf,
     /// Runs `tally rate` alone (for profiling it); no baseline, so no ratio.
     pub tally_only: bool,
+    /// Runs the job's usage queries on a Ballista cluster in this process.
+    pub ballista: bool,
 }
 
 /// What a run measured: seconds per run of each contender.
 #[derive(Clone, Debug)]
 pub struct Figures {
     pub resources: usize,
+    /// Where `tally rate`'s usage queries ran.
+    pub ballista: bool,
     pub runs: usize,
     pub hours: i64,
     pub tally: Vec<f64>,
@@ -77,8 +90,19 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
         .enable_all()
         .build()?;
     let sql = simplified_query(&month);
+    let cluster = if options.ballista {
+        Some(LocalCluster::start(THREADS)?)
+    } else {
+        None
+    };
+    let engine = cluster
+        .as_ref()
+        .map_or(Engine::InProcess, |cluster| Engine::Ballista {
+            scheduler: format!("df://{}", cluster.scheduler),
+        });
     let mut figures = Figures {
         resources: options.resources,
+        ballista: options.ballista,
         runs: options.runs,
         hours: month.hours(),
         tally: Vec::new(),
@@ -94,8 +118,8 @@ pub fn run(options: &Options) -> anyhow::Result<Figures> {
     // 20,000 invoice files a run, before they became two, that cost seconds).
     let mut outs = Vec::new();
     for _ in 0..options.runs {
-        let (seconds, report) = runtime.block_on(tally_runs(&data, 1, &mut outs))?;
-        figures.tally.extend(seconds);
+        let (seconds, report) = runtime.block_on(tally_run(&data, &engine, &mut outs))?;
+        figures.tally.push(seconds);
         figures.line_items = report.line_items;
         figures.invoices = report.invoices.len();
         if options.tally_only {
@@ -125,8 +149,13 @@ impl Figures {
             "rating {MONTH} ({} h), {} resources, {} runs each, {THREADS} threads, medians:",
             self.hours, self.resources, self.runs
         );
+        let job = if self.ballista {
+            "tally rate on Ballista (1 + 2 nodes) "
+        } else {
+            "tally rate (whole job)               "
+        };
         println!(
-            "  tally rate (whole job)                    {tally:8.2} s   {} line items, {} invoices",
+            "  {job}     {tally:8.2} s   {} line items, {} invoices",
             self.line_items, self.invoices
         );
         if self.duckdb.is_empty() {
@@ -324,35 +353,79 @@ async fn datafusion_runs(lake: &Path, runs: usize, sql: &str) -> anyhow::Result<
     Ok((seconds, rows))
 }
 
-/// `runs` runs of `tally rate`, each into a new directory under `data` added to `outs`.
-async fn tally_runs(
+/// A Ballista cluster on 127.0.0.1 in this process: a scheduler and executors of one task
+/// each, on a runtime of their own; it stops with the process.
+struct LocalCluster {
+    scheduler: SocketAddr,
+    _nodes: tokio::runtime::Runtime,
+    _work_dirs: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    fn start(executors: usize) -> anyhow::Result<Self> {
+        let nodes = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(THREADS)
+            .thread_name("ballista")
+            .enable_all()
+            .build()?;
+        let work_dirs = tempfile::tempdir()?;
+        let scheduler = free_loopback_address()?;
+        nodes.spawn(async move {
+            if let Err(error) = run_scheduler(scheduler).await {
+                eprintln!("the bench's Ballista scheduler stopped: {error}");
+            }
+        });
+        wait_until_listening(scheduler, Duration::from_secs(60))?;
+        for executor in 0..executors {
+            let options = ExecutorOptions {
+                bind: free_loopback_address()?,
+                scheduler,
+                work_dir: work_dirs.path().join(format!("executor-{executor}")),
+                concurrent_tasks: 1,
+            };
+            std::fs::create_dir_all(&options.work_dir)?;
+            let bind = options.bind;
+            nodes.spawn(async move {
+                if let Err(error) = run_executor(options).await {
+                    eprintln!("the bench's Ballista executor on {bind} stopped: {error}");
+                }
+            });
+            wait_until_listening(bind, Duration::from_secs(60))?;
+        }
+        println!("ballista: a scheduler on {scheduler} and {executors} executors in this process");
+        Ok(Self {
+            scheduler,
+            _nodes: nodes,
+            _work_dirs: work_dirs,
+        })
+    }
+}
+
+/// One run of `tally rate` on `engine`, into a new directory under `data` added to `outs`:
+/// its seconds and its report.
+async fn tally_run(
     data: &Path,
-    runs: usize,
+    engine: &Engine,
     outs: &mut Vec<tempfile::TempDir>,
-) -> anyhow::Result<(Vec<f64>, tally_rating::RateReport)> {
+) -> anyhow::Result<(f64, tally_rating::RateReport)> {
     let mut tariffs: Vec<PathBuf> = std::fs::read_dir(data.join("tariffs"))?
         .map(|entry| entry.map(|entry| entry.path()))
         .collect::<Result<_, _>>()?;
     tariffs.sort();
-    let mut seconds = Vec::new();
-    let mut last = None;
-    for _ in 0..runs {
-        let out = tempfile::tempdir_in(data)?;
-        let started = Instant::now();
-        let report = tally_rating::rate(&tally_rating::RateRequest {
-            lake: data.into(),
-            month: MONTH.to_owned(),
-            tariffs: tariffs.clone(),
-            contracts: data.join("contracts.json"),
-            out: out.path().into(),
-            issue: false,
-            explain: None,
-            engine: tally_rating::Engine::InProcess,
-        })
-        .await?;
-        seconds.push(started.elapsed().as_secs_f64());
-        last = Some(report);
-        outs.push(out);
-    }
-    Ok((seconds, last.context("no run")?))
+    let out = tempfile::tempdir_in(data)?;
+    let started = Instant::now();
+    let report = tally_rating::rate(&tally_rating::RateRequest {
+        lake: data.into(),
+        month: MONTH.to_owned(),
+        tariffs,
+        contracts: data.join("contracts.json"),
+        out: out.path().into(),
+        issue: false,
+        explain: None,
+        engine: engine.clone(),
+    })
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    outs.push(out);
+    Ok((seconds, report))
 }

@@ -5,13 +5,16 @@
 //! environment); line items and invoices must be the bytes of the in-process run, and both
 //! executors must have run stages of it.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tally_lake::Lake;
-use tally_rating::distributed::{ExecutorOptions, run_executor, run_scheduler};
+use tally_rating::distributed::{
+    self, ExecutorOptions, free_loopback_address, run_executor, run_scheduler,
+};
 use tally_rating::usage::MonthRollups;
 use tally_tests::{
     assert_same_ratings, demo_month, demo_tariffs, lake_files, s3_environment, s3_lake,
@@ -70,30 +73,9 @@ impl Drop for Node {
     }
 }
 
-/// A free port on 127.0.0.1 whose next port is free too (an executor serves Arrow
-/// Flight on the one and gRPC on the other).
-fn free_port_pair() -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0")?;
-        let port = first.local_addr()?.port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no two adjacent free ports on 127.0.0.1")
-}
-
 fn wait_until_listening(address: SocketAddr, what: &str, log: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the {what} did not listen on {address} within 60 s; see {}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    distributed::wait_until_listening(address, Duration::from_secs(60))
+        .with_context(|| format!("the {what}; see {}", log.display()))
 }
 
 /// Files below `directory`, at any depth.
@@ -116,14 +98,14 @@ async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Res
     let in_process = Lake::directory(&demo.lake);
 
     let cluster = tempfile::tempdir()?;
-    let scheduler: SocketAddr = format!("127.0.0.1:{}", free_port_pair()?).parse()?;
+    let scheduler = free_loopback_address()?;
     let scheduler_log = cluster.path().join("scheduler.log");
     let _scheduler = Node::start(format!("scheduler {scheduler}"), &scheduler_log)?;
     wait_until_listening(scheduler, "scheduler", &scheduler_log)?;
     let mut executors = Vec::new();
     let mut work_dirs = Vec::new();
     for name in ["executor-1", "executor-2"] {
-        let bind: SocketAddr = format!("127.0.0.1:{}", free_port_pair()?).parse()?;
+        let bind = free_loopback_address()?;
         let work_dir = cluster.path().join(name);
         std::fs::create_dir_all(&work_dir)?;
         let log = cluster.path().join(format!("{name}.log"));

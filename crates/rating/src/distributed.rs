@@ -13,9 +13,10 @@
 //! scheduler|executor`) because only they know these codecs; everything else (plan
 //! nodes, shuffles, file formats) goes to Ballista's codecs.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
@@ -347,6 +348,36 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     ballista_executor::executor_process::start_executor_process(Arc::new(config))
         .await
         .map_err(|error| cluster_error("executor", options.bind, error))
+}
+
+/// An address on 127.0.0.1 for a node started on this machine: a free port whose next
+/// port is free too (an executor serves Arrow Flight on the one and gRPC on the next).
+pub fn free_loopback_address() -> std::io::Result<SocketAddr> {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        if first.port() < u16::MAX && TcpListener::bind(("127.0.0.1", first.port() + 1)).is_ok() {
+            return Ok(first);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no two adjacent free ports on 127.0.0.1",
+    ))
+}
+
+/// Waits until a node listens on `address`, for at most `within`.
+pub fn wait_until_listening(address: SocketAddr, within: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing listens on {address} after {within:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 fn cluster_error(role: &str, bind: SocketAddr, error: impl std::fmt::Display) -> Error {
