@@ -117,22 +117,28 @@ async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Res
         work_dirs.push(work_dir);
     }
 
+    // The demo's month from `lake` into `into`, its usage queries on the cluster.
+    let rate_on_cluster = async |lake: &Lake, into: &Lake| {
+        tally_rating::rate(&tally_rating::RateRequest {
+            lake: lake.clone(),
+            month: demo.month.clone(),
+            tariffs: demo_tariffs(out.path())?,
+            contracts: out.path().join("contracts.json"),
+            out: into.clone(),
+            issue: false,
+            explain: None,
+            engine: tally_rating::Engine::Ballista {
+                scheduler: format!("df://{scheduler}"),
+            },
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    };
+
     let started = Instant::now();
-    let on_ballista = tempfile::tempdir()?;
-    let tariffs = demo_tariffs(out.path())?;
-    let report = tally_rating::rate(&tally_rating::RateRequest {
-        lake: in_process.clone(),
-        month: demo.month.clone(),
-        tariffs,
-        contracts: out.path().join("contracts.json"),
-        out: Lake::directory(on_ballista.path()),
-        issue: false,
-        explain: None,
-        engine: tally_rating::Engine::Ballista {
-            scheduler: format!("df://{scheduler}"),
-        },
-    })
-    .await?;
+    let rated_dir = tempfile::tempdir()?;
+    let on_ballista = Lake::directory(rated_dir.path());
+    let report = rate_on_cluster(&in_process, &on_ballista).await?;
     println!(
         "rated {} line items into {} invoices on the cluster in {:?}",
         report.line_items,
@@ -140,8 +146,6 @@ async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Res
         started.elapsed()
     );
     assert_eq!(report.invoices.len(), demo.rating.invoices.len());
-
-    let on_ballista = Lake::directory(on_ballista.path());
     assert_same_ratings(&in_process, &on_ballista, "rated on Ballista")?;
 
     // The same month from a lake on S3, rated into S3: the plans carry `s3://` URLs, not
@@ -151,19 +155,7 @@ async fn a_ballista_cluster_rates_the_month_into_the_same_bytes() -> anyhow::Res
     on_s3.put_many(lake_files(&in_process, "rollups")?)?;
     let rated_on_s3 = s3_lake("ballista-out");
     let started = Instant::now();
-    tally_rating::rate(&tally_rating::RateRequest {
-        lake: on_s3.clone(),
-        month: demo.month.clone(),
-        tariffs: demo_tariffs(out.path())?,
-        contracts: out.path().join("contracts.json"),
-        out: rated_on_s3.clone(),
-        issue: false,
-        explain: None,
-        engine: tally_rating::Engine::Ballista {
-            scheduler: format!("df://{scheduler}"),
-        },
-    })
-    .await?;
+    rate_on_cluster(&on_s3, &rated_on_s3).await?;
     println!(
         "rated the month from {on_s3} on the cluster in {:?}",
         started.elapsed()

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::TableReference;
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::FileFormatFactory;
@@ -30,7 +31,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{AggregateUDF, Extension, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
@@ -76,6 +77,32 @@ pub async fn remote_session(scheduler: &str, config: SessionConfig) -> Result<Se
             scheduler: scheduler.to_owned(),
             detail: error.to_string(),
         })
+}
+
+/// How often a query still running on the cluster is reported.
+const STILL_RUNNING_EVERY: Duration = Duration::from_secs(60);
+
+/// `frame`'s result from the cluster. A query that has not finished after a minute is
+/// reported each minute: a scheduler with no executor queues a job without a word, and
+/// the client would otherwise wait in silence.
+pub async fn collect_on_cluster(frame: DataFrame, scheduler: &str) -> Result<Vec<RecordBatch>> {
+    let started = Instant::now();
+    let collect = frame.collect();
+    tokio::pin!(collect);
+    let first = tokio::time::Instant::now() + STILL_RUNNING_EVERY;
+    let mut ticks = tokio::time::interval_at(first, STILL_RUNNING_EVERY);
+    loop {
+        tokio::select! {
+            batches = &mut collect => return Ok(batches?),
+            _ = ticks.tick() => tracing::warn!(
+                scheduler,
+                minutes = started.elapsed().as_secs() / 60,
+                "the query is still running on the Ballista cluster (a scheduler with no \
+                 executor holds it until one registers: `tally ballista executor \
+                 --scheduler …`)"
+            ),
+        }
+    }
 }
 
 /// `resource_usage`'s month as bytes: its first hour and its length in hours.

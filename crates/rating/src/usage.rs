@@ -362,17 +362,23 @@ impl MonthRollups {
         }
     }
 
+    /// The result of `sql` on the month, from the session's engine.
+    async fn run(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let frame = self.context.sql(sql).await?;
+        match &self.engine {
+            Engine::InProcess => Ok(frame.collect().await?),
+            Engine::Ballista { scheduler } => {
+                distributed::collect_on_cluster(frame, scheduler).await
+            }
+        }
+    }
+
     /// One scan: `resource_usage` folds every resource's rows.
     pub async fn folded_usage(&self) -> Result<Vec<ResourceUsage>> {
         if self.files == 0 {
             return Ok(Vec::new());
         }
-        let batches = self
-            .context
-            .sql(&folded_usage_sql())
-            .await?
-            .collect()
-            .await?;
+        let batches = self.run(&folded_usage_sql()).await?;
         let mut usages = Vec::new();
         for batch in &batches {
             let columns = Columns::new(batch)?;
@@ -429,18 +435,8 @@ impl MonthRollups {
         if self.files == 0 {
             return Ok(Vec::new());
         }
-        let hour_batches = self
-            .context
-            .sql(&hour_buckets_sql())
-            .await?
-            .collect()
-            .await?;
-        let minute_batches = self
-            .context
-            .sql(&minute_buckets_sql())
-            .await?
-            .collect()
-            .await?;
+        let hour_batches = self.run(&hour_buckets_sql()).await?;
+        let minute_batches = self.run(&minute_buckets_sql()).await?;
         let usages = usages_from_buckets(&hour_batches, &minute_batches)?;
         // The fold refuses hours outside the month; so does this plan.
         if let Some(usage) = usages.iter().find(|usage| {
@@ -489,7 +485,7 @@ impl MonthRollups {
              GROUP BY r.resource_id, r.sku, r.hour_start
              ORDER BY r.resource_id, r.sku, r.hour_start"
         );
-        let batches = self.context.sql(&query).await?.collect().await?;
+        let batches = self.run(&query).await?;
         for batch in &batches {
             let columns = Columns::new(batch)?;
             for row in 0..batch.num_rows() {
@@ -535,7 +531,7 @@ impl MonthRollups {
              GROUP BY account_id, resource_id, kind, sku, labels, gpus, hour_start
              ORDER BY hour_start, account_id, resource_id, kind, sku, labels, gpus"
         );
-        let batches = self.context.sql(&query).await?.collect().await?;
+        let batches = self.run(&query).await?;
         let mut rows = Vec::new();
         for batch in &batches {
             let columns = Columns::new(batch)?;
