@@ -1,9 +1,11 @@
 //! Rating's DataFusion plans on a DataFusion Ballista cluster (`tally rate --ballista`).
 //!
 //! The client plans the month's usage queries as in process; Ballista's scheduler splits
-//! each into stages and its executors run them, reading the lake themselves. Pricing,
-//! the invoices and every write stay in the client: what the cluster computes is the
-//! usage per resource, the part that grows with the fleet.
+//! each into stages and its executors run them, reading the lake themselves (a shared
+//! directory, or an object store each node opens from its own environment:
+//! [`StoresFromEnvironment`]). Pricing, the invoices and every write stay in the client:
+//! what the cluster computes is the usage per resource, the part that grows with the
+//! fleet.
 //!
 //! Tally's functions travel with the plans. `resource_usage` folds one month, whose
 //! first hour and length are part of the function, not of its arguments: the codecs
