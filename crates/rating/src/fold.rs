@@ -1,7 +1,7 @@
 //! `resource_usage(...)`: a DataFusion aggregate that folds a month of rollup rows into
 //! each resource's usage, so the usage side of rating is one scan and one aggregate with
 //! no GROUP BY: the aggregate keeps a fold per resource itself, found by the order of the
-//! lake's files instead of a hash of each row's resource id ([`ResourceIndex`]). Account,
+//! lake's files instead of a hash of each row's resource id (`ResourceIndex`). Account,
 //! kind and SKU are arguments, and the rare resource that changes one of them within the
 //! month gets one [`Fold`] per combination, exactly as grouping by all four would give
 //! ([`ResourceFolds`]). Its result is every resource's folds in one binary value
@@ -17,7 +17,7 @@
 //! account and resource), so the accumulator keeps the current row's resource-hour open and
 //! closes it into that resource's hour buckets when the next row is of another.
 //!
-//! **Why that is safe.** Every fold keeps the hours it saw (a bitset, see [`HoursSeen`]).
+//! **Why that is safe.** Every fold keeps the hours it saw (a bitset, see `HoursSeen`).
 //! An hour that comes back after it was closed (its rows were not next to each
 //! other), or that two partial folds both saw, is reported as a
 //! [`SplitHour`] error instead of being counted twice, and the caller falls back to the
