@@ -15,7 +15,7 @@
 //!    BILLING.md rule, the tariff version and the rollup rows they come from.
 //! 5. [`invoice`]: per account, lines summed unrounded and the total rounded once;
 //!    displayed lines, the rounding difference and the credit are reported.
-//! 6. [`write`]: `line_items/month=YYYY-MM/line_items.parquet` and
+//! 6. [`write`](mod@write): `line_items/month=YYYY-MM/line_items.parquet` and
 //!    `invoices/month=YYYY-MM/invoices.{jsonl,csv}` (every account's invoice in one
 //!    file a format), temp file → fsync → rename.
 //!
@@ -497,7 +497,7 @@ fn summary(invoice: &invoice::Invoice) -> InvoiceSummary {
     }
 }
 
-/// Runs one SQL statement over the lake (`tally sql`; tables in [`sql`]).
+/// Runs one SQL statement over the lake (`tally sql`; tables in [`sql`](mod@sql)).
 pub async fn sql(lake: &Lake, query: &str) -> Result<Vec<RecordBatch>> {
     sql::query(lake, query).await
 }
