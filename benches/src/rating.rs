@@ -150,12 +150,12 @@ impl Figures {
             self.hours, self.resources, self.runs
         );
         let job = if self.ballista {
-            "tally rate on Ballista (1 + 2 nodes) "
+            "tally rate on Ballista (1 + 2 nodes)"
         } else {
-            "tally rate (whole job)               "
+            "tally rate (whole job)"
         };
         println!(
-            "  {job}     {tally:8.2} s   {} line items, {} invoices",
+            "  {job:<42}{tally:8.2} s   {} line items, {} invoices",
             self.line_items, self.invoices
         );
         if self.duckdb.is_empty() {
