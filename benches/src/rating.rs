@@ -230,7 +230,8 @@ fn ensure_data(
     resources: usize,
     month: &BillingMonth,
 ) -> anyhow::Result<PathBuf> {
-    let directory = data_root.join(format!("rating-{resources}-{MONTH}-v1"));
+    // v2: the traffic counters delta-encoded (the aggregator's writer since 2026-12-07).
+    let directory = data_root.join(format!("rating-{resources}-{MONTH}-v2"));
     let done = directory.join("complete");
     if done.exists() {
         println!("data: reusing {}", directory.display());

@@ -281,8 +281,9 @@ fn ensure_month(
     spec: &MonthSpec,
     day_offsets: Range<i64>,
 ) -> anyhow::Result<(PathBuf, GeneratedHours)> {
+    // v2: the traffic counters delta-encoded (the aggregator's writer since 2026-12-07).
     let directory = data_root.join(format!(
-        "scale-{}-{MONTH}-without-{}-v1",
+        "scale-{}-{MONTH}-without-{}-v2",
         spec.resources,
         &DAY[..10]
     ));

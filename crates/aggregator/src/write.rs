@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use tally_lake::{Lake, Outcome};
 use tally_model::rollup::{PARTITION_KEY, batch_to_rows, rows_to_batch};
 use tally_model::{Hour, RollupFileName, RollupRow};
@@ -36,12 +37,33 @@ pub fn file_name(source: &str, partition: i32, generation: u32) -> String {
     .to_string()
 }
 
+/// The traffic counters: bytes an hour, nearly every value distinct and its low bits
+/// random.
+const TRAFFIC_COLUMNS: [&str; 3] = ["out_external_bytes", "out_internal_bytes", "in_bytes"];
+
+/// zstd over dictionaries for every column but the traffic counters, which are
+/// delta-encoded and not compressed.
+///
+/// **Why.** A dictionary does not fit values that are all distinct (the writer gives it up
+/// for plain values), and zstd shrinks random 64-bit counters by little (a third in the
+/// rating benchmark) at a high cost to read them: decompressing those three columns was
+/// a sixth of the rating job's time. Delta bit-packing stores them smaller than zstd did
+/// (the benchmark's month: 1,139.6 MiB instead of 1,429.8) and reads them several times
+/// faster. Columns that are mostly zero (sizes) or repeat (masks, texts) stay with
+/// dictionaries and zstd, where delta bit-packing would make them larger.
 fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_dictionary_enabled(true)
-        .set_created_by("tally rollup v1".to_owned())
-        .build()
+        .set_created_by("tally rollup v1".to_owned());
+    for column in TRAFFIC_COLUMNS {
+        let column = ColumnPath::from(column);
+        properties = properties
+            .set_column_dictionary_enabled(column.clone(), false)
+            .set_column_encoding(column.clone(), Encoding::DELTA_BINARY_PACKED)
+            .set_column_compression(column, Compression::UNCOMPRESSED);
+    }
+    properties.build()
 }
 
 /// What [`write_rows`] wrote.
