@@ -14,11 +14,6 @@ pub mod rating;
 pub mod rollup_month;
 pub mod scale;
 
-/// The allocator the `tally` binary uses (see `crates/cli/src/main.rs`), so every benchmark
-/// binary measures Tally's code as it runs there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Logs to stderr when `RUST_LOG` asks for it (`RUST_LOG=info` shows the rating job's
 /// stage timings), and stays quiet otherwise: the benches' output is their figures.
 pub fn log_if_asked() {

@@ -11,13 +11,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tally_model::wire::Encoding;
 use tally_model::{Hour, Minute};
 
-/// mimalloc instead of the system allocator. **Why.** The rating job's scan allocates and
-/// frees buffers of a few hundred kilobytes per file and column; glibc's malloc hands
-/// those back to the kernel and faults them in again (page faults and zeroing were about
-/// a tenth of the job in the benchmark's profile), and mimalloc keeps them for reuse.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tally",
