@@ -4,7 +4,7 @@
 //! instance at a time, and read from the resume offset its manifest in the lake names,
 //! not from Kafka's committed offsets: the manifest is written with the data, so the two
 //! can never disagree, and a partition moves to another instance through the lake (see
-//! [`ConsumerEvents`]).
+//! `ConsumerEvents`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //!
 //! The steps, each in the file of its name:
 //! [`consume`] (or [`backfill`] from a file) → [`decode`] → validate (in the model crate)
-//! → [`dedup`] → [`rollup`] → seal ([`partition`]) → [`write`] → [`manifest`];
+//! → [`dedup`] → [`rollup`] → seal ([`partition`]) → [`write`](mod@write) → [`manifest`];
 //! [`deadletter`] keeps what could not be used, [`metrics`] counts. [`ingest`] ties them
 //! together for one input. [`failpoint`] lets fault tests kill the process at chosen
 //! places of the write path.

@@ -46,11 +46,11 @@ const TRAFFIC_COLUMNS: [&str; 3] = ["out_external_bytes", "out_internal_bytes", 
 ///
 /// **Why.** A dictionary does not fit values that are all distinct (the writer gives it up
 /// for plain values), and zstd shrinks random 64-bit counters by little (a third in the
-/// rating benchmark) at a high cost to read them: decompressing those three columns was
-/// a sixth of the rating job's time. Delta bit-packing stores them smaller than zstd did
-/// (the benchmark's month: 1,139.6 MiB instead of 1,429.8) and reads them several times
-/// faster. Columns that are mostly zero (sizes) or repeat (masks, texts) stay with
-/// dictionaries and zstd, where delta bit-packing would make them larger.
+/// rating benchmark) at a high cost to read them: zstd was 12 % of the rating job's
+/// profile. Delta bit-packing stores them smaller than zstd did (the benchmark's month:
+/// 1,139.6 MiB instead of 1,429.8), and the month's usage query took about a fifth less
+/// (`benches/BENCHMARKS.md`). Columns that are mostly zero (sizes) or repeat (masks,
+/// texts) stay with dictionaries and zstd, where delta bit-packing would make them larger.
 fn writer_properties() -> WriterProperties {
     let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))

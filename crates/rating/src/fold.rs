@@ -592,7 +592,7 @@ struct OpenHour {
 }
 
 /// One input row as the fold adds it: read out of the argument columns a chunk of rows at
-/// a time ([`RowChunk`]), its texts as ids into [`Texts`].
+/// a time ([`BatchKeys::fill`]), its texts as ids into [`Texts`].
 #[derive(Clone, Copy, Debug, Default)]
 struct Row {
     slot: u32,
@@ -1110,9 +1110,9 @@ impl BatchKeys {
     /// Rows `first..` of the batch, as many as `chunk` holds, read column by column.
     ///
     /// **Why by column.** A row takes values from sixteen columns; read row by row, the
-    /// loads of a row's masks and meters stalled on memory (the profile put a sixth of the
-    /// fold's time on them), while one column at a time is one sequential stream the
-    /// processor fetches ahead of.
+    /// loads of a row's meters and masks stalled on memory (the row loop's hottest
+    /// instruction in the profile waited on them), while one column at a time is one
+    /// sequential stream the processor fetches ahead of.
     fn fill(&self, inputs: &Inputs, first: usize, chunk: &mut [Row]) {
         let rows = first..first + chunk.len();
         let texts = &self.texts;
