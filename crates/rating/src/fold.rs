@@ -1116,39 +1116,37 @@ impl BatchKeys {
     fn fill(&self, inputs: &Inputs, first: usize, chunk: &mut [Row]) {
         let rows = first..first + chunk.len();
         let texts = &self.texts;
-        for (row, slot) in chunk.iter_mut().zip(&self.slots[rows.clone()]) {
-            row.slot = *slot;
-        }
-        for (row, index) in chunk.iter_mut().zip(&self.hour_indexes[rows.clone()]) {
-            row.hour_index = *index;
-        }
-        for (row, id) in chunk.iter_mut().zip(&texts.account_id[rows.clone()]) {
-            row.identity.account_id = *id;
-        }
-        for (row, id) in chunk.iter_mut().zip(&texts.kind[rows.clone()]) {
-            row.identity.kind = *id;
-        }
-        for (row, id) in chunk.iter_mut().zip(&texts.sku[rows.clone()]) {
-            row.identity.sku = *id;
-        }
-        for (row, id) in chunk.iter_mut().zip(&texts.labels[rows.clone()]) {
-            row.labels = *id;
-        }
-        for (row, id) in chunk.iter_mut().zip(&texts.zone[rows.clone()]) {
-            row.zone = *id;
-        }
-        for (row, gpus) in chunk.iter_mut().zip(&inputs.gpus.values()[rows.clone()]) {
-            row.gpus = *gpus;
-        }
+        fill_column(chunk, &self.slots[rows.clone()], |row, slot| {
+            row.slot = slot
+        });
+        fill_column(chunk, &self.hour_indexes[rows.clone()], |row, index| {
+            row.hour_index = index;
+        });
+        fill_column(chunk, &texts.account_id[rows.clone()], |row, id| {
+            row.identity.account_id = id;
+        });
+        fill_column(chunk, &texts.kind[rows.clone()], |row, id| {
+            row.identity.kind = id;
+        });
+        fill_column(chunk, &texts.sku[rows.clone()], |row, id| {
+            row.identity.sku = id
+        });
+        fill_column(chunk, &texts.labels[rows.clone()], |row, id| {
+            row.labels = id
+        });
+        fill_column(chunk, &texts.zone[rows.clone()], |row, id| row.zone = id);
+        fill_column(chunk, &inputs.gpus.values()[rows.clone()], |row, gpus| {
+            row.gpus = gpus;
+        });
         for (state, masks) in inputs.masks.iter().enumerate() {
-            for (row, mask) in chunk.iter_mut().zip(&masks.values()[rows.clone()]) {
-                row.masks[state] = *mask;
-            }
+            fill_column(chunk, &masks.values()[rows.clone()], |row, mask| {
+                row.masks[state] = mask;
+            });
         }
         for (meter, values) in inputs.meters.iter().enumerate() {
-            for (row, value) in chunk.iter_mut().zip(&values.values()[rows.clone()]) {
-                row.meters[meter] = *value;
-            }
+            fill_column(chunk, &values.values()[rows.clone()], |row, value| {
+                row.meters[meter] = value;
+            });
         }
     }
 
@@ -1314,6 +1312,14 @@ impl Accumulator for MonthFold {
             + self.resources.bytes()
             + self.hours.bytes()
             + self.texts.values.len() * 64
+    }
+}
+
+/// Sets one field of each row of `chunk` from `values`, one column's stream.
+#[inline]
+fn fill_column<T: Copy>(chunk: &mut [Row], values: &[T], set: impl Fn(&mut Row, T)) {
+    for (row, value) in chunk.iter_mut().zip(values) {
+        set(row, *value);
     }
 }
 
