@@ -168,3 +168,66 @@ pub fn decode_rows(bytes: bytes::Bytes, location: &str) -> Result<Vec<RollupRow>
     }
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use parquet::basic::{Compression, Encoding};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use tally_model::rollup::{RollupKey, RollupMeters, RollupRow};
+    use tally_model::{Hour, ResourceKind};
+
+    use super::{TRAFFIC_COLUMNS, encode_rows};
+
+    #[test]
+    fn the_traffic_counters_are_delta_encoded_and_the_rest_zstd() {
+        let rows: Vec<RollupRow> = (0..100u64)
+            .map(|n| RollupRow {
+                key: RollupKey {
+                    account_id: "a1".to_owned(),
+                    resource_id: format!("r{n:03}"),
+                    hour: Hour::from_unix_hours(490_000),
+                    kind: ResourceKind::Server,
+                    sku: "cx22".to_owned(),
+                    zone: "fsn1".to_owned(),
+                    gpus: 0,
+                    labels: String::new(),
+                },
+                meters: RollupMeters {
+                    state_masks: [(1 << 60) - 1, 0, 0, 0],
+                    out_external_bytes: n * 7_919,
+                    out_internal_bytes: n * 104_729,
+                    in_bytes: n * 15_485_863,
+                    sample_count: 60,
+                    ..RollupMeters::default()
+                },
+            })
+            .collect();
+        let (bytes, _) = encode_rows(&rows, "test").expect("encoded");
+        let file = tempfile::tempfile().expect("temp file");
+        std::io::Write::write_all(&mut &file, &bytes).expect("written");
+        let reader = SerializedFileReader::new(file).expect("a Parquet file");
+        let columns = reader.metadata().row_group(0).columns();
+        // A misspelt name would leave its column zstd silently: all three must be found.
+        let mut traffic = 0;
+        for column in columns {
+            let name = column.column_path().string();
+            if TRAFFIC_COLUMNS.contains(&name.as_str()) {
+                traffic += 1;
+                assert!(
+                    column
+                        .encodings()
+                        .any(|encoding| encoding == Encoding::DELTA_BINARY_PACKED),
+                    "{name}"
+                );
+                assert_eq!(column.compression(), Compression::UNCOMPRESSED, "{name}");
+            } else {
+                assert!(
+                    matches!(column.compression(), Compression::ZSTD(_)),
+                    "{name}: {:?}",
+                    column.compression()
+                );
+            }
+        }
+        assert_eq!(traffic, TRAFFIC_COLUMNS.len());
+    }
+}
