@@ -195,8 +195,18 @@ async fn a_broker_down_for_40_minutes_loses_nothing() -> anyhow::Result<()> {
         Duration::from_secs(120),
     ));
 
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let sent_before_outage = metrics.samples_sent.load(Ordering::Relaxed);
+    // When the agent starts sampling and sending depends on how busy the machine is: wait
+    // for both instead of guessing. `sampling_seen` is the agent minute by which its first
+    // minute had been sampled, so the first sample's minute can be bounded on both sides.
+    wait_until("the agent sampled a minute", || {
+        metrics.minutes_sampled.load(Ordering::Relaxed) > 0
+    })
+    .await?;
+    let sampling_seen = agent_now(from);
+    wait_until("the agent sent a sample before the outage", || {
+        metrics.samples_sent.load(Ordering::Relaxed) > 0
+    })
+    .await?;
     broker.stop()?;
     tokio::time::sleep(outage).await;
     let spooled_in_outage = metrics.spool_pending_samples.load(Ordering::Relaxed);
@@ -205,7 +215,6 @@ async fn a_broker_down_for_40_minutes_loses_nothing() -> anyhow::Result<()> {
     let _ = stop.send(());
     let report = agent.await??;
 
-    assert!(sent_before_outage > 0, "nothing was sent before the outage");
     assert!(
         spooled_in_outage >= (outage.as_secs() - 5) * resources as u64 / 2,
         "the outage's samples should wait in the spool: {spooled_in_outage}"
@@ -219,11 +228,13 @@ async fn a_broker_down_for_40_minutes_loses_nothing() -> anyhow::Result<()> {
         .map(|s| s.minute)
         .min()
         .expect("samples arrived");
-    // The first minute sampled is the one that ended as the agent started (a busy
-    // machine may take a real second or two, an agent minute each, to get there).
+    // The first minute sampled is the one that had just ended when the agent started
+    // sampling: after the minute the agent was spawned in, and no later than the minute
+    // in which the test saw that it had sampled.
     assert!(
-        first <= agent_start.plus(2),
-        "sampling started at {first}, agent time began at {agent_start}"
+        agent_start.plus(-1) <= first && first <= sampling_seen,
+        "the first sample is for {first}; the agent was spawned at {agent_start} and had \
+         sampled by {sampling_seen}"
     );
     let expected = expected_samples(resources, from, first, last);
     check_delivery(&received, &expected, &BTreeSet::new());
@@ -231,6 +242,20 @@ async fn a_broker_down_for_40_minutes_loses_nothing() -> anyhow::Result<()> {
         last.unix_minutes() - first.unix_minutes() >= outage.as_secs() as i64,
         "{first}..{last} should span the outage"
     );
+    Ok(())
+}
+
+/// Waits until `condition` holds, checking every 20 ms; an error naming `what` after a
+/// minute.
+async fn wait_until(what: &str, condition: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "waited a minute for this in vain: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }
 
