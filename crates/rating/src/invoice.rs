@@ -5,6 +5,8 @@
 //! between those shown amounts and the total is reported, never dropped. An account
 //! credit is then offset against the total (N6).
 
+use std::fmt::Write;
+
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
 use tally_model::LineItem;
@@ -131,28 +133,27 @@ pub const CSV_HEADER: &str = "account_id,description,resource_id,sku,quantity,un
 /// Appends the invoice to `invoices.csv`'s text: one row per line, then its totals (the
 /// label in `description`, the amount in `amount`), each row starting with the account.
 pub fn push_csv_rows(invoice: &Invoice, csv: &mut String) {
-    let field = |text: &str| {
-        if text.contains([',', '"', '\n']) {
-            format!("\"{}\"", text.replace('"', "\"\""))
-        } else {
-            text.to_owned()
-        }
-    };
-    let account = field(&invoice.account_id);
+    // Written in place: building each field as a `String` and joining them was most of
+    // the file's time (10,000 invoices, 127,000 lines in the benchmark).
     for line in &invoice.lines {
-        let row = [
-            account.clone(),
-            field(&line.description),
-            field(line.resource_id.as_deref().unwrap_or("")),
-            field(&line.sku),
-            line.quantity.to_string(),
-            field(&line.unit),
-            line.unit_price.to_string(),
-            line.amount.to_string(),
-            line.amount_displayed.to_string(),
-            field(&line.rule),
-        ];
-        csv.push_str(&row.join(","));
+        push_csv_field(csv, &invoice.account_id);
+        for text in [
+            line.description.as_str(),
+            line.resource_id.as_deref().unwrap_or(""),
+            line.sku.as_str(),
+        ] {
+            csv.push(',');
+            push_csv_field(csv, text);
+        }
+        // Writing to a `String` cannot fail.
+        let _ = write!(csv, ",{},", line.quantity);
+        push_csv_field(csv, &line.unit);
+        let _ = write!(
+            csv,
+            ",{},{},{},",
+            line.unit_price, line.amount, line.amount_displayed
+        );
+        push_csv_field(csv, &line.rule);
         csv.push('\n');
     }
     for (label, value) in [
@@ -162,7 +163,19 @@ pub fn push_csv_rows(invoice: &Invoice, csv: &mut String) {
         ("credit_applied", invoice.credit_applied),
         ("amount_due", invoice.amount_due),
     ] {
-        csv.push_str(&format!("{account},{label},,,,,,{value},,\n"));
+        push_csv_field(csv, &invoice.account_id);
+        let _ = writeln!(csv, ",{label},,,,,,{value},,");
+    }
+}
+
+/// `text` as one CSV field: quoted (quotes doubled) if it holds a comma, quote or newline.
+fn push_csv_field(csv: &mut String, text: &str) {
+    if text.contains([',', '"', '\n']) {
+        csv.push('"');
+        csv.push_str(&text.replace('"', "\"\""));
+        csv.push('"');
+    } else {
+        csv.push_str(text);
     }
 }
 
@@ -175,14 +188,22 @@ mod tests {
         /// The total is the unrounded sum rounded once, whatever the lines.
         #[test]
         fn the_total_is_the_sum_rounded_once(cents in proptest::collection::vec(0i64..100_000_000, 0..40), scale in 0u32..6) {
-            let tariff = crate::tariff::parse_tariff(std::path::Path::new("t"), crate::reference_tariffs()[2].1).expect("tariff");
-            let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
+            let (tariff, month) = tariff_and_month();
             let items: Vec<LineItem> = cents.iter().map(|c| line(Decimal::new(*c, scale))).collect();
             let invoice = build_invoice("a", &tariff, &month, &items, Decimal::ZERO).expect("invoice");
             let sum: Decimal = items.iter().map(|i| i.billed_cost).sum();
             prop_assert_eq!(invoice.total, round(sum, 2, MoneyRounding::HalfUp));
             prop_assert_eq!(invoice.rounding_difference, invoice.displayed_lines_sum - invoice.total);
         }
+    }
+
+    /// A reference tariff and October 2026 in Berlin.
+    fn tariff_and_month() -> (Tariff, BillingMonth) {
+        let tariff =
+            crate::tariff::parse_tariff(std::path::Path::new("t"), crate::reference_tariffs()[2].1)
+                .expect("tariff");
+        let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
+        (tariff, month)
     }
 
     fn line(cost: Decimal) -> LineItem {
@@ -218,10 +239,7 @@ mod tests {
 
     #[test]
     fn h9_many_small_lines_are_summed_unrounded() {
-        let tariff =
-            crate::tariff::parse_tariff(std::path::Path::new("t"), crate::reference_tariffs()[2].1)
-                .expect("tariff");
-        let month = BillingMonth::new("2026-10", chrono_tz::Europe::Berlin).expect("month");
+        let (tariff, month) = tariff_and_month();
         let items: Vec<LineItem> = (0..1000).map(|_| line(Decimal::new(4, 3))).collect();
         let invoice =
             build_invoice("a", &tariff, &month, &items, Decimal::new(150, 2)).expect("invoice");
@@ -230,5 +248,26 @@ mod tests {
         assert_eq!(invoice.rounding_difference, Decimal::new(-400, 2));
         assert_eq!(invoice.credit_applied, Decimal::new(150, 2));
         assert_eq!(invoice.amount_due, Decimal::new(250, 2));
+    }
+
+    #[test]
+    fn csv_rows_quote_what_needs_quoting_and_end_with_the_totals() {
+        let (tariff, month) = tariff_and_month();
+        let mut item = line(Decimal::new(1234, 3));
+        item.charge_description = "cx22, \"Nürnberg\"".into();
+        item.resource_id = Some("vm-1".into());
+        let invoice =
+            build_invoice("acme,inc", &tariff, &month, &[item], Decimal::ZERO).expect("invoice");
+        let mut csv = String::new();
+        push_csv_rows(&invoice, &mut csv);
+        assert_eq!(
+            csv,
+            "\"acme,inc\",\"cx22, \"\"Nürnberg\"\"\",vm-1,s,1,Hours,1.234,1.234,1.23,r\n\
+             \"acme,inc\",subtotal,,,,,,1.234,,\n\
+             \"acme,inc\",total,,,,,,1.23,,\n\
+             \"acme,inc\",rounding_difference,,,,,,0.00,,\n\
+             \"acme,inc\",credit_applied,,,,,,0,,\n\
+             \"acme,inc\",amount_due,,,,,,1.23,,\n"
+        );
     }
 }

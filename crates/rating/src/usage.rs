@@ -384,10 +384,18 @@ impl MonthRollups {
             let columns = Columns::new(batch)?;
             let folds = columns.typed::<BinaryArray>("usage")?;
             for row in 0..batch.num_rows() {
-                for resource in fold::decode_usage(folds.value(row))? {
-                    for part in resource.parts {
+                let resources = fold::decode_usage(folds.value(row))?;
+                usages.reserve(resources.len());
+                for mut resource in resources {
+                    let parts = resource.parts.len();
+                    for (index, part) in resource.parts.into_iter().enumerate() {
                         let fold = part.fold;
-                        let resource_id = resource.resource_id.clone();
+                        // Nearly every resource has one part: its id is moved, not copied.
+                        let resource_id = if index + 1 == parts {
+                            std::mem::take(&mut resource.resource_id)
+                        } else {
+                            resource.resource_id.clone()
+                        };
                         let Some(kind) = ResourceKind::parse(&part.kind) else {
                             return Err(Error::Usage {
                                 account_id: part.account_id,
@@ -418,7 +426,11 @@ impl MonthRollups {
                 }
             }
         }
-        usages.sort_unstable_by(|a, b| {
+        // A stable sort: the folds come in the lake's order (by account and resource),
+        // nearly sorted already, which it finds as runs and merges instead of comparing
+        // every pair of a quicksort's partitions. The keys are unique, so the order is the
+        // same either way.
+        usages.sort_by(|a, b| {
             (&a.account_id, &a.resource_id, a.kind.as_str(), &a.sku).cmp(&(
                 &b.account_id,
                 &b.resource_id,

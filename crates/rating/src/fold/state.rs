@@ -90,11 +90,15 @@ pub(super) fn decode_usage(bytes: &[u8]) -> Result<Vec<ResourceFolds>> {
             .ok_or_else(|| broken(format!("text {id} of a table of {}", texts.len())))
     };
     let count = input.count()?;
-    let mut resources = Vec::new();
+    // Reserved up to what the bytes can hold (a resource takes at least its id's length
+    // and its parts' count): a broken count cannot ask for more memory than that.
+    let mut resources = Vec::with_capacity(count.min(input.remaining() / 8));
     for _ in 0..count {
         let resource_id = input.text()?.to_owned();
-        let mut parts = Vec::new();
-        for _ in 0..input.count()? {
+        let parts_count = input.count()?;
+        // A part takes at least its three text ids.
+        let mut parts = Vec::with_capacity(parts_count.min(input.remaining() / 12));
+        for _ in 0..parts_count {
             let account_id = text(input.u32()?)?;
             let kind = text(input.u32()?)?;
             let sku = text(input.u32()?)?;
@@ -379,6 +383,11 @@ impl<'a> Reader<'a> {
 
     fn count(&mut self) -> Result<usize> {
         Ok(self.u32()? as usize)
+    }
+
+    /// Bytes not read yet.
+    fn remaining(&self) -> usize {
+        self.bytes.len()
     }
 
     fn text(&mut self) -> Result<&'a str> {
