@@ -122,7 +122,11 @@ impl ProducerContext for ShipContext {
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ShipContext {
+    /// Keeps `text` unless one like it is kept already: librdkafka repeats a failure with
+    /// only its trailing "(after 2ms in state UP, 1 identical error(s) suppressed)"
+    /// changed, and four of those would crowd out the one report that says why.
     fn note_early(&self, text: String) {
+        let text = without_timing(&text).to_owned();
         if let Ok(mut early) = self.early_errors.lock()
             && early.len() < 4
             && !early.contains(&text)
@@ -130,6 +134,24 @@ impl ShipContext {
             early.push(text);
         }
     }
+}
+
+/// `report` without librdkafka's trailing "(after …)" timing note.
+fn without_timing(report: &str) -> &str {
+    match report.rfind(" (after ") {
+        Some(at) if report.ends_with(')') => &report[..at],
+        _ => report,
+    }
+}
+
+/// Whether a failed metadata fetch never got an answer from the broker: the connection
+/// was refused, closed or reset. A TLS or SASL listener closes a plaintext client's
+/// connection without a word, so this is all such a client learns.
+fn never_answered(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+    )
 }
 
 impl ClientContext for ShipContext {
@@ -230,10 +252,8 @@ impl Shipper {
                 } else {
                     format!("; the client reported: {why}")
                 };
-                // A TLS or SASL listener closes a plaintext client's connection without a
-                // word, which librdkafka reports only as brokers being down.
-                if why.contains("brokers are down")
-                    && !config.librdkafka.contains_key("security.protocol")
+                if !config.librdkafka.contains_key("security.protocol")
+                    && (never_answered(&error) || why.contains("brokers are down"))
                 {
                     why.push_str(
                         "; no security.protocol is set: if the listener expects TLS or SASL, \
@@ -377,6 +397,54 @@ impl Drop for Shipper {
         self.stop_polling.store(true, Ordering::Relaxed);
         if let Some(polling) = self.polling.take() {
             let _ = polling.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_client_reports_are_kept_once_whatever_their_timing() {
+        let context = ShipContext::default();
+        for report in [
+            "FAIL: 127.0.0.1:9092/bootstrap: Send failed: Connection reset by peer (after 0ms in state UP)",
+            "FAIL: 127.0.0.1:9092/bootstrap: Send failed: Connection reset by peer (after 3ms in state UP, 1 identical error(s) suppressed)",
+            "FAIL: 127.0.0.1:9092/bootstrap: Disconnected (after 1ms in state UP)",
+            "FAIL: 127.0.0.1:9092/bootstrap: Disconnected (after 2ms in state UP)",
+            "Global error: AllBrokersDown (Local: All broker connections are down): 1/1 brokers are down",
+            "a sentence (with a parenthesis)",
+        ] {
+            context.note_early(report.to_owned());
+        }
+        assert_eq!(
+            *context.early_errors.lock().unwrap(),
+            [
+                "FAIL: 127.0.0.1:9092/bootstrap: Send failed: Connection reset by peer",
+                "FAIL: 127.0.0.1:9092/bootstrap: Disconnected",
+                "Global error: AllBrokersDown (Local: All broker connections are down): 1/1 brokers are down",
+                "a sentence (with a parenthesis)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fetch_that_never_got_an_answer_is_told_apart_from_a_refusal() {
+        for code in [
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert!(never_answered(&KafkaError::MetadataFetch(code)), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(
+                !never_answered(&KafkaError::MetadataFetch(code)),
+                "{code:?}"
+            );
         }
     }
 }
