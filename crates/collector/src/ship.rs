@@ -419,7 +419,7 @@ mod tests {
             context.note_early(report.to_owned());
         }
         assert_eq!(
-            *context.early_errors.lock().unwrap(),
+            *context.early_errors.lock().expect("not poisoned"),
             [
                 "FAIL: 127.0.0.1:9092/bootstrap: Send failed: Connection reset by peer",
                 "FAIL: 127.0.0.1:9092/bootstrap: Disconnected",
