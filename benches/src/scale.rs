@@ -281,9 +281,10 @@ fn ensure_month(
     spec: &MonthSpec,
     day_offsets: Range<i64>,
 ) -> anyhow::Result<(PathBuf, GeneratedHours)> {
-    // v2: the traffic counters delta-encoded (the aggregator's writer since 2026-12-07).
+    // v2: the traffic counters delta-encoded (the aggregator's writer since 2026-12-07);
+    // v3: the few-valued texts declared as dictionaries (since 2026-12-07, later).
     let directory = data_root.join(format!(
-        "scale-{}-{MONTH}-without-{}-v2",
+        "scale-{}-{MONTH}-without-{}-v3",
         spec.resources,
         &DAY[..10]
     ));

@@ -14,7 +14,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use tally_lake::{Lake, Outcome};
-use tally_model::rollup::{PARTITION_KEY, batch_to_rows, rows_to_batch};
+use tally_model::rollup::{PARTITION_KEY, batch_to_rows, rows_to_batch, to_file_batch};
 use tally_model::{Hour, RollupFileName, RollupRow};
 
 use crate::error::{Error, Result};
@@ -95,10 +95,12 @@ impl<W: io::Write> io::Write for Checksummed<W> {
 
 /// A rollup file's bytes, as [`write_rows`] would write them, and what it reports.
 pub fn encode_rows(rows: &[RollupRow], location: &str) -> Result<(Vec<u8>, Written)> {
-    let batch = rows_to_batch(rows).map_err(|source| Error::Arrow {
-        context: format!("building the batch for {location}"),
-        source,
-    })?;
+    let batch = rows_to_batch(rows)
+        .and_then(|batch| to_file_batch(&batch))
+        .map_err(|source| Error::Arrow {
+            context: format!("building the batch for {location}"),
+            source,
+        })?;
     let parquet_error = |source: parquet::errors::ParquetError| Error::Parquet {
         location: location.to_owned(),
         source,
@@ -171,19 +173,21 @@ pub fn decode_rows(bytes: bytes::Bytes, location: &str) -> Result<Vec<RollupRow>
 
 #[cfg(test)]
 mod tests {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::basic::{Compression, Encoding};
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    use tally_model::rollup::{RollupKey, RollupMeters, RollupRow};
+    use tally_model::rollup::{
+        DICTIONARY_TEXT_COLUMNS, RollupKey, RollupMeters, RollupRow, text_dictionary_type,
+    };
     use tally_model::{Hour, ResourceKind};
 
-    use super::{TRAFFIC_COLUMNS, encode_rows};
+    use super::{TRAFFIC_COLUMNS, decode_rows, encode_rows};
 
-    #[test]
-    fn the_traffic_counters_are_delta_encoded_and_the_rest_zstd() {
-        let rows: Vec<RollupRow> = (0..100u64)
+    fn hundred_rows() -> Vec<RollupRow> {
+        (0..100u64)
             .map(|n| RollupRow {
                 key: RollupKey {
-                    account_id: "a1".to_owned(),
+                    account_id: format!("a{}", n / 10),
                     resource_id: format!("r{n:03}"),
                     hour: Hour::from_unix_hours(490_000),
                     kind: ResourceKind::Server,
@@ -201,8 +205,12 @@ mod tests {
                     ..RollupMeters::default()
                 },
             })
-            .collect();
-        let (bytes, _) = encode_rows(&rows, "test").expect("encoded");
+            .collect()
+    }
+
+    #[test]
+    fn the_traffic_counters_are_delta_encoded_and_the_rest_zstd() {
+        let (bytes, _) = encode_rows(&hundred_rows(), "test").expect("encoded");
         let file = tempfile::tempfile().expect("temp file");
         std::io::Write::write_all(&mut &file, &bytes).expect("written");
         let reader = SerializedFileReader::new(file).expect("a Parquet file");
@@ -229,5 +237,27 @@ mod tests {
             }
         }
         assert_eq!(traffic, TRAFFIC_COLUMNS.len());
+    }
+
+    #[test]
+    fn arrow_readers_get_the_few_valued_texts_as_dictionaries_and_the_rows_back() {
+        let rows = hundred_rows();
+        let (bytes, _) = encode_rows(&rows, "test").expect("encoded");
+        let bytes = bytes::Bytes::from(bytes);
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).expect("a Parquet file");
+        for field in reader.schema().fields() {
+            let expected = if DICTIONARY_TEXT_COLUMNS.contains(&field.name().as_str()) {
+                text_dictionary_type()
+            } else {
+                tally_model::rollup::rollup_arrow_schema()
+                    .field_with_name(field.name())
+                    .expect("a rollup column")
+                    .data_type()
+                    .clone()
+            };
+            assert_eq!(field.data_type(), &expected, "{}", field.name());
+        }
+        assert_eq!(decode_rows(bytes, "test").expect("rows"), rows);
     }
 }

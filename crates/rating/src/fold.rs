@@ -32,10 +32,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::builder::make_view;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, StringArray, StringViewArray, TimestampMicrosecondArray,
-    UInt16Array, UInt64Array,
+    Array, ArrayRef, AsArray, BinaryArray, Int32Array, StringArray, StringViewArray,
+    TimestampMicrosecondArray, UInt16Array, UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int32Type};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -292,7 +292,66 @@ struct BatchTexts {
     zone: Vec<u32>,
     seen: SeenViews,
     /// Per text argument, in the order above.
-    successors: [Successors; 5],
+    columns: [ColumnMemory; 5],
+}
+
+/// What a text column's reading remembers from batch to batch.
+#[derive(Debug, Default)]
+struct ColumnMemory {
+    successors: Successors,
+    dictionary: DictionaryIds,
+}
+
+/// The text ids of the values of the last dictionary a column came with. **Why.** A
+/// Parquet reader hands every batch of a file's column the same dictionary (the column
+/// chunk's), so its values are given ids once per file, and each row's id is then its
+/// key's: no text of a row is looked at.
+#[derive(Debug, Default)]
+struct DictionaryIds {
+    /// Kept so that its address names it: it cannot be freed and another dictionary take
+    /// its place while it is held.
+    values: Option<ArrayRef>,
+    ids: Vec<u32>,
+}
+
+impl DictionaryIds {
+    /// The ids of `values` (the dictionary `strings`), by key. Values come in the order
+    /// the file first met them, the same every hour: each is guessed to be the text that
+    /// followed the value before last time ([`Successors`]).
+    fn of(
+        &mut self,
+        values: &ArrayRef,
+        strings: &StringArray,
+        texts: &mut Texts,
+        successors: &mut Successors,
+    ) -> &[u32] {
+        if self
+            .values
+            .as_ref()
+            .is_some_and(|known| Arc::ptr_eq(known, values))
+        {
+            return &self.ids;
+        }
+        self.ids.clear();
+        let mut previous: Option<u32> = None;
+        self.ids.extend(strings.iter().map(|text| {
+            let text = text.unwrap_or_default();
+            let guess = previous.map_or(NO_TEXT, |before| successors.of(before));
+            let id = if guess != NO_TEXT && texts.get(guess) == text {
+                guess
+            } else {
+                let id = texts.id(text);
+                if let Some(before) = previous {
+                    successors.set(before, id);
+                }
+                id
+            };
+            previous = Some(id);
+            id
+        }));
+        self.values = Some(Arc::clone(values));
+        &self.ids
+    }
 }
 
 /// Per text id, the id of the text that followed it last time: in a text column, the next
@@ -399,7 +458,7 @@ fn is_inline(view: u128) -> bool {
 
 impl BatchTexts {
     fn read(&mut self, inputs: &Inputs, texts: &mut Texts) {
-        let [account_id, kind, sku, labels, zone] = &mut self.successors;
+        let [account_id, kind, sku, labels, zone] = &mut self.columns;
         let seen = &mut self.seen;
         inputs
             .account_id
@@ -891,10 +950,17 @@ impl Sums {
     }
 }
 
-/// Text columns arrive as Utf8 or Utf8View, depending on the reader.
+/// Text columns arrive as Utf8, Utf8View or (the texts with few distinct values, as the
+/// aggregator's files declare them) dictionaries of Utf8, depending on the reader.
 enum TextColumn<'a> {
     Utf8(&'a StringArray),
     View(&'a StringViewArray),
+    Dictionary {
+        keys: &'a Int32Array,
+        /// The dictionary, as an array and as its strings.
+        values: &'a ArrayRef,
+        strings: &'a StringArray,
+    },
 }
 
 impl<'a> TextColumn<'a> {
@@ -903,6 +969,14 @@ impl<'a> TextColumn<'a> {
             Ok(Self::Utf8(strings))
         } else if let Some(strings) = array.as_string_view_opt() {
             Ok(Self::View(strings))
+        } else if let Some(dictionary) = array.as_dictionary_opt::<Int32Type>()
+            && let Some(strings) = dictionary.values().as_string_opt::<i32>()
+        {
+            Ok(Self::Dictionary {
+                keys: dictionary.keys(),
+                values: dictionary.values(),
+                strings,
+            })
         } else {
             Err(wrong_type(name, array))
         }
@@ -912,13 +986,22 @@ impl<'a> TextColumn<'a> {
         match self {
             Self::Utf8(strings) => strings.value(row),
             Self::View(strings) => strings.value(row),
+            Self::Dictionary { keys, strings, .. } => {
+                if keys.is_null(row) {
+                    return "";
+                }
+                usize::try_from(keys.value(row))
+                    .ok()
+                    .filter(|key| *key < strings.len())
+                    .map_or("", |key| strings.value(key))
+            }
         }
     }
 
     /// Row `row`'s text as an inline string view, or [`NOT_INLINE`].
     fn inline_view(&self, row: usize) -> u128 {
         match self {
-            Self::Utf8(strings) => inline_view(strings.value(row)),
+            Self::Utf8(_) | Self::Dictionary { .. } => inline_view(self.value(row)),
             Self::View(strings) => {
                 let view = strings.views()[row];
                 if is_inline(view) { view } else { NOT_INLINE }
@@ -930,14 +1013,16 @@ impl<'a> TextColumn<'a> {
     /// the text of the row before it takes its id; for string views, a short text that
     /// followed the row before's text last time is guessed ([`Successors`]), and a view
     /// seen before ([`SeenViews`]) names the same text (views of a Parquet dictionary's
-    /// value are equal, and a short text is its own view).
+    /// value are equal, and a short text is its own view); a dictionary's rows take the
+    /// ids of its values ([`DictionaryIds`]).
     fn ids(
         &self,
         texts: &mut Texts,
         seen: &mut SeenViews,
-        successors: &mut Successors,
+        column: &mut ColumnMemory,
         ids: &mut Vec<u32>,
     ) {
+        let successors = &mut column.successors;
         ids.clear();
         // `extend` over a slice's iterator reserves once and writes without a capacity
         // check per row; `push` in a loop was 2 % of the job's samples in a profile.
@@ -981,6 +1066,35 @@ impl<'a> TextColumn<'a> {
                     previous = Some((*view, id));
                     id
                 }));
+            }
+            Self::Dictionary {
+                keys,
+                values,
+                strings,
+            } => {
+                let by_key = column.dictionary.of(values, strings, texts, successors);
+                if keys.null_count() == 0 {
+                    // A key outside the dictionary: the reader checks keys, so only a
+                    // broken array has one; its row reads as the empty text, as a null.
+                    ids.extend(keys.values().iter().map(|key| {
+                        usize::try_from(*key)
+                            .ok()
+                            .and_then(|key| by_key.get(key).copied())
+                            .unwrap_or(NO_TEXT)
+                    }));
+                } else {
+                    ids.extend(keys.iter().map(|key| {
+                        key.and_then(|key| usize::try_from(key).ok())
+                            .and_then(|key| by_key.get(key).copied())
+                            .unwrap_or(NO_TEXT)
+                    }));
+                }
+                if ids.contains(&NO_TEXT) {
+                    let empty = texts.id("");
+                    for id in ids.iter_mut().filter(|id| **id == NO_TEXT) {
+                        *id = empty;
+                    }
+                }
             }
         }
     }
@@ -1430,6 +1544,10 @@ impl ResourceIndex {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::ArrayRef;
+
     use super::{HOUR_WORDS, HoursSeen, NO_ROW, ResourceSums, Sums, Texts};
 
     #[test]
@@ -1463,7 +1581,7 @@ mod tests {
     struct ColumnReader {
         texts: Texts,
         seen: super::SeenViews,
-        successors: super::Successors,
+        column: super::ColumnMemory,
     }
 
     impl ColumnReader {
@@ -1475,13 +1593,59 @@ mod tests {
             super::TextColumn::new(&array, "text").expect("view").ids(
                 &mut self.texts,
                 &mut self.seen,
-                &mut self.successors,
+                &mut self.column,
                 &mut ids,
             );
+            self.texts_of(&ids)
+        }
+
+        /// The texts of `keys` into `dictionary` read back through their ids.
+        fn read_dictionary(&mut self, keys: &[i32], dictionary: &ArrayRef) -> Vec<String> {
+            use datafusion::arrow::array::{DictionaryArray, Int32Array};
+            let array: ArrayRef = Arc::new(DictionaryArray::new(
+                Int32Array::from(keys.to_vec()),
+                Arc::clone(dictionary),
+            ));
+            let mut ids = Vec::new();
+            super::TextColumn::new(&array, "text")
+                .expect("a dictionary")
+                .ids(&mut self.texts, &mut self.seen, &mut self.column, &mut ids);
+            self.texts_of(&ids)
+        }
+
+        fn texts_of(&self, ids: &[u32]) -> Vec<String> {
             ids.iter()
                 .map(|id| self.texts.get(*id).to_owned())
                 .collect()
         }
+    }
+
+    #[test]
+    fn dictionary_rows_take_their_values_texts() {
+        use datafusion::arrow::array::StringArray;
+        let first: ArrayRef = Arc::new(StringArray::from(vec!["a1", "a2", "a3"]));
+        // Another file's dictionary: another order, a new text, one text gone.
+        let second: ArrayRef = Arc::new(StringArray::from(vec!["a3", "a4", "a1"]));
+        let mut reader = ColumnReader::default();
+        assert_eq!(
+            reader.read_dictionary(&[0, 0, 1, 2], &first),
+            ["a1", "a1", "a2", "a3"]
+        );
+        // The next batch of the same file: the same dictionary.
+        assert_eq!(reader.read_dictionary(&[2, 1], &first), ["a3", "a2"]);
+        assert_eq!(
+            reader.read_dictionary(&[0, 1, 2, 2], &second),
+            ["a3", "a4", "a1", "a1"]
+        );
+        assert_eq!(
+            reader.read_dictionary(&[1, 0], &first),
+            ["a2", "a1"],
+            "the first dictionary again, after another"
+        );
+        // The same texts as views take the same ids.
+        let ids_before = reader.texts.values.len();
+        assert_eq!(reader.read(&["a4", "a2"]), ["a4", "a2"]);
+        assert_eq!(reader.texts.values.len(), ids_before);
     }
 
     #[test]
