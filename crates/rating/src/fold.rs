@@ -304,23 +304,22 @@ struct ColumnMemory {
 
 /// The text ids of the values of the last dictionary a column came with. **Why.** A
 /// Parquet reader hands every batch of a file's column the same dictionary (the column
-/// chunk's), so its values are given ids once per file, and each row's id is then its
-/// key's: no text of a row is looked at.
+/// chunk's buffers, in a new array each batch), so its values are given ids once per file,
+/// and each row's id is then its key's: no text of a row is looked at.
 #[derive(Debug, Default)]
 struct DictionaryIds {
-    /// Kept so that its address names it: it cannot be freed and another dictionary take
-    /// its place while it is held.
-    values: Option<ArrayRef>,
+    /// Kept so that its buffers' addresses name it: they cannot be freed and another
+    /// dictionary's take their place while it is held.
+    values: Option<StringArray>,
     ids: Vec<u32>,
 }
 
 impl DictionaryIds {
-    /// The ids of `values` (the dictionary `strings`), by key. Values come in the order
-    /// the file first met them, the same every hour: each is guessed to be the text that
-    /// followed the value before last time ([`Successors`]).
+    /// The ids of the dictionary `strings`, by key. Values come in the order the file
+    /// first met them, the same every hour: each is guessed to be the text that followed
+    /// the value before last time ([`Successors`]).
     fn of(
         &mut self,
-        values: &ArrayRef,
         strings: &StringArray,
         texts: &mut Texts,
         successors: &mut Successors,
@@ -328,7 +327,7 @@ impl DictionaryIds {
         if self
             .values
             .as_ref()
-            .is_some_and(|known| Arc::ptr_eq(known, values))
+            .is_some_and(|known| same_buffers(known, strings))
         {
             return &self.ids;
         }
@@ -349,9 +348,16 @@ impl DictionaryIds {
             previous = Some(id);
             id
         }));
-        self.values = Some(Arc::clone(values));
+        self.values = Some(strings.clone());
         &self.ids
     }
+}
+
+/// Whether two string arrays are the same strings in the same buffers.
+fn same_buffers(one: &StringArray, other: &StringArray) -> bool {
+    one.len() == other.len()
+        && one.value_offsets().as_ptr() == other.value_offsets().as_ptr()
+        && one.values().as_ptr() == other.values().as_ptr()
 }
 
 /// Per text id, the id of the text that followed it last time: in a text column, the next
@@ -957,8 +963,6 @@ enum TextColumn<'a> {
     View(&'a StringViewArray),
     Dictionary {
         keys: &'a Int32Array,
-        /// The dictionary, as an array and as its strings.
-        values: &'a ArrayRef,
         strings: &'a StringArray,
     },
 }
@@ -974,7 +978,6 @@ impl<'a> TextColumn<'a> {
         {
             Ok(Self::Dictionary {
                 keys: dictionary.keys(),
-                values: dictionary.values(),
                 strings,
             })
         } else {
@@ -1067,12 +1070,8 @@ impl<'a> TextColumn<'a> {
                     id
                 }));
             }
-            Self::Dictionary {
-                keys,
-                values,
-                strings,
-            } => {
-                let by_key = column.dictionary.of(values, strings, texts, successors);
+            Self::Dictionary { keys, strings } => {
+                let by_key = column.dictionary.of(strings, texts, successors);
                 if keys.null_count() == 0 {
                     // A key outside the dictionary: the reader checks keys, so only a
                     // broken array has one; its row reads as the empty text, as a null.
@@ -1618,6 +1617,17 @@ mod tests {
                 .map(|id| self.texts.get(*id).to_owned())
                 .collect()
         }
+    }
+
+    #[test]
+    fn a_dictionary_in_a_new_array_over_the_same_buffers_is_known() {
+        use datafusion::arrow::array::{Array, StringArray};
+        let strings = StringArray::from(vec!["a1", "a2"]);
+        // What a Parquet reader hands each batch of a file: a new array, the same buffers.
+        let next_batch = StringArray::from(strings.to_data());
+        assert!(super::same_buffers(&strings, &next_batch));
+        let another_file = StringArray::from(vec!["a1", "a2"]);
+        assert!(!super::same_buffers(&strings, &another_file));
     }
 
     #[test]
