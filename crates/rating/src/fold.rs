@@ -989,7 +989,7 @@ impl<'a> TextColumn<'a> {
         match self {
             Self::Utf8(strings) => strings.value(row),
             Self::View(strings) => strings.value(row),
-            Self::Dictionary { keys, strings, .. } => {
+            Self::Dictionary { keys, strings } => {
                 if keys.is_null(row) {
                     return "";
                 }
