@@ -208,8 +208,14 @@ static ROLLUP_FILE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(fields))
 });
 
-/// `batch` (of [`rollup_arrow_schema`]) as written to files: [`DICTIONARY_TEXT_COLUMNS`]
-/// as Arrow dictionaries.
+/// The Arrow schema rollup files declare: [`rollup_arrow_schema`] with
+/// [`DICTIONARY_TEXT_COLUMNS`] as dictionaries ([`to_file_batch`] says why).
+pub fn rollup_file_schema() -> SchemaRef {
+    ROLLUP_FILE_SCHEMA.clone()
+}
+
+/// `batch` (of [`rollup_arrow_schema`]) as written to files, in [`rollup_file_schema`]:
+/// [`DICTIONARY_TEXT_COLUMNS`] as Arrow dictionaries.
 ///
 /// **Why.** Parquet stores these columns dictionary-encoded either way; declaring them as
 /// dictionaries in the file's Arrow schema (its `ARROW:schema` metadata) lets an Arrow
@@ -218,16 +224,15 @@ static ROLLUP_FILE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// the job's profile). Readers that ignore the Arrow schema (DuckDB, Spark) see the same
 /// strings as before, and files written before read as they did.
 pub fn to_file_batch(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let columns = batch
-        .schema()
+    let columns = ROLLUP_FILE_SCHEMA
         .fields()
         .iter()
         .zip(batch.columns())
         .map(|(field, column)| {
-            if DICTIONARY_TEXT_COLUMNS.contains(&field.name().as_str()) {
-                arrow::compute::cast(column, &text_dictionary_type())
-            } else {
+            if column.data_type() == field.data_type() {
                 Ok(Arc::clone(column))
+            } else {
+                arrow::compute::cast(column, field.data_type())
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -437,6 +442,7 @@ mod tests {
 
         // As written to files: the low-cardinality texts as dictionaries, read back alike.
         let file_batch = to_file_batch(&batch).expect("file batch");
+        assert_eq!(file_batch.schema(), rollup_file_schema());
         for field in file_batch.schema().fields() {
             let dictionary = DICTIONARY_TEXT_COLUMNS.contains(&field.name().as_str());
             assert_eq!(

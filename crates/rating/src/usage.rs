@@ -39,9 +39,7 @@ use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf}
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
 use tally_lake::Lake;
-use tally_model::rollup::{
-    DICTIONARY_TEXT_COLUMNS, PARTITION_KEY, ROLLUPS_DIR, rollup_arrow_schema, text_dictionary_type,
-};
+use tally_model::rollup::{PARTITION_KEY, ROLLUPS_DIR, rollup_arrow_schema, rollup_file_schema};
 use tally_model::{Hour, ResourceKind, ResourceState, RollupFileName};
 
 use crate::distributed::{self, Engine};
@@ -174,19 +172,14 @@ pub fn popcount_udf() -> ScalarUDF {
     )
 }
 
-/// `schema` as the rating job reads it: the texts with few distinct values as the
-/// dictionaries the aggregator declares them as in its files (each row's key as stored;
-/// files written before are converted as they are read), the others as string views (the
-/// reader points into the decoded pages instead of copying every row's text).
-fn as_read(schema: &Schema) -> Schema {
+/// `schema` with its plain text columns read as string views: the reader then points into
+/// the decoded pages instead of copying every row's text. Dictionary columns stay
+/// dictionaries (each row's key as stored).
+fn viewed(schema: &Schema) -> Schema {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .map(|field| match field.data_type() {
-            DataType::Utf8 if DICTIONARY_TEXT_COLUMNS.contains(&field.name().as_str()) => field
-                .as_ref()
-                .clone()
-                .with_data_type(text_dictionary_type()),
             DataType::Utf8 => field.as_ref().clone().with_data_type(DataType::Utf8View),
             _ => field.as_ref().clone(),
         })
@@ -306,7 +299,9 @@ impl MonthRollups {
         let (context, schema) = match engine {
             Engine::InProcess => (
                 SessionContext::new_with_config(config),
-                as_read(&rollup_arrow_schema()),
+                // The files' schema: the few-valued texts as the dictionaries the
+                // aggregator declares them as (files written before are converted as read).
+                viewed(&rollup_file_schema()),
             ),
             // Ballista ships batches over Arrow Flight, which it does not yet do for
             // string views: plain strings there.
