@@ -513,10 +513,18 @@ impl ResourceSums {
     }
 
     /// The sums under `identity`, new (with a row in `hours`) if there are none yet.
+    #[inline(always)]
     fn sums_of(&mut self, identity: Identity, hours: &mut HoursSeen) -> &mut Sums {
         if self.identity == identity {
             return &mut self.sums;
         }
+        self.other_sums(identity, hours)
+    }
+
+    /// [`Self::sums_of`] for an identity other than the first: a plan change, rare.
+    #[cold]
+    #[inline(never)]
+    fn other_sums(&mut self, identity: Identity, hours: &mut HoursSeen) -> &mut Sums {
         let others = self.others.get_or_insert_with(Box::default);
         &mut find_or_push(
             others,
@@ -571,6 +579,7 @@ impl HoursSeen {
     }
 
     /// Marks hour `index` (below 768) of `row` as seen; false if it was already.
+    #[inline(always)]
     fn see(&mut self, row: u32, index: u16) -> bool {
         let word = &mut self.words[usize::from(index / 64)][row as usize];
         let bit = 1 << (index % 64);
@@ -756,6 +765,7 @@ impl Sums {
     }
 
     /// Adds `hours` to the bucket of its states seen and GPU count.
+    #[inline(always)]
     fn add_hours(&mut self, hours: Hours) {
         let fits = |bucket: &Hours| {
             bucket.hours == 0
@@ -763,7 +773,7 @@ impl Sums {
         };
         let bucket = match self.hour_buckets.iter().position(fits) {
             Some(index) => &mut self.hour_buckets[index],
-            None => find_or_push(&mut self.more().hour_buckets, fits, Hours::default),
+            None => self.more_hours(hours),
         };
         bucket.states_seen = hours.states_seen;
         bucket.gpus = hours.gpus;
@@ -773,7 +783,19 @@ impl Sums {
         }
     }
 
+    /// The bucket beyond the first two for `hours`'s states seen and GPU count.
+    #[cold]
+    #[inline(never)]
+    fn more_hours(&mut self, hours: Hours) -> &mut Hours {
+        let fits = |bucket: &Hours| {
+            bucket.hours == 0
+                || (bucket.states_seen == hours.states_seen && bucket.gpus == hours.gpus)
+        };
+        find_or_push(&mut self.more().hour_buckets, fits, Hours::default)
+    }
+
     /// Adds minutes to the bucket of `labels` and `gpus`; false if a sum overflows.
+    #[inline(always)]
     fn add_minutes(
         &mut self,
         labels: u32,
@@ -784,7 +806,7 @@ impl Sums {
         let bucket = if self.is_empty() || same(&self.minute_bucket) {
             &mut self.minute_bucket
         } else {
-            find_or_push(&mut self.more().minute_buckets, same, LabelMinutes::default)
+            self.more_minutes(labels, gpus)
         };
         bucket.labels = labels;
         bucket.gpus = gpus;
@@ -797,12 +819,35 @@ impl Sums {
         true
     }
 
+    /// The bucket beyond the first for `labels` and `gpus`.
+    #[cold]
+    #[inline(never)]
+    fn more_minutes(&mut self, labels: u32, gpus: u16) -> &mut LabelMinutes {
+        let same = |bucket: &LabelMinutes| bucket.labels == labels && bucket.gpus == gpus;
+        find_or_push(&mut self.more().minute_buckets, same, LabelMinutes::default)
+    }
+
     /// Adds 64-bit meter values, carrying into [`MoreSums::meter_carries`].
+    #[inline(always)]
     fn add_meters(&mut self, meters: [u64; 4], carries: [u64; 4]) -> bool {
+        let mut wrapped = [false; 4];
         for (index, add) in meters.into_iter().enumerate() {
-            let (total, wrapped) = self.meters[index].overflowing_add(add);
+            let (total, wraps) = self.meters[index].overflowing_add(add);
             self.meters[index] = total;
-            let Some(carry) = carries[index].checked_add(u64::from(wrapped)) else {
+            wrapped[index] = wraps;
+        }
+        if wrapped == [false; 4] && carries == [0; 4] {
+            return true;
+        }
+        self.carry_meters(wrapped, carries)
+    }
+
+    /// Adds the carries of [`Self::add_meters`]: a sum past 2⁶⁴, or another fold's carries.
+    #[cold]
+    #[inline(never)]
+    fn carry_meters(&mut self, wrapped: [bool; 4], carries: [u64; 4]) -> bool {
+        for (index, wraps) in wrapped.into_iter().enumerate() {
+            let Some(carry) = carries[index].checked_add(u64::from(wraps)) else {
                 return false;
             };
             if carry > 0 {
@@ -850,18 +895,26 @@ impl Sums {
     }
 
     /// Keeps the zone and labels of the latest hour; within one hour, the largest.
+    #[inline(always)]
     fn take_last(&mut self, index: u16, zone: u32, labels: u32, texts: &Texts) {
         if index > self.last_index {
             self.last_index = index;
             self.zone = zone;
             self.labels = labels;
         } else if index == self.last_index {
-            if texts.get(zone) > texts.get(self.zone) {
-                self.zone = zone;
-            }
-            if texts.get(labels) > texts.get(self.labels) {
-                self.labels = labels;
-            }
+            self.take_largest(zone, labels, texts);
+        }
+    }
+
+    /// A second row of the last hour: keeps the largest zone and labels.
+    #[cold]
+    #[inline(never)]
+    fn take_largest(&mut self, zone: u32, labels: u32, texts: &Texts) {
+        if texts.get(zone) > texts.get(self.zone) {
+            self.zone = zone;
+        }
+        if texts.get(labels) > texts.get(self.labels) {
+            self.labels = labels;
         }
     }
 
@@ -1391,6 +1444,7 @@ impl MonthFold {
 
 /// The sums of resource `slot` among `sums`, new (under `identity`, with a row in `hours`)
 /// if the slot is.
+#[inline(always)]
 fn sums_at<'a>(
     sums: &'a mut Vec<ResourceSums>,
     slot: usize,
