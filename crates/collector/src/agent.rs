@@ -92,7 +92,10 @@ pub async fn run_with_source(
     shutdown: impl std::future::Future<Output = ()>,
     flush_deadline: Duration,
 ) -> Result<AgentReport, AgentError> {
-    let (writer, reader, recovery) = crate::spool::open(&config.spool)?;
+    // The agent carries on from its newest checkpoint, so a torn append's whole records
+    // are cut with it: the agent samples those minutes again.
+    let spool = config.spool.clone().resuming_from_checkpoint();
+    let (writer, reader, recovery) = crate::spool::open(&spool)?;
     tracing::info!(spool = %config.spool.dir.display(), pending_samples = recovery.pending_samples, "spool opened");
     let checkpoint: AgentCheckpoint = match &recovery.checkpoint {
         Some(bytes) => serde_json::from_slice(bytes)

@@ -32,7 +32,14 @@
 //! delivered. The one exception is the end of the newest segment: invalid bytes there,
 //! with no valid record after them, are an append a crash cut short (it never returned,
 //! so none of its samples counted as taken). [`open`] truncates them and says so in
-//! [`Recovery::torn_tail`].
+//! [`Recovery::torn_tail`]. A crash can cut a large write between pages, leaving whole
+//! records of the append before its torn bytes: for a writer that carries on from its
+//! newest checkpoint ([`SpoolConfig::resumes_from_checkpoint`], the agent), they are cut
+//! too, back to the end of the newest trusted checkpoint (never before the cursor). The
+//! agent then samples those minutes again from that checkpoint: kept, they were either a
+//! second, different sample of a minute (a live source's counters read later) or, for
+//! the agent's first append, minutes with no baseline saved, after which the agent
+//! started its counters afresh.
 //!
 //! **The agent's checkpoint.** An append may carry the agent's checkpoint (its counters
 //! and source position): it is written as the append's last record, in the same fsync as
@@ -79,6 +86,10 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// A segment is closed, and a new one begun, once it holds this many bytes.
     pub segment_bytes: u64,
+    /// The writer carries on from its newest checkpoint after a crash (the agent does):
+    /// the whole records a torn append left after that checkpoint are cut with its torn
+    /// bytes, since the writer takes them again. See [`open`].
+    pub resumes_from_checkpoint: bool,
 }
 
 impl SpoolConfig {
@@ -88,7 +99,13 @@ impl SpoolConfig {
             dir: dir.into(),
             max_bytes: DEFAULT_MAX_BYTES,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            resumes_from_checkpoint: false,
         }
+    }
+
+    pub fn resuming_from_checkpoint(mut self) -> Self {
+        self.resumes_from_checkpoint = true;
+        self
     }
 
     pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
@@ -421,6 +438,10 @@ pub fn open(config: &SpoolConfig) -> Result<(SpoolWriter, SpoolReader, Recovery)
         let mut torn = None;
         // Where the last damaged region of this segment ends.
         let mut damage_end = 0;
+        // Where this segment's newest trusted checkpoint ends, and the pending samples
+        // and damaged records counted after it: what a torn append may take back.
+        let mut checkpoint_end = 0;
+        let mut after_checkpoint = (0, 0);
         let mut frames = Frames::new(&file, &mut window, 0, length);
         while let Some(frame) = frames
             .next_frame()
@@ -435,7 +456,10 @@ pub fn open(config: &SpoolConfig) -> Result<(SpoolWriter, SpoolReader, Recovery)
                 Frame::Record {
                     record_type: record::SAMPLE,
                     ..
-                } => recovery.pending_samples += u64::from(pending),
+                } => {
+                    recovery.pending_samples += u64::from(pending);
+                    after_checkpoint.0 += u64::from(pending);
+                }
                 Frame::Record {
                     record_type: record::CHECKPOINT,
                     offset,
@@ -447,29 +471,52 @@ pub fn open(config: &SpoolConfig) -> Result<(SpoolWriter, SpoolReader, Recovery)
                         let newest_checkpoint = recovery.checkpoint.get_or_insert_with(Vec::new);
                         newest_checkpoint.clear();
                         newest_checkpoint.extend_from_slice(bytes);
+                        checkpoint_end = offset + frame_length;
+                        after_checkpoint = (0, 0);
                     }
                     _ => {
                         tracing::warn!(segment = %path.display(), offset, "spool checkpoint not trusted: bytes of its append before it are damaged");
                         recovery.untrusted_checkpoints += 1;
                     }
                 },
-                Frame::Record { .. } => recovery.damaged_records += u64::from(pending),
+                Frame::Record { .. } => {
+                    recovery.damaged_records += u64::from(pending);
+                    after_checkpoint.1 += u64::from(pending);
+                }
                 Frame::Damaged {
                     offset,
                     bytes,
                     records,
                 } => {
                     if segment == newest && offset + bytes == length {
+                        let cursor = if segment == resume_at.segment {
+                            resume_at.offset
+                        } else {
+                            0
+                        };
+                        let cut = if config.resumes_from_checkpoint {
+                            checkpoint_end.max(cursor).min(offset)
+                        } else {
+                            offset
+                        };
+                        if cut < offset {
+                            // Everything counted after the checkpoint was pending (at or
+                            // after the cursor), and all of it is at or after `cut`.
+                            recovery.pending_samples -= after_checkpoint.0;
+                            recovery.damaged_records -= after_checkpoint.1;
+                        }
                         torn = Some(TornTail {
                             path: path.clone(),
-                            offset,
-                            bytes,
+                            offset: cut,
+                            bytes: length - cut,
                         });
                     } else {
                         damage_end = offset + frame_length;
                         if pending {
                             recovery.damaged_records += records;
                             recovery.pending_samples += records;
+                            after_checkpoint.0 += records;
+                            after_checkpoint.1 += records;
                         }
                     }
                 }
@@ -1345,6 +1392,96 @@ mod tests {
             assert_eq!(after.samples, samples(0..4));
             assert!(after.skipped.is_empty());
         }
+    }
+
+    /// The bytes a fresh spool writes for one append of `samples` with a checkpoint, and
+    /// where its checkpoint record starts.
+    fn append_bytes(samples: &[Sample], checkpoint: &[u8]) -> (Vec<u8>, usize) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut writer, _reader, _) = open_in(dir.path());
+        writer.append(samples, None).expect("append the samples");
+        let checkpoint_at = file_len(&segment_path(dir.path(), 1)) as usize;
+        writer
+            .append(&[], Some(checkpoint))
+            .expect("append the checkpoint");
+        let bytes = fs::read(segment_path(dir.path(), 1)).expect("read");
+        (bytes, checkpoint_at)
+    }
+
+    #[test]
+    fn a_torn_append_takes_its_whole_records_with_it_when_the_writer_resumes_from_checkpoints() {
+        // An append cut between pages: two whole sample records, then half its checkpoint.
+        let (torn_append, checkpoint_at) = append_bytes(&samples(2..4), b"{\"minute\":2}");
+        let torn_append = &torn_append[..checkpoint_at + (torn_append.len() - checkpoint_at) / 2];
+        for earlier_append in [false, true] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let segment = segment_path(dir.path(), 1);
+            let (mut writer, reader, _) = open_in(dir.path());
+            if earlier_append {
+                writer
+                    .append(&samples(0..2), Some(b"{\"minute\":1}"))
+                    .expect("append");
+            }
+            drop((writer, reader));
+            let durable = file_len(&segment);
+            let mut content = fs::read(&segment).expect("read");
+            content.extend_from_slice(torn_append);
+            fs::write(&segment, &content).expect("write");
+            let before = samples(0..if earlier_append { 2 } else { 0 });
+
+            // A spool whose writer does not resume from checkpoints keeps the whole records.
+            let copy = tempfile::tempdir().expect("temp dir");
+            fs::write(segment_path(copy.path(), 1), &content).expect("write");
+            let (_writer, _reader, recovery) = open_in(copy.path());
+            assert_eq!(recovery.pending_samples, before.len() as u64 + 2);
+
+            let config = SpoolConfig::new(dir.path()).resuming_from_checkpoint();
+            let (_writer, mut reader, recovery) = open(&config).expect("open");
+            assert_eq!(
+                recovery.torn_tail,
+                Some(TornTail {
+                    path: segment.clone(),
+                    offset: durable,
+                    bytes: torn_append.len() as u64,
+                }),
+                "earlier append: {earlier_append}"
+            );
+            assert_eq!(recovery.pending_samples, before.len() as u64);
+            assert_eq!(recovery.damaged_records, 0);
+            assert_eq!(
+                recovery.checkpoint.as_deref(),
+                earlier_append.then_some(b"{\"minute\":1}".as_slice())
+            );
+            assert_eq!(file_len(&segment), durable);
+            assert_eq!(read_all(&mut reader).samples, before);
+        }
+    }
+
+    #[test]
+    fn a_torn_append_never_takes_back_what_was_acknowledged() {
+        // Samples acknowledged, then a crash tore the append of their checkpoint: the cut
+        // stops at the cursor, and the acknowledged samples are not sent again.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let segment = segment_path(dir.path(), 1);
+        let config = SpoolConfig::new(dir.path()).resuming_from_checkpoint();
+        let (mut writer, mut reader, _) = open(&config).expect("open");
+        writer.append(&samples(0..2), None).expect("append");
+        let delivered = read_all(&mut reader);
+        assert_eq!(delivered.samples, samples(0..2));
+        reader.acknowledge(delivered.end).expect("acknowledge");
+        drop((writer, reader));
+        let durable = file_len(&segment);
+        let mut content = fs::read(&segment).expect("read");
+        let (torn_append, checkpoint_at) = append_bytes(&samples(2..3), b"{}");
+        content.extend_from_slice(
+            &torn_append[..checkpoint_at + (torn_append.len() - checkpoint_at) / 2],
+        );
+        fs::write(&segment, &content).expect("write");
+
+        let (_writer, mut reader, recovery) = open(&config).expect("open");
+        assert_eq!(recovery.torn_tail.map(|tail| tail.offset), Some(durable));
+        assert_eq!(recovery.pending_samples, 0);
+        assert!(read_all(&mut reader).samples.is_empty());
     }
 
     #[derive(Clone, Copy)]
