@@ -786,7 +786,7 @@ impl Sums {
         };
         let bucket = match self.hour_buckets.iter().position(fits) {
             Some(index) => &mut self.hour_buckets[index],
-            None => self.more_hours(hours),
+            None => self.more_hours(fits),
         };
         bucket.states_seen = hours.states_seen;
         bucket.gpus = hours.gpus;
@@ -796,14 +796,10 @@ impl Sums {
         }
     }
 
-    /// The bucket beyond the first two for `hours`'s states seen and GPU count.
+    /// The bucket beyond the first two that `fits`.
     #[cold]
     #[inline(never)]
-    fn more_hours(&mut self, hours: Hours) -> &mut Hours {
-        let fits = |bucket: &Hours| {
-            bucket.hours == 0
-                || (bucket.states_seen == hours.states_seen && bucket.gpus == hours.gpus)
-        };
+    fn more_hours(&mut self, fits: impl Fn(&Hours) -> bool) -> &mut Hours {
         find_or_push(&mut self.more().hour_buckets, fits, Hours::default)
     }
 
@@ -819,7 +815,7 @@ impl Sums {
         let bucket = if self.is_empty() || same(&self.minute_bucket) {
             &mut self.minute_bucket
         } else {
-            self.more_minutes(labels, gpus)
+            self.more_minutes(same)
         };
         bucket.labels = labels;
         bucket.gpus = gpus;
@@ -832,11 +828,10 @@ impl Sums {
         true
     }
 
-    /// The bucket beyond the first for `labels` and `gpus`.
+    /// The bucket beyond the first that is the `same`.
     #[cold]
     #[inline(never)]
-    fn more_minutes(&mut self, labels: u32, gpus: u16) -> &mut LabelMinutes {
-        let same = |bucket: &LabelMinutes| bucket.labels == labels && bucket.gpus == gpus;
+    fn more_minutes(&mut self, same: impl Fn(&LabelMinutes) -> bool) -> &mut LabelMinutes {
         find_or_push(&mut self.more().minute_buckets, same, LabelMinutes::default)
     }
 
