@@ -441,7 +441,7 @@ pub fn open(config: &SpoolConfig) -> Result<(SpoolWriter, SpoolReader, Recovery)
         // Where this segment's newest trusted checkpoint ends, and the pending samples
         // and damaged records counted after it: what a torn append may take back.
         let mut checkpoint_end = 0;
-        let mut after_checkpoint = (0, 0);
+        let (mut samples_after_checkpoint, mut damaged_after_checkpoint) = (0, 0);
         let mut frames = Frames::new(&file, &mut window, 0, length);
         while let Some(frame) = frames
             .next_frame()
@@ -458,7 +458,7 @@ pub fn open(config: &SpoolConfig) -> Result<(SpoolWriter, SpoolReader, Recovery)
                     ..
                 } => {
                     recovery.pending_samples += u64::from(pending);
-                    after_checkpoint.0 += u64::from(pending);
+                    samples_after_checkpoint += u64::from(pending);
                 }
                 Frame::Record {
                     record_type: record::CHECKPOINT,
@@ -472,7 +472,7 @@ pub fn open(config: &SpoolConfig) -> Result<(SpoolWriter, SpoolReader, Recovery)
                         newest_checkpoint.clear();
                         newest_checkpoint.extend_from_slice(bytes);
                         checkpoint_end = offset + frame_length;
-                        after_checkpoint = (0, 0);
+                        (samples_after_checkpoint, damaged_after_checkpoint) = (0, 0);
                     }
                     _ => {
                         tracing::warn!(segment = %path.display(), offset, "spool checkpoint not trusted: bytes of its append before it are damaged");
@@ -481,7 +481,7 @@ pub fn open(config: &SpoolConfig) -> Result<(SpoolWriter, SpoolReader, Recovery)
                 },
                 Frame::Record { .. } => {
                     recovery.damaged_records += u64::from(pending);
-                    after_checkpoint.1 += u64::from(pending);
+                    damaged_after_checkpoint += u64::from(pending);
                 }
                 Frame::Damaged {
                     offset,
@@ -502,8 +502,8 @@ pub fn open(config: &SpoolConfig) -> Result<(SpoolWriter, SpoolReader, Recovery)
                         if cut < offset {
                             // Everything counted after the checkpoint was pending (at or
                             // after the cursor), and all of it is at or after `cut`.
-                            recovery.pending_samples -= after_checkpoint.0;
-                            recovery.damaged_records -= after_checkpoint.1;
+                            recovery.pending_samples -= samples_after_checkpoint;
+                            recovery.damaged_records -= damaged_after_checkpoint;
                         }
                         torn = Some(TornTail {
                             path: path.clone(),
@@ -515,8 +515,8 @@ pub fn open(config: &SpoolConfig) -> Result<(SpoolWriter, SpoolReader, Recovery)
                         if pending {
                             recovery.damaged_records += records;
                             recovery.pending_samples += records;
-                            after_checkpoint.0 += records;
-                            after_checkpoint.1 += records;
+                            samples_after_checkpoint += records;
+                            damaged_after_checkpoint += records;
                         }
                     }
                 }

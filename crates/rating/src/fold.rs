@@ -698,6 +698,7 @@ fn find_or_push<T>(
 /// The minutes in each state of `masks`.
 #[inline(always)]
 fn minutes_of(masks: &[u64; ResourceState::COUNT]) -> [u16; ResourceState::COUNT] {
+    // A loop, not `masks.map`: the array map was not inlined (2 % of the job's samples).
     let mut minutes = [0; ResourceState::COUNT];
     for (minutes, mask) in minutes.iter_mut().zip(masks) {
         *minutes = minutes_in(*mask);
@@ -1543,8 +1544,9 @@ const PREFETCH_ROWS: usize = 8;
 /// **Why.** Every hour file revisits every resource's sums, a sweep through megabytes that
 /// does not stay in the cache, and the first touch of a row's sums waited on memory: in
 /// the profile a fifth of `update_batch`'s samples were one instruction, the load of the
-/// sums' identity. The slots of the rows ahead are known (`BatchKeys`), so their sums are asked
-/// for early: the usage stage took 7.35 s instead of 8.05 s (medians of 3 alternating rounds).
+/// sums' identity. The slots of the rows ahead are known (`BatchKeys`), so their sums are
+/// asked for early: the usage stage took 7.73 s instead of 8.22 s (medians of 3
+/// alternating rounds, BENCHMARKS.md).
 ///
 /// **Why `unsafe`.** The prefetch instruction is only reachable through `core::arch`, whose
 /// intrinsics are `unsafe` to call outside a `#[target_feature]` function even where the
