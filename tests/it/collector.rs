@@ -74,7 +74,13 @@ fn agent_config(
 }
 
 /// What every test here starts with: a topic of its own on `brokers`, a spool directory,
-/// and minute 0 of the agent's fast clock (now).
+/// and minute 0 of the agent's fast clock and of the simulated fleet: the minute before
+/// now, so the agent's clock reads at least an hour into the fleet when it starts.
+///
+/// (With `from` the minute of now, an agent started within a real second of that minute
+/// sampled the minute before `from` first: an empty fleet, so its counters primed on
+/// nothing and every device it saw next counted from zero, as new. Right for the agent,
+/// and not what `expected_samples` says: that the first minute received primed.)
 struct Setup {
     topic: String,
     spool_dir: tempfile::TempDir,
@@ -88,7 +94,7 @@ impl Setup {
         Ok(Self {
             topic,
             spool_dir: tempfile::tempdir()?,
-            from: Minute::containing(Utc::now()),
+            from: Minute::containing(Utc::now()).plus(-1),
         })
     }
 }
