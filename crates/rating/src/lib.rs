@@ -203,20 +203,24 @@ impl AccountToPrice<'_> {
 
 /// A month priced in memory: what [`rate`] writes, before anything is written.
 #[derive(Clone, Debug)]
-pub struct PricedMonth {
+pub struct PricedMonth<'t> {
     pub line_items: Vec<tally_model::LineItem>,
     /// One per account with lines, by account id.
     pub invoices: Vec<invoice::Invoice>,
     /// Every account's tariff version and month, also of accounts without lines (their
-    /// corrections need them).
-    pub billing: BTreeMap<String, (Tariff, BillingMonth)>,
+    /// corrections need them). The tariffs are the caller's: a copy per account cost
+    /// the job 10,000 copies of a whole tariff.
+    pub billing: BTreeMap<String, (&'t Tariff, BillingMonth)>,
     /// The explanation of [`RateRequest::explain`]'s account, if it has an invoice.
     pub explanation: Option<String>,
 }
 
 /// Prices `request.month` with `tariffs` (the request's own tariff files are not read):
 /// usage from the lake, one usage query per tariff time zone.
-pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<PricedMonth> {
+pub async fn price_month<'t>(
+    request: &RateRequest,
+    tariffs: &'t [Tariff],
+) -> Result<PricedMonth<'t>> {
     // Each stage's log line says how long the job has run: where its time goes.
     let started = Instant::now();
     let contracts = contracts::load_contracts(&request.contracts)?;
@@ -311,7 +315,7 @@ pub async fn price_month(request: &RateRequest, tariffs: &[Tariff]) -> Result<Pr
             })?;
         priced
             .billing
-            .insert(account_id.clone(), (tariff.clone(), zone.month.clone()));
+            .insert(account_id.clone(), (tariff, zone.month.clone()));
         accounts.push(AccountToPrice {
             account_id,
             contract,
