@@ -151,28 +151,42 @@ struct AccountToPrice<'a> {
     zone: &'a ZoneUsage,
 }
 
-/// One account priced: its lines, its invoice and, if asked for, the explanation.
+/// One account priced: its invoice and, if asked for, the explanation.
 struct PricedAccount {
-    items: Vec<tally_model::LineItem>,
     invoice: invoice::Invoice,
     explanation: Option<String>,
 }
 
 impl AccountToPrice<'_> {
-    /// The account's lines and invoice; none if nothing is billable. `explain`: the
-    /// account whose invoice is to be explained.
-    fn price(&self, explain: Option<&String>) -> Result<Option<PricedAccount>> {
+    /// The account's run of the zone's usage (sorted by account).
+    fn usages(&self) -> &[usage::ResourceUsage] {
+        let usages = &self.zone.usages;
+        let from = usages.partition_point(|usage| &usage.account_id < self.account_id);
+        let to = usages.partition_point(|usage| &usage.account_id <= self.account_id);
+        &usages[from..to]
+    }
+
+    /// How many resources of the account have usage.
+    fn resources(&self) -> usize {
+        self.usages().len()
+    }
+
+    /// Appends the account's lines to `items` and returns its invoice; none if nothing is
+    /// billable. `explain`: the account whose invoice is to be explained.
+    fn price(
+        &self,
+        explain: Option<&String>,
+        items: &mut Vec<tally_model::LineItem>,
+    ) -> Result<Option<PricedAccount>> {
         let ZoneUsage {
             month,
-            usages,
             resource_hours,
+            ..
         } = self.zone;
-        // Usage is sorted by account: the account's is one contiguous run.
         let account_id = self.account_id;
-        let from = usages.partition_point(|usage| &usage.account_id < account_id);
-        let to = usages.partition_point(|usage| &usage.account_id <= account_id);
-        let account_usage: Vec<&usage::ResourceUsage> = usages[from..to].iter().collect();
-        let items = price::price_account(
+        let account_usage: Vec<&usage::ResourceUsage> = self.usages().iter().collect();
+        let start = items.len();
+        price::price_account_into(
             self.tariff,
             month,
             &price::AccountInputs {
@@ -180,21 +194,22 @@ impl AccountToPrice<'_> {
                 usages: &account_usage,
                 resource_hours,
             },
+            items,
         )?;
-        if items.is_empty() {
+        let lines = &items[start..];
+        if lines.is_empty() {
             return Ok(None);
         }
         let invoice = invoice::build_invoice(
             account_id,
             self.tariff,
             month,
-            &items,
+            lines,
             self.contract.credit.unwrap_or_default(),
         )?;
         let explanation = (explain == Some(account_id))
-            .then(|| explain::explain(&invoice, &items, &account_usage));
+            .then(|| explain::explain(&invoice, lines, &account_usage));
         Ok(Some(PricedAccount {
-            items,
             invoice,
             explanation,
         }))
@@ -327,16 +342,20 @@ pub async fn price_month<'t>(
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let chunk = accounts.len().div_ceil(threads).max(1);
     let explain = request.explain.as_ref();
-    let chunks: Vec<Result<Vec<PricedAccount>>> = std::thread::scope(|scope| {
+    type Chunk = (Vec<tally_model::LineItem>, Vec<PricedAccount>);
+    let chunks: Vec<Result<Chunk>> = std::thread::scope(|scope| {
         let workers: Vec<_> = accounts
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
-                    let mut priced = Vec::new();
+                    // About a line per resource and one more per account: sized once.
+                    let resources: usize = part.iter().map(AccountToPrice::resources).sum();
+                    let mut items = Vec::with_capacity(resources + part.len());
+                    let mut priced = Vec::with_capacity(part.len());
                     for account in part {
-                        priced.extend(account.price(explain)?);
+                        priced.extend(account.price(explain, &mut items)?);
                     }
-                    Ok(priced)
+                    Ok((items, priced))
                 })
             })
             .collect();
@@ -353,21 +372,20 @@ pub async fn price_month<'t>(
     let chunks = chunks.into_iter().collect::<Result<Vec<_>>>()?;
     // Sized once: grown line by line, the month's ~500-byte lines were copied at each
     // doubling.
-    let lines: usize = chunks
-        .iter()
-        .flatten()
-        .map(|account| account.items.len())
-        .sum();
-    priced.line_items.reserve_exact(lines);
+    priced
+        .line_items
+        .reserve_exact(chunks.iter().map(|(items, _)| items.len()).sum());
     priced
         .invoices
-        .reserve_exact(chunks.iter().map(Vec::len).sum());
-    for account in chunks.into_iter().flatten() {
-        if account.explanation.is_some() {
-            priced.explanation = account.explanation;
+        .reserve_exact(chunks.iter().map(|(_, accounts)| accounts.len()).sum());
+    for (items, accounts) in chunks {
+        priced.line_items.extend(items);
+        for account in accounts {
+            if account.explanation.is_some() {
+                priced.explanation = account.explanation;
+            }
+            priced.invoices.push(account.invoice);
         }
-        priced.invoices.push(account.invoice);
-        priced.line_items.extend(account.items);
     }
     tracing::info!(
         line_items = priced.line_items.len(),

@@ -51,10 +51,40 @@ pub fn price_account(
     month: &BillingMonth,
     inputs: &AccountInputs<'_>,
 ) -> Result<Vec<LineItem>> {
-    let contract = inputs.contract;
     let mut lines = Vec::new();
-    // Time lines stay apart until contingents (C5, C6) have taken their hours off them.
-    let mut time_lines: Vec<(ChargeRef, LineItem)> = Vec::new();
+    price_account_into(tariff, month, inputs, &mut lines)?;
+    Ok(lines)
+}
+
+/// Prices one account's month under `tariff` onto the end of `lines`, its lines sorted;
+/// on an error, `lines` is left as it was. (The month's job prices every account of a
+/// thread onto one vector: a vector per account, grown line by line and then copied into
+/// the month's, moved each ~500-byte line three times.)
+pub fn price_account_into(
+    tariff: &Tariff,
+    month: &BillingMonth,
+    inputs: &AccountInputs<'_>,
+    lines: &mut Vec<LineItem>,
+) -> Result<()> {
+    let start = lines.len();
+    let priced = append_account_lines(tariff, month, inputs, lines);
+    if priced.is_err() {
+        lines.truncate(start);
+    }
+    priced
+}
+
+fn append_account_lines(
+    tariff: &Tariff,
+    month: &BillingMonth,
+    inputs: &AccountInputs<'_>,
+    lines: &mut Vec<LineItem>,
+) -> Result<()> {
+    let contract = inputs.contract;
+    let start = lines.len();
+    // Time lines stay apart until contingents (C5, C6) have taken their hours off them;
+    // most resources have one.
+    let mut time_lines: Vec<(ChargeRef, LineItem)> = Vec::with_capacity(inputs.usages.len());
     let mut groups: BTreeMap<GroupKey, Group<'_>> = BTreeMap::new();
     for usage in inputs.usages {
         let fail = |detail: String| Error::Pricing {
@@ -183,8 +213,8 @@ pub fn price_account(
     }
     lines.extend(time_lines.into_iter().map(|(_, line)| line));
     lines.extend(bookings::subscription_lines(tariff, month, inputs).map_err(account_fail)?);
-    lines.sort_by(line_order);
-    Ok(lines)
+    lines[start..].sort_by(line_order);
+    Ok(())
 }
 
 /// An account's lines in order: by resource, SKU, description and rule. (The key is
