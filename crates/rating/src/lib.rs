@@ -166,11 +166,6 @@ impl AccountToPrice<'_> {
         &usages[from..to]
     }
 
-    /// How many resources of the account have usage.
-    fn resources(&self) -> usize {
-        self.usages().len()
-    }
-
     /// Appends the account's lines to `items` and returns its invoice; none if nothing is
     /// billable. `explain`: the account whose invoice is to be explained.
     fn price(
@@ -223,8 +218,8 @@ pub struct PricedMonth<'t> {
     /// One per account with lines, by account id.
     pub invoices: Vec<invoice::Invoice>,
     /// Every account's tariff version and month, also of accounts without lines (their
-    /// corrections need them). The tariffs are the caller's: a copy per account cost
-    /// the job 10,000 copies of a whole tariff.
+    /// corrections need them). The tariffs are the caller's: copied, every account held
+    /// a whole tariff of its own.
     pub billing: BTreeMap<String, (&'t Tariff, BillingMonth)>,
     /// The explanation of [`RateRequest::explain`]'s account, if it has an invoice.
     pub explanation: Option<String>,
@@ -349,7 +344,7 @@ pub async fn price_month<'t>(
             .map(|part| {
                 scope.spawn(move || {
                     // About a line per resource and one more per account: sized once.
-                    let resources: usize = part.iter().map(AccountToPrice::resources).sum();
+                    let resources: usize = part.iter().map(|account| account.usages().len()).sum();
                     let mut items = Vec::with_capacity(resources + part.len());
                     let mut priced = Vec::with_capacity(part.len());
                     for account in part {

@@ -57,9 +57,9 @@ pub fn price_account(
 }
 
 /// Prices one account's month under `tariff` onto the end of `lines`, its lines sorted;
-/// on an error, `lines` is left as it was. (The month's job prices every account of a
-/// thread onto one vector: a vector per account, grown line by line and then copied into
-/// the month's, moved each ~500-byte line three times.)
+/// on an error, `lines` is left as it was. (Each of the month's pricing threads appends
+/// all its accounts to one vector sized once: a vector per account, grown line by line
+/// and copied into the month's, moved each ~500-byte line three times.)
 pub fn price_account_into(
     tariff: &Tariff,
     month: &BillingMonth,
