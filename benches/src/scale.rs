@@ -282,9 +282,10 @@ fn ensure_month(
     day_offsets: Range<i64>,
 ) -> anyhow::Result<(PathBuf, GeneratedHours)> {
     // v2: the traffic counters delta-encoded (the aggregator's writer since 2026-12-07);
-    // v3: the few-valued texts declared as dictionaries (since 2026-12-07, later).
+    // v3: the few-valued texts declared as dictionaries (since 2026-12-07, later);
+    // v4: the resource ids delta-encoded (since 2026-12-07, night).
     let directory = data_root.join(format!(
-        "scale-{}-{MONTH}-without-{}-v3",
+        "scale-{}-{MONTH}-without-{}-v4",
         spec.resources,
         &DAY[..10]
     ));
