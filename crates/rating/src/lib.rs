@@ -338,14 +338,25 @@ pub async fn price_month<'t>(
     let chunk = accounts.len().div_ceil(threads).max(1);
     let explain = request.explain.as_ref();
     type Chunk = (Vec<tally_model::LineItem>, Vec<PricedAccount>);
+    // About a line per resource and one more per account: sized once.
+    let estimate = |part: &[AccountToPrice]| -> usize {
+        part.iter().map(|account| account.usages().len() + 1).sum()
+    };
+    let month_lines = estimate(&accounts);
     let chunks: Vec<Result<Chunk>> = std::thread::scope(|scope| {
         let workers: Vec<_> = accounts
             .chunks(chunk)
-            .map(|part| {
+            .enumerate()
+            .map(|(index, part)| {
                 scope.spawn(move || {
-                    // About a line per resource and one more per account: sized once.
-                    let resources: usize = part.iter().map(|account| account.usages().len()).sum();
-                    let mut items = Vec::with_capacity(resources + part.len());
+                    // The first part's lines become the month's, the others' are appended
+                    // to them: room for all, so that only the others are copied.
+                    let lines = if index == 0 {
+                        month_lines
+                    } else {
+                        estimate(part)
+                    };
+                    let mut items = Vec::with_capacity(lines);
                     let mut priced = Vec::with_capacity(part.len());
                     for account in part {
                         priced.extend(account.price(explain, &mut items)?);
@@ -367,14 +378,19 @@ pub async fn price_month<'t>(
     let chunks = chunks.into_iter().collect::<Result<Vec<_>>>()?;
     // Sized once: grown line by line, the month's ~500-byte lines were copied at each
     // doubling.
-    priced
-        .line_items
-        .reserve_exact(chunks.iter().map(|(items, _)| items.len()).sum());
+    let lines: usize = chunks.iter().map(|(items, _)| items.len()).sum();
     priced
         .invoices
         .reserve_exact(chunks.iter().map(|(_, accounts)| accounts.len()).sum());
-    for (items, accounts) in chunks {
-        priced.line_items.extend(items);
+    for (mut items, accounts) in chunks {
+        if priced.line_items.is_empty() {
+            priced.line_items = items;
+            priced
+                .line_items
+                .reserve_exact(lines - priced.line_items.len());
+        } else {
+            priced.line_items.append(&mut items);
+        }
         for account in accounts {
             if account.explanation.is_some() {
                 priced.explanation = account.explanation;
@@ -388,7 +404,20 @@ pub async fn price_month<'t>(
         seconds = started.elapsed().as_secs_f64(),
         "priced"
     );
+    drop(accounts);
+    drop_aside(usage_by_zone.into_values().collect::<Vec<_>>());
     Ok(priced)
+}
+
+/// Frees `value` on a thread of its own. **Why:** a month's usage and lines are millions
+/// of small allocations; freeing them took the job's one thread a few tenths of a second
+/// (`benches/BENCHMARKS.md`) that nothing needs to wait for. If no thread can be started,
+/// `value` is freed here.
+fn drop_aside<T: Send + 'static>(value: T) {
+    // A spawn that fails drops its closure, and `value` with it.
+    let _freeing = std::thread::Builder::new()
+        .name("tally-free".to_owned())
+        .spawn(move || drop(value));
 }
 
 /// Rates one month and writes its line items and invoices.
@@ -444,16 +473,18 @@ pub async fn rate(request: &RateRequest) -> Result<RateReport> {
             written.push(line_items_key?);
             written.extend(invoice_keys?);
             if request.issue {
-                written.push(write::write_issued(
-                    out,
-                    &correction::Issued {
-                        month: request.month.clone(),
-                        corrections: 0,
-                        lines: line_items,
-                    },
-                )?);
+                let issued = correction::Issued {
+                    month: request.month.clone(),
+                    corrections: 0,
+                    lines: line_items,
+                };
+                written.push(write::write_issued(out, &issued)?);
+                drop_aside(issued);
+            } else {
+                drop_aside(line_items);
             }
             report.invoices = invoices.iter().map(summary).collect();
+            drop_aside(invoices);
             tracing::info!(
                 files = written.len(),
                 seconds = started.elapsed().as_secs_f64(),

@@ -9,7 +9,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tally_lake::Lake;
 use tally_model::LineItem;
-use tally_model::line_item::line_items_to_batch;
+use tally_model::line_item::{line_item_arrow_schema, line_items_to_batch};
 
 use crate::correction::{Issued, issued_key};
 use crate::error::{Error, Result};
@@ -35,11 +35,14 @@ pub fn invoices_key(month: &str) -> String {
     format!("invoices/month={month}")
 }
 
+/// Rows of line items converted to Arrow at a time (a multiple of the Parquet writer's
+/// 1,024-row write batches).
+const LINE_ITEM_BATCH_ROWS: usize = 8 * 1024;
+
 /// Writes `line_items/month=YYYY-MM/<name>.parquet` to `out`: `line_items` for the
 /// month's lines, `corrections-NNN` for a correction round (H8). Returns its key.
 pub fn write_line_items(out: &Lake, month: &str, name: &str, items: &[LineItem]) -> Result<String> {
     let key = line_items_key(month, name);
-    let batch = line_items_to_batch(items)?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_created_by("tally line items v1".to_owned())
@@ -48,9 +51,15 @@ pub fn write_line_items(out: &Lake, month: &str, name: &str, items: &[LineItem])
         path: PathBuf::from(out.location(&key)),
         source,
     };
-    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(properties))
+    let mut writer = ArrowWriter::try_new(Vec::new(), line_item_arrow_schema(), Some(properties))
         .map_err(parquet_error)?;
-    writer.write(&batch).map_err(parquet_error)?;
+    // Batch by batch: a batch's columns are still in the cache when the writer encodes
+    // them, where the month's as one batch (tens of megabytes) were not.
+    for chunk in items.chunks(LINE_ITEM_BATCH_ROWS) {
+        writer
+            .write(&line_items_to_batch(chunk)?)
+            .map_err(parquet_error)?;
+    }
     let bytes = writer.into_inner().map_err(parquet_error)?;
     out.put(&key, bytes)?;
     Ok(key)
