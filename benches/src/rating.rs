@@ -231,9 +231,8 @@ fn ensure_data(
     month: &BillingMonth,
 ) -> anyhow::Result<PathBuf> {
     // v2: the traffic counters delta-encoded (the aggregator's writer since 2026-12-07);
-    // v3: the few-valued texts declared as dictionaries (since 2026-12-07, later);
-    // v4: the resource ids delta-encoded (since 2026-12-07, night).
-    let directory = data_root.join(format!("rating-{resources}-{MONTH}-v4"));
+    // v3: the few-valued texts declared as dictionaries (since 2026-12-07, later).
+    let directory = data_root.join(format!("rating-{resources}-{MONTH}-v3"));
     let done = directory.join("complete");
     if done.exists() {
         println!("data: reusing {}", directory.display());

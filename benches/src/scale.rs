@@ -282,10 +282,9 @@ fn ensure_month(
     day_offsets: Range<i64>,
 ) -> anyhow::Result<(PathBuf, GeneratedHours)> {
     // v2: the traffic counters delta-encoded (the aggregator's writer since 2026-12-07);
-    // v3: the few-valued texts declared as dictionaries (since 2026-12-07, later);
-    // v4: the resource ids delta-encoded (since 2026-12-07, night).
+    // v3: the few-valued texts declared as dictionaries (since 2026-12-07, later).
     let directory = data_root.join(format!(
-        "scale-{}-{MONTH}-without-{}-v4",
+        "scale-{}-{MONTH}-without-{}-v3",
         spec.resources,
         &DAY[..10]
     ));

@@ -41,25 +41,16 @@ pub fn file_name(source: &str, partition: i32, generation: u32) -> String {
 /// random.
 const TRAFFIC_COLUMNS: [&str; 3] = ["out_external_bytes", "out_internal_bytes", "in_bytes"];
 
-/// The resource id: unique in an hour file, so neither a dictionary nor zstd.
-const RESOURCE_ID_COLUMN: &str = "resource_id";
-
-/// zstd over dictionaries for every column but the traffic counters and the resource id,
-/// which are delta-encoded and not compressed.
+/// zstd over dictionaries for every column but the traffic counters, which are
+/// delta-encoded and not compressed.
 ///
 /// **Why.** A dictionary does not fit values that are all distinct (the writer gives it up
 /// for plain values), and zstd shrinks random 64-bit counters by little (a third in the
 /// rating benchmark) at a high cost to read them: zstd was 12 % of the rating job's
 /// profile. Delta bit-packing stores them smaller than zstd did (the benchmark's month:
 /// 1,139.6 MiB instead of 1,429.8), and the month's usage query took about a fifth less
-/// (`benches/BENCHMARKS.md`). The resource ids, sorted and each in a file once, were then
-/// three quarters of the bytes zstd decompressed; delta byte-array encoding (each id as
-/// the length of the prefix it shares with the one before and the rest) stores them
-/// smaller (an hour file of the benchmark: 171 KB instead of 200 KB) and reads them
-/// faster (the usage stage faster in all of 6 alternating rounds). Ids in the field are often UUIDs, which share short
-/// prefixes: stored near their plain size there, but still read without zstd. Columns
-/// that are mostly zero (sizes) or repeat (masks, texts) stay with dictionaries and zstd,
-/// where delta encodings would make them larger.
+/// (`benches/BENCHMARKS.md`). Columns that are mostly zero (sizes) or repeat (masks,
+/// texts) stay with dictionaries and zstd, where delta bit-packing would make them larger.
 fn writer_properties() -> WriterProperties {
     let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -72,12 +63,7 @@ fn writer_properties() -> WriterProperties {
             .set_column_encoding(column.clone(), Encoding::DELTA_BINARY_PACKED)
             .set_column_compression(column, Compression::UNCOMPRESSED);
     }
-    let resource_id = ColumnPath::from(RESOURCE_ID_COLUMN);
-    properties
-        .set_column_dictionary_enabled(resource_id.clone(), false)
-        .set_column_encoding(resource_id.clone(), Encoding::DELTA_BYTE_ARRAY)
-        .set_column_compression(resource_id, Compression::UNCOMPRESSED)
-        .build()
+    properties.build()
 }
 
 /// What [`write_rows`] wrote.
@@ -195,7 +181,7 @@ mod tests {
     };
     use tally_model::{Hour, ResourceKind};
 
-    use super::{RESOURCE_ID_COLUMN, TRAFFIC_COLUMNS, decode_rows, encode_rows};
+    use super::{TRAFFIC_COLUMNS, decode_rows, encode_rows};
 
     fn hundred_rows() -> Vec<RollupRow> {
         (0..100u64)
@@ -223,30 +209,23 @@ mod tests {
     }
 
     #[test]
-    fn the_traffic_counters_and_resource_ids_are_delta_encoded_and_the_rest_zstd() {
+    fn the_traffic_counters_are_delta_encoded_and_the_rest_zstd() {
         let (bytes, _) = encode_rows(&hundred_rows(), "test").expect("encoded");
         let file = tempfile::tempfile().expect("temp file");
         std::io::Write::write_all(&mut &file, &bytes).expect("written");
         let reader = SerializedFileReader::new(file).expect("a Parquet file");
         let columns = reader.metadata().row_group(0).columns();
-        // A misspelt name would leave its column zstd silently: all four must be found.
-        let mut delta = 0;
+        // A misspelt name would leave its column zstd silently: all three must be found.
+        let mut traffic = 0;
         for column in columns {
             let name = column.column_path().string();
-            let encoding = if name == RESOURCE_ID_COLUMN {
-                Some(Encoding::DELTA_BYTE_ARRAY)
-            } else if TRAFFIC_COLUMNS.contains(&name.as_str()) {
-                Some(Encoding::DELTA_BINARY_PACKED)
-            } else {
-                None
-            };
-            if let Some(encoding) = encoding {
-                delta += 1;
-                let encodings: Vec<Encoding> = column.encodings().collect();
-                assert!(encodings.contains(&encoding), "{name}: {encodings:?}");
+            if TRAFFIC_COLUMNS.contains(&name.as_str()) {
+                traffic += 1;
                 assert!(
-                    !encodings.contains(&Encoding::RLE_DICTIONARY),
-                    "{name}: {encodings:?}"
+                    column
+                        .encodings()
+                        .any(|encoding| encoding == Encoding::DELTA_BINARY_PACKED),
+                    "{name}"
                 );
                 assert_eq!(column.compression(), Compression::UNCOMPRESSED, "{name}");
             } else {
@@ -257,7 +236,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(delta, TRAFFIC_COLUMNS.len() + 1);
+        assert_eq!(traffic, TRAFFIC_COLUMNS.len());
     }
 
     #[test]
