@@ -277,8 +277,6 @@ pub async fn price_month<'t>(
             .map(|usage| (usage.resource_id.clone(), usage.sku.clone()))
             .collect();
         let resource_hours = rollups.resource_hours(&periodic).await?;
-        // The session and what its queries left behind.
-        drop_aside(rollups);
         tracing::info!(
             time_zone = %tariff.time_zone,
             month = %month.label,
