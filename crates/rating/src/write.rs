@@ -80,8 +80,7 @@ pub const INVOICES_CSV: &str = "invoices.csv";
 /// keys written.
 pub fn write_invoices(out: &Lake, directory: &str, invoices: &[Invoice]) -> Result<Vec<String>> {
     // One text after the other: `rate` writes the line items beside them, which take
-    // longer than both; a thread each put three threads on two cores, and the line items
-    // waited for their share.
+    // about as long as both together; a thread each put three threads on two cores.
     let jsonl = invoices_jsonl(invoices)?;
     let mut csv = String::from(CSV_HEADER);
     for invoice in invoices {
