@@ -338,25 +338,14 @@ pub async fn price_month<'t>(
     let chunk = accounts.len().div_ceil(threads).max(1);
     let explain = request.explain.as_ref();
     type Chunk = (Vec<tally_model::LineItem>, Vec<PricedAccount>);
-    // About a line per resource and one more per account: sized once.
-    let estimate = |part: &[AccountToPrice]| -> usize {
-        part.iter().map(|account| account.usages().len() + 1).sum()
-    };
-    let month_lines = estimate(&accounts);
     let chunks: Vec<Result<Chunk>> = std::thread::scope(|scope| {
         let workers: Vec<_> = accounts
             .chunks(chunk)
-            .enumerate()
-            .map(|(index, part)| {
+            .map(|part| {
                 scope.spawn(move || {
-                    // The first part's lines become the month's, the others' are appended
-                    // to them: room for all, so that only the others are copied.
-                    let lines = if index == 0 {
-                        month_lines
-                    } else {
-                        estimate(part)
-                    };
-                    let mut items = Vec::with_capacity(lines);
+                    // About a line per resource and one more per account: sized once.
+                    let resources: usize = part.iter().map(|account| account.usages().len()).sum();
+                    let mut items = Vec::with_capacity(resources + part.len());
                     let mut priced = Vec::with_capacity(part.len());
                     for account in part {
                         priced.extend(account.price(explain, &mut items)?);
@@ -378,19 +367,14 @@ pub async fn price_month<'t>(
     let chunks = chunks.into_iter().collect::<Result<Vec<_>>>()?;
     // Sized once: grown line by line, the month's ~500-byte lines were copied at each
     // doubling.
-    let lines: usize = chunks.iter().map(|(items, _)| items.len()).sum();
+    priced
+        .line_items
+        .reserve_exact(chunks.iter().map(|(items, _)| items.len()).sum());
     priced
         .invoices
         .reserve_exact(chunks.iter().map(|(_, accounts)| accounts.len()).sum());
-    for (mut items, accounts) in chunks {
-        if priced.line_items.is_empty() {
-            priced.line_items = items;
-            priced
-                .line_items
-                .reserve_exact(lines - priced.line_items.len());
-        } else {
-            priced.line_items.append(&mut items);
-        }
+    for (items, accounts) in chunks {
+        priced.line_items.extend(items);
         for account in accounts {
             if account.explanation.is_some() {
                 priced.explanation = account.explanation;
