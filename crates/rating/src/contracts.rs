@@ -148,16 +148,19 @@ const fn one() -> u32 {
 }
 
 impl AccountContract {
-    /// The terms of a resource: those listed, or hourly with no options.
-    pub fn terms(&self, resource_id: &str) -> ResourceTerms {
+    /// The terms of a resource: those listed, or hourly with no options (those have no
+    /// resource id). Borrowed: it is asked for every resource of the month.
+    pub fn terms(&self, resource_id: &str) -> &ResourceTerms {
+        static HOURLY: ResourceTerms = ResourceTerms {
+            resource_id: String::new(),
+            interval: Interval::Hourly,
+            start: None,
+            options: BTreeSet::new(),
+        };
         self.resources
             .iter()
             .find(|terms| terms.resource_id == resource_id)
-            .cloned()
-            .unwrap_or_else(|| ResourceTerms {
-                resource_id: resource_id.to_owned(),
-                ..ResourceTerms::default()
-            })
+            .unwrap_or(&HOURLY)
     }
 
     /// Checks what can be checked without the tariff.

@@ -4,8 +4,8 @@
 //! lake's files instead of a hash of each row's resource id (`ResourceIndex`). Account,
 //! kind and SKU are arguments, and the rare resource that changes one of them within the
 //! month gets one [`Fold`] per combination, exactly as grouping by all four would give
-//! ([`ResourceFolds`]). Its result is every resource's folds in one binary value
-//! ([`decode_usage`]).
+//! ([`ResourceFolds`]). Its state and result are every resource's folds in one binary
+//! value ([`merge_states`]).
 //!
 //! **Why a custom aggregate.** Rules that are not additive (every *started* hour, the
 //! largest state or GPU count of an hour) must see each resource-hour once, and one hour of
@@ -198,7 +198,7 @@ impl AggregateUDFImpl for ResourceUsageUdaf {
     }
 }
 
-/// A resource's usage under one account, kind and SKU, as [`decode_usage`] gives it:
+/// A resource's usage under one account, kind and SKU, as [`merge_states`] gives it:
 /// what [`crate::usage::ResourceUsage`] is built from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fold {
@@ -236,11 +236,55 @@ pub struct FoldPart {
     pub fold: Fold,
 }
 
-/// The resources' usage in `resource_usage`'s result, in the order they were first seen;
-/// each resource's parts and buckets sorted, so the result does not depend on the order
-/// the rows were read in.
-pub fn decode_usage(bytes: &[u8]) -> Result<Vec<ResourceFolds>> {
-    state::decode_usage(bytes)
+/// The usage of `shard`'s accounts in `states` (each a `resource_usage` state or result of
+/// the month whose first hour is `first_hour` and that has `hours` hours), merged, in the
+/// order the resources were first seen; each resource's parts and buckets sorted, so the
+/// result does not depend on the order the rows were read in.
+///
+/// **Why shards.** Merging the scan's partial folds is work per resource; done by one
+/// final aggregate it ran on one core while the other waited (`benches/BENCHMARKS.md`).
+/// Each shard of accounts is merged on its own, so the shards can be merged side by side,
+/// and shards cut at [`shard_splits`] come one after the other in account order.
+pub fn merge_states(
+    states: &[&[u8]],
+    first_hour: i64,
+    hours: usize,
+    shard: Shard,
+) -> Result<Vec<ResourceFolds>> {
+    let mut fold = MonthFold::new(MonthHours { first_hour, hours });
+    for bytes in states {
+        state::merge(&mut fold, bytes, shard)?;
+    }
+    Ok(state::resource_folds(&mut fold))
+}
+
+/// Accounts that cut the usage in `states` into `count` shards of about as many resources,
+/// sorted (fewer if there are fewer accounts): shard `i` runs from split `i - 1` to split
+/// `i`.
+pub fn shard_splits(states: &[&[u8]], count: usize) -> Result<Vec<String>> {
+    match states.iter().max_by_key(|state| state.len()) {
+        Some(largest) if count > 1 => state::splits(largest, count),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The accounts from `from` up to but not including `to` (unbounded where `None`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shard<'a> {
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+}
+
+impl Shard<'_> {
+    /// Every account.
+    pub const ALL: Shard<'static> = Shard {
+        from: None,
+        to: None,
+    };
+
+    fn holds(self, account_id: &str) -> bool {
+        self.from.is_none_or(|from| from <= account_id) && self.to.is_none_or(|to| account_id < to)
+    }
 }
 
 /// Texts, each stored once under a dense id: the texts one accumulator has seen (sums refer
@@ -1507,7 +1551,7 @@ impl Accumulator for MonthFold {
             .ok_or_else(|| DataFusionError::Internal(format!("{NAME}: state is not binary")))?;
         for row in 0..states.len() {
             if states.is_valid(row) {
-                state::merge(self, states.value(row))?;
+                state::merge(self, states.value(row), Shard::ALL)?;
             }
         }
         Ok(())
@@ -1654,28 +1698,50 @@ mod tests {
 
     use datafusion::arrow::array::ArrayRef;
 
-    use super::{HOUR_WORDS, HoursSeen, NO_ROW, ResourceSums, Sums, Texts};
+    use super::{HOUR_WORDS, HoursSeen, NO_ROW, ResourceSums, Shard, Sums, Texts};
 
     #[test]
     fn a_broken_state_is_an_error_that_says_what_is_wrong() {
-        let error = |bytes: &[u8]| super::decode_usage(bytes).expect_err("broken").to_string();
-        assert!(error(b"{\"parts\":[]}").contains("does not start with tally-fold-1"));
+        let decode = |bytes: &[u8]| super::merge_states(&[bytes], FIRST_HOUR, 744, Shard::ALL);
+        let error = |bytes: &[u8]| decode(bytes).expect_err("broken").to_string();
+        assert!(error(b"{\"parts\":[]}").contains("does not start with tally-fold-2"));
         // One text announced, none there.
-        assert!(error(b"tally-fold-1\x01\x00\x00\x00").contains("ends early"));
-        // No texts, one resource whose part names text 7.
-        let mut bytes = b"tally-fold-1".to_vec();
-        for word in [0u32, 1, 1] {
-            bytes.extend_from_slice(&word.to_le_bytes());
-        }
-        bytes.push(b'r');
-        bytes.extend_from_slice(&[1, 0, 0, 0, 7, 0, 0, 0]);
+        assert!(error(b"tally-fold-2\x01\x00\x00\x00").contains("ends early"));
+        // One resource whose part is `length` bytes long, of the account, kind and SKU
+        // `texts[0]` (names text 0 in a table of `texts`).
+        let resource = |texts: &[&str], length: u32| {
+            let mut bytes = b"tally-fold-2".to_vec();
+            let word =
+                |bytes: &mut Vec<u8>, word: u32| bytes.extend_from_slice(&word.to_le_bytes());
+            word(&mut bytes, texts.len() as u32);
+            for text in texts {
+                word(&mut bytes, text.len() as u32);
+                bytes.extend_from_slice(text.as_bytes());
+            }
+            for word_value in [1, 1] {
+                word(&mut bytes, word_value);
+            }
+            bytes.push(b'r');
+            for word_value in [1, 0, 0, 0, length] {
+                word(&mut bytes, word_value);
+            }
+            bytes
+        };
+        let named = error(&resource(&[], 0));
+        assert!(named.contains("text 0 of a table of 0"), "{named}");
+        let longer = error(&resource(&["a1"], 9));
+        assert!(longer.contains("longer than the state"), "{longer}");
+        // A shard without the account skips its sums' length: here, past the end.
+        let others = Shard {
+            from: Some("b"),
+            to: None,
+        };
+        let skipped = super::merge_states(&[&resource(&["a1"], 9)], FIRST_HOUR, 744, others)
+            .expect_err("past the end")
+            .to_string();
+        assert!(skipped.contains("ends early"), "{skipped}");
         assert!(
-            error(&bytes).contains("text 7 of a table of 0"),
-            "{}",
-            error(&bytes)
-        );
-        assert!(
-            super::decode_usage(b"tally-fold-1\x00\x00\x00\x00\x00\x00\x00\x00")
+            decode(b"tally-fold-2\x00\x00\x00\x00\x00\x00\x00\x00")
                 .expect("an empty month")
                 .is_empty()
         );
@@ -1804,7 +1870,8 @@ mod tests {
     /// minutes as a mask, GPUs, outbound external bytes).
     type TestRow = (&'static str, i64, &'static str, u64, u16, u64);
 
-    /// `rows` as the sixteen argument columns (account `a1`, kind `server`, SKU `cx22`).
+    /// `rows` as the sixteen argument columns (account [`account_of`] the resource, kind
+    /// `server`, SKU `cx22`).
     fn arguments(rows: &[TestRow]) -> Vec<datafusion::arrow::array::ArrayRef> {
         use datafusion::arrow::array::{
             ArrayRef, StringArray, TimestampMicrosecondArray, UInt16Array, UInt64Array,
@@ -1821,7 +1888,7 @@ mod tests {
                 .map(|row| (FIRST_HOUR + row.1) * super::MICROS_PER_HOUR),
         );
         vec![
-            texts(&|_| "a1"),
+            texts(&|row| account_of(row.0)),
             texts(&|row| row.0),
             texts(&|_| "server"),
             texts(&|_| "cx22"),
@@ -1842,8 +1909,17 @@ mod tests {
 
     const FIRST_HOUR: i64 = 490_000;
 
-    /// The folds of `rows`, given to one accumulator in batches cut at `cuts`.
-    fn folded(rows: &[TestRow], cuts: &[usize]) -> Vec<super::ResourceFolds> {
+    const RESOURCES: [&str; 10] = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"];
+
+    /// Resource `rN`'s account, `aN`.
+    fn account_of(resource_id: &str) -> &'static str {
+        const ACCOUNTS: [&str; 10] = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9"];
+        let index = RESOURCES.iter().position(|id| *id == resource_id);
+        ACCOUNTS[index.expect("a test resource")]
+    }
+
+    /// The state of one accumulator given `rows` in batches cut at `cuts`.
+    fn state_of(rows: &[TestRow], cuts: &[usize]) -> Vec<u8> {
         use datafusion::common::ScalarValue;
         use datafusion::logical_expr::Accumulator;
         let mut fold = super::MonthFold::new(super::MonthHours {
@@ -1856,9 +1932,75 @@ mod tests {
                 .expect("rows the fold takes");
             first = end;
         }
-        match fold.evaluate().expect("a result") {
-            ScalarValue::Binary(Some(bytes)) => super::decode_usage(&bytes).expect("its own bytes"),
-            other => panic!("not binary: {other:?}"),
+        match fold.state().expect("a state").as_slice() {
+            [ScalarValue::Binary(Some(bytes))] => bytes.clone(),
+            other => panic!("not one binary value: {other:?}"),
+        }
+    }
+
+    /// The folds of `rows`, given to one accumulator in batches cut at `cuts`.
+    fn folded(rows: &[TestRow], cuts: &[usize]) -> Vec<super::ResourceFolds> {
+        super::merge_states(&[&state_of(rows, cuts)], FIRST_HOUR, 744, Shard::ALL)
+            .expect("its own bytes")
+    }
+
+    #[test]
+    fn states_merged_by_shards_are_the_states_merged_whole() {
+        // Ten resources of ten accounts, hours 0 and 2 in one partition's state, hour 1 in
+        // the other's (with a label change in it), as the scan's partitions take files.
+        let hours = |hours: &[i64], labels: &'static str| -> Vec<TestRow> {
+            hours
+                .iter()
+                .flat_map(|hour| {
+                    RESOURCES
+                        .iter()
+                        .map(move |id| (*id, *hour, labels, (1 << 60) - 1, 0, 100))
+                })
+                .collect()
+        };
+        let merged = |states: &[Vec<u8>]| {
+            let states: Vec<&[u8]> = states.iter().map(Vec::as_slice).collect();
+            let splits = super::shard_splits(&states, 3).expect("splits");
+            assert_eq!(splits.len(), 2, "{splits:?}");
+            let bounds: Vec<Option<&str>> = std::iter::once(None)
+                .chain(splits.iter().map(|split| Some(split.as_str())))
+                .chain([None])
+                .collect();
+            let shards: Vec<_> = bounds
+                .windows(2)
+                .map(|bounds| {
+                    let shard = Shard {
+                        from: bounds[0],
+                        to: bounds[1],
+                    };
+                    super::merge_states(&states, FIRST_HOUR, 744, shard)
+                })
+                .collect();
+            let whole = super::merge_states(&states, FIRST_HOUR, 744, Shard::ALL);
+            (shards, whole)
+        };
+        let (shards, whole) = merged(&[
+            state_of(&hours(&[0, 2], ""), &[]),
+            state_of(&hours(&[1], "{\"a\":\"1\"}"), &[]),
+        ]);
+        let whole = whole.expect("merged");
+        let mut joined = Vec::new();
+        for shard in shards {
+            let shard = shard.expect("merged");
+            assert!(!shard.is_empty(), "a shard of none of ten accounts");
+            joined.extend(shard);
+        }
+        // One after the other, in account order.
+        assert_eq!(joined, whole);
+        let fold = &whole[0].parts[0].fold;
+        assert_eq!((fold.present_minutes, fold.rollup_rows), (180, 3));
+        assert_eq!(fold.minute_buckets.len(), 2);
+        // Each shard tells an hour seen in both states, as the whole merge does.
+        let once = state_of(&hours(&[0], ""), &[]);
+        let (shards, whole) = merged(&[once.clone(), once]);
+        for error in shards.into_iter().chain([whole]) {
+            let error = error.expect_err("a split hour");
+            assert!(super::is_split_hour(&error), "{error}");
         }
     }
 

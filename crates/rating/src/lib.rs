@@ -267,12 +267,13 @@ pub async fn price_month<'t>(
         let usages = rollups.usage().await?;
         // Resources paid per period of their contract (T2) are priced hour by hour: all of
         // the zone's are read in one query.
+        // The usage is sorted by account: a contract is looked up once per account.
         let periodic: Vec<(String, String)> = usages
-            .iter()
-            .filter(|usage| {
-                contracts.get(&usage.account_id).is_some_and(|contract| {
-                    contract.terms(&usage.resource_id).interval != Interval::Hourly
-                })
+            .chunk_by(|a, b| a.account_id == b.account_id)
+            .filter_map(|run| Some((run, contracts.get(&run.first()?.account_id)?)))
+            .flat_map(|(run, contract)| {
+                run.iter()
+                    .filter(|usage| contract.terms(&usage.resource_id).interval != Interval::Hourly)
             })
             .map(|usage| (usage.resource_id.clone(), usage.sku.clone()))
             .collect();
@@ -298,7 +299,8 @@ pub async fn price_month<'t>(
     // Usage nobody is billed for is an error, not a silent gap in revenue.
     let unbilled = usage_by_zone
         .values()
-        .flat_map(|zone| &zone.usages)
+        .flat_map(|zone| zone.usages.chunk_by(|a, b| a.account_id == b.account_id))
+        .filter_map(|run| run.first())
         .find(|usage| !contracts.contains_key(&usage.account_id));
     if let Some(usage) = unbilled {
         return Err(Error::NoContract {

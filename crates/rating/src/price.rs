@@ -124,11 +124,17 @@ fn append_account_lines(
             month,
             usage,
             product,
-            terms: &terms,
-            hours: inputs
-                .resource_hours
-                .get(&(usage.resource_id.clone(), usage.sku.clone()))
-                .map_or(&[], Vec::as_slice),
+            terms,
+            // Only resources paid per period have their hours read (`price_month`): an
+            // hourly one is not looked up (the key would be two copied texts).
+            hours: if terms.interval == Interval::Hourly {
+                &[]
+            } else {
+                inputs
+                    .resource_hours
+                    .get(&(usage.resource_id.clone(), usage.sku.clone()))
+                    .map_or(&[], Vec::as_slice)
+            },
         };
         let mut first_charge_hours = None;
         let mut charged: BTreeMap<&str, Decimal> = BTreeMap::new();

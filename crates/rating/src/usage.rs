@@ -36,6 +36,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
 use tally_lake::Lake;
@@ -381,67 +383,69 @@ impl MonthRollups {
         if self.files == 0 {
             return Ok(Vec::new());
         }
-        let batches = self.run(&folded_usage_sql()).await?;
-        let mut usages = Vec::new();
-        for batch in &batches {
-            let columns = Columns::new(batch)?;
-            let folds = columns.typed::<BinaryArray>("usage")?;
-            for row in 0..batch.num_rows() {
-                let resources = fold::decode_usage(folds.value(row))?;
-                usages.reserve(resources.len());
-                for mut resource in resources {
-                    let parts = resource.parts.len();
-                    for (index, part) in resource.parts.into_iter().enumerate() {
-                        let fold = part.fold;
-                        // Nearly every resource has one part: its id is moved, not copied.
-                        let resource_id = if index + 1 == parts {
-                            std::mem::take(&mut resource.resource_id)
-                        } else {
-                            resource.resource_id.clone()
-                        };
-                        let Some(kind) = ResourceKind::parse(&part.kind) else {
-                            return Err(Error::Usage {
-                                account_id: part.account_id,
-                                resource_id,
-                                detail: unknown_kind(&part.kind),
-                            });
-                        };
-                        usages.push(ResourceUsage {
-                            kind,
-                            account_id: part.account_id,
-                            resource_id,
-                            sku: part.sku,
-                            zone: fold.zone,
-                            labels: fold.labels,
-                            max_gpus: fold.max_gpus,
-                            hour_buckets: fold.hour_buckets,
-                            minute_buckets: fold.minute_buckets,
-                            present_minutes: fold.present_minutes,
-                            out_external_bytes: fold.out_external_bytes,
-                            out_internal_bytes: fold.out_internal_bytes,
-                            in_bytes: fold.in_bytes,
-                            size_byte_minutes: fold.size_byte_minutes,
-                            first_hour: Hour::from_unix_hours(fold.first_hour),
-                            last_hour: Hour::from_unix_hours(fold.last_hour),
-                            rollup_rows: fold.rollup_rows,
-                        });
-                    }
-                }
-            }
+        let batches = Arc::new(self.fold_states().await?);
+        let first_hour = self.month.first_hour().unix_hours();
+        let hours = usize::try_from(self.month.hours())
+            .map_err(|_| internal(format!("month {} has no hours", self.month.label)))?;
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let splits = fold::shard_splits(&binary_states(&batches)?, threads)?;
+        let bounds: Vec<Option<&String>> = std::iter::once(None)
+            .chain(splits.iter().map(Some))
+            .chain([None])
+            .collect();
+        // Merged in shards of accounts side by side, each shard's usage sorted: the shards
+        // one after the other are the month's, sorted. On the runtime's workers, not threads
+        // of their own: the scan ran there, and its freed memory is reused where a new
+        // thread's allocations fault in fresh pages (which made the merge slower than on
+        // one core).
+        let tasks: Vec<_> = bounds
+            .windows(2)
+            .map(|bounds| {
+                let (from, to) = (bounds[0].cloned(), bounds[1].cloned());
+                let batches = Arc::clone(&batches);
+                tokio::spawn(async move {
+                    let shard = fold::Shard {
+                        from: from.as_deref(),
+                        to: to.as_deref(),
+                    };
+                    let states = binary_states(&batches)?;
+                    usages_of(fold::merge_states(&states, first_hour, hours, shard)?)
+                })
+            })
+            .collect();
+        let mut shards = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            shards.push(match task.await {
+                Ok(shard) => shard?,
+                // A panic is a bug: it goes on as it would have without tasks.
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(error) => return Err(internal(format!("merging the usage: {error}"))),
+            });
         }
-        // A stable sort: the folds come in the lake's order (by account and resource),
-        // nearly sorted already, which it finds as runs and merges instead of comparing
-        // every pair of a quicksort's partitions. The keys are unique, so the order is the
-        // same either way.
-        usages.sort_by(|a, b| {
-            (&a.account_id, &a.resource_id, a.kind.as_str(), &a.sku).cmp(&(
-                &b.account_id,
-                &b.resource_id,
-                b.kind.as_str(),
-                &b.sku,
-            ))
-        });
+        let mut usages = Vec::with_capacity(shards.iter().map(Vec::len).sum());
+        for shard in shards {
+            usages.extend(shard);
+        }
         Ok(usages)
+    }
+
+    /// `resource_usage` as binary states to merge: in this process, one per partition of
+    /// the scan (the plan's lowest aggregate, before its partial folds are merged into one
+    /// on a single core); on a cluster, its one merged result.
+    async fn fold_states(&self) -> Result<Vec<RecordBatch>> {
+        match &self.engine {
+            Engine::InProcess => {
+                let frame = self.context.sql(&folded_usage_sql()).await?;
+                let task = Arc::new(frame.task_ctx());
+                let plan = frame.create_physical_plan().await?;
+                Ok(collect_partitioned(lowest_aggregate(plan), task)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .collect())
+            }
+            Engine::Ballista { .. } => self.run(&folded_usage_sql()).await,
+        }
     }
 
     /// The exact plan that assumes nothing about the layout: group by resource-hour
@@ -751,6 +755,100 @@ impl ResourceUsage {
             gpus,
         })
     }
+}
+
+/// The binary values of `batches`' first column: `resource_usage`'s states.
+fn binary_states(batches: &[RecordBatch]) -> Result<Vec<&[u8]>> {
+    let mut states = Vec::new();
+    for batch in batches {
+        let column = batch
+            .columns()
+            .first()
+            .ok_or_else(|| internal(format!("{} gave no column", fold::NAME)))?;
+        let folds = column
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(|| internal(format!("{} is not binary", fold::NAME)))?;
+        states.extend(folds.iter().flatten());
+    }
+    Ok(states)
+}
+
+/// The lowest aggregate of `plan`: the partial one when the scan has several partitions,
+/// whose output is one state per partition. `plan` itself if it has none.
+fn lowest_aggregate(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    let mut lowest = Arc::clone(&plan);
+    let mut node = plan;
+    loop {
+        if node.is::<AggregateExec>() {
+            lowest = Arc::clone(&node);
+        }
+        let Some(child) = node.children().first().map(|child| Arc::clone(*child)) else {
+            return lowest;
+        };
+        node = child;
+    }
+}
+
+/// Resources' folds as usage records, one per part, sorted.
+fn usages_of(resources: Vec<fold::ResourceFolds>) -> Result<Vec<ResourceUsage>> {
+    let mut usages = Vec::with_capacity(resources.len());
+    for mut resource in resources {
+        let parts = resource.parts.len();
+        for (index, part) in resource.parts.into_iter().enumerate() {
+            let fold = part.fold;
+            // Nearly every resource has one part: its id is moved, not copied.
+            let resource_id = if index + 1 == parts {
+                std::mem::take(&mut resource.resource_id)
+            } else {
+                resource.resource_id.clone()
+            };
+            let Some(kind) = ResourceKind::parse(&part.kind) else {
+                return Err(Error::Usage {
+                    account_id: part.account_id,
+                    resource_id,
+                    detail: unknown_kind(&part.kind),
+                });
+            };
+            usages.push(ResourceUsage {
+                kind,
+                account_id: part.account_id,
+                resource_id,
+                sku: part.sku,
+                zone: fold.zone,
+                labels: fold.labels,
+                max_gpus: fold.max_gpus,
+                hour_buckets: fold.hour_buckets,
+                minute_buckets: fold.minute_buckets,
+                present_minutes: fold.present_minutes,
+                out_external_bytes: fold.out_external_bytes,
+                out_internal_bytes: fold.out_internal_bytes,
+                in_bytes: fold.in_bytes,
+                size_byte_minutes: fold.size_byte_minutes,
+                first_hour: Hour::from_unix_hours(fold.first_hour),
+                last_hour: Hour::from_unix_hours(fold.last_hour),
+                rollup_rows: fold.rollup_rows,
+            });
+        }
+    }
+    sort_usages(&mut usages);
+    Ok(usages)
+}
+
+/// Sorts usage records by account, resource, kind and SKU.
+///
+/// A stable sort: the folds come in the lake's order (by account and resource), nearly
+/// sorted already, which it finds as runs and merges instead of comparing every pair of a
+/// quicksort's partitions. The keys are unique, so the order is the same either way.
+fn sort_usages(usages: &mut [ResourceUsage]) {
+    usages.sort_by(|a, b| {
+        (&a.account_id, &a.resource_id, a.kind.as_str(), &a.sku).cmp(&(
+            &b.account_id,
+            &b.resource_id,
+            b.kind.as_str(),
+            &b.sku,
+        ))
+    });
 }
 
 /// Every resource's usage folded by `resource_usage`: one row (sorted by the caller).

@@ -6,18 +6,23 @@
 //! in one table up front costs a copy, where JSON cost formatting and parsing every
 //! number and repeated every account, SKU and label text per resource.
 //!
-//! Layout: the magic `tally-fold-1`; the texts (count, then each as length and UTF-8);
-//! the resources (count, then each: its id, its parts: account, kind and SKU as text
-//! ids, then the [`Sums`]). Counts and lengths are `u32`, integers little-endian.
+//! Layout: the magic `tally-fold-2`; the texts (count, then each as length and UTF-8);
+//! the resources (count, then each: its id, its parts: account, kind and SKU as text ids,
+//! then the length of its [`Sums`] and the sums). Counts and lengths are `u32`, integers
+//! little-endian. **Why the sums' length:** the usage is merged in shards of accounts on
+//! several threads, each reading every state and skipping the sums of the others'
+//! accounts ([`Shard`]).
 
 use datafusion::error::{DataFusionError, Result};
 use tally_model::ResourceState;
 
-use super::{HOUR_WORDS, Hours, Identity, LabelMinutes, MonthFold, NAME, NO_ROW, Sums, sums_at};
+use super::{
+    HOUR_WORDS, Hours, Identity, LabelMinutes, MonthFold, NAME, NO_ROW, Shard, Sums, Texts, sums_at,
+};
 use crate::fold::{Fold, FoldPart, ResourceFolds};
 use crate::usage::{HourBucket, MinuteBucket, StatesSeen};
 
-const MAGIC: &[u8] = b"tally-fold-1";
+const MAGIC: &[u8] = b"tally-fold-2";
 
 /// `fold` as bytes, every open hour closed first.
 pub(super) fn encode(fold: &mut MonthFold) -> Vec<u8> {
@@ -37,21 +42,29 @@ pub(super) fn encode(fold: &mut MonthFold) -> Vec<u8> {
             out.u32(identity.account_id);
             out.u32(identity.kind);
             out.u32(identity.sku);
+            let length_at = out.0.len();
+            out.count(0);
             out.sums(sums, fold.hours.of(sums.hours_row), first_hour);
+            let length = out.0.len() - length_at - size_of::<u32>();
+            out.0[length_at..length_at + size_of::<u32>()]
+                .copy_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_le_bytes());
         }
     }
     out.0
 }
 
-/// Adds the folds of another accumulator's state to `fold`.
-pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8]) -> Result<()> {
+/// Adds the folds of `shard`'s accounts in another accumulator's state to `fold`.
+pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8], shard: Shard) -> Result<()> {
     let mut input = Reader::new(bytes)?;
-    // Their text ids as ours.
+    // Their text ids as ours, and whether each is an account of the shard.
     let texts = input.count()?;
     // Counts come from the bytes: grown as read, not reserved up front.
     let mut ours = Vec::new();
+    let mut held = Vec::new();
     for _ in 0..texts {
-        ours.push(fold.texts.id(input.text()?));
+        let text = input.text()?;
+        ours.push(fold.texts.id(text));
+        held.push(shard.holds(text));
     }
     let id = |theirs: u32| {
         ours.get(theirs as usize)
@@ -59,14 +72,35 @@ pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8]) -> Result<()> {
             .ok_or_else(|| broken(format!("text {theirs} of a table of {}", ours.len())))
     };
     for _ in 0..input.count()? {
-        let slot = fold.resources.find_or_add(input.text()?);
+        let resource_id = input.text()?;
+        // Given a slot when a part of it is the shard's: every slot has sums.
+        let mut slot = None;
         for _ in 0..input.count()? {
+            let account_id = input.u32()?;
+            let (kind, sku) = (input.u32()?, input.u32()?);
+            let length = input.count()?;
+            let holds = held
+                .get(account_id as usize)
+                .ok_or_else(|| broken(format!("text {account_id} of a table of {}", held.len())))?;
+            if !holds {
+                input.skip(length)?;
+                continue;
+            }
             let identity = Identity {
-                account_id: id(input.u32()?)?,
-                kind: id(input.u32()?)?,
-                sku: id(input.u32()?)?,
+                account_id: id(account_id)?,
+                kind: id(kind)?,
+                sku: id(sku)?,
             };
+            let end = input.remaining().checked_sub(length).ok_or_else(|| {
+                broken(format!("resource '{resource_id}' is longer than the state"))
+            })?;
             let (theirs, their_hours) = input.sums()?.compact(&id, fold.month.first_hour)?;
+            if input.remaining() != end {
+                return Err(broken(format!(
+                    "the sums of resource '{resource_id}' are not {length} bytes long"
+                )));
+            }
+            let slot = *slot.get_or_insert_with(|| fold.resources.find_or_add(resource_id));
             sums_at(&mut fold.sums, slot, identity, &mut fold.hours)
                 .sums_of(identity, &mut fold.hours)
                 .merge(theirs, their_hours, &mut fold.hours, &fold.texts)?;
@@ -75,82 +109,120 @@ pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8]) -> Result<()> {
     input.end()
 }
 
-/// The resources of a result, with their texts; parts and buckets sorted.
-pub(super) fn decode_usage(bytes: &[u8]) -> Result<Vec<ResourceFolds>> {
+/// Up to `count - 1` accounts that cut the resources of `bytes` (a state, its resources
+/// nearly in account order as the fold first saw them) into `count` runs of about as
+/// many resources, sorted; fewer if there are fewer accounts.
+pub(super) fn splits(bytes: &[u8], count: usize) -> Result<Vec<String>> {
     let mut input = Reader::new(bytes)?;
-    let count = input.count()?;
     let mut texts = Vec::new();
-    for _ in 0..count {
+    for _ in 0..input.count()? {
         texts.push(input.text()?);
     }
-    let text = |id: u32| {
-        texts
-            .get(id as usize)
-            .map(|text| (*text).to_owned())
-            .ok_or_else(|| broken(format!("text {id} of a table of {}", texts.len())))
-    };
-    let count = input.count()?;
-    // Reserved up to what the bytes can hold (a resource takes at least its id's length
-    // and its parts' count): a broken count cannot ask for more memory than that.
-    let mut resources = Vec::with_capacity(count.min(input.remaining() / 8));
-    for _ in 0..count {
-        let resource_id = input.text()?.to_owned();
-        let parts_count = input.count()?;
-        // A part takes at least its three text ids.
-        let mut parts = Vec::with_capacity(parts_count.min(input.remaining() / 12));
-        for _ in 0..parts_count {
-            let account_id = text(input.u32()?)?;
-            let kind = text(input.u32()?)?;
-            let sku = text(input.u32()?)?;
-            let sums = input.sums()?;
-            let mut minute_buckets = sums
-                .minute_buckets
-                .iter()
-                .map(|bucket| {
-                    Ok(MinuteBucket {
-                        labels: text(bucket.labels)?,
-                        gpus: bucket.gpus,
-                        minutes: bucket.minutes,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            minute_buckets.sort_by(|a, b| (&a.labels, a.gpus).cmp(&(&b.labels, b.gpus)));
-            let mut hour_buckets = sums.hour_buckets;
-            hour_buckets.sort_by_key(|bucket| (bucket.states_seen, bucket.gpus));
-            let [
-                out_external_bytes,
-                out_internal_bytes,
-                in_bytes,
-                size_byte_minutes,
-            ] = sums.meters;
-            parts.push(FoldPart {
-                account_id,
-                kind,
-                sku,
-                fold: Fold {
-                    hour_buckets,
-                    minute_buckets,
-                    present_minutes: sums.present_minutes,
-                    out_external_bytes,
-                    out_internal_bytes,
-                    in_bytes,
-                    size_byte_minutes,
-                    first_hour: sums.first_hour,
-                    last_hour: sums.last_hour,
-                    zone: text(sums.zone)?,
-                    labels: text(sums.labels)?,
-                    max_gpus: sums.max_gpus,
-                    rollup_rows: sums.rollup_rows,
-                },
-            });
+    let resources = input.count()?;
+    // The first account of about a thousand resources: enough to cut evenly, few to sort.
+    let every = (resources / 1024).max(1);
+    let mut sampled = Vec::new();
+    for resource in 0..resources {
+        input.text()?;
+        for part in 0..input.count()? {
+            let account_id = input.u32()? as usize;
+            input.skip(2 * size_of::<u32>())?;
+            let length = input.count()?;
+            input.skip(length)?;
+            if resource % every == 0 && part == 0 {
+                let text = texts.get(account_id).ok_or_else(|| {
+                    broken(format!("text {account_id} of a table of {}", texts.len()))
+                })?;
+                sampled.push(*text);
+            }
         }
+    }
+    input.end()?;
+    sampled.sort_unstable();
+    let mut splits: Vec<String> = (1..count)
+        .filter_map(|shard| sampled.get(shard * sampled.len() / count))
+        .map(|account| (*account).to_owned())
+        .collect();
+    splits.dedup();
+    // The first shard would be empty if the first sampled account cut it.
+    splits.retain(|split| sampled.first().is_some_and(|first| first < &split.as_str()));
+    Ok(splits)
+}
+
+/// The resources of `fold` with their texts, in the order they were first seen; parts and
+/// buckets sorted, so the result does not depend on the order the rows were read in.
+pub(super) fn resource_folds(fold: &mut MonthFold) -> Vec<ResourceFolds> {
+    fold.close_hour();
+    let first_hour = fold.month.first_hour;
+    let texts = &fold.texts;
+    let mut resources = Vec::with_capacity(fold.sums.len());
+    for (slot, resource) in fold.sums.iter().enumerate() {
+        let mut parts: Vec<FoldPart> = resource
+            .parts()
+            .map(|(identity, sums)| FoldPart {
+                account_id: text(texts, identity.account_id),
+                kind: text(texts, identity.kind),
+                sku: text(texts, identity.sku),
+                fold: usage_fold(sums, texts, first_hour),
+            })
+            .collect();
         parts.sort_by(|a, b| {
             (&a.account_id, &a.kind, &a.sku).cmp(&(&b.account_id, &b.kind, &b.sku))
         });
-        resources.push(ResourceFolds { resource_id, parts });
+        resources.push(ResourceFolds {
+            resource_id: fold.resources.id(slot).to_owned(),
+            parts,
+        });
     }
-    input.end()?;
-    Ok(resources)
+    resources
+}
+
+fn text(texts: &Texts, id: u32) -> String {
+    texts.get(id).to_owned()
+}
+
+/// `sums` as usage: texts and hours as they are, buckets sorted.
+fn usage_fold(sums: &Sums, texts: &Texts, first_hour: i64) -> Fold {
+    let mut hour_buckets: Vec<HourBucket> = sums
+        .hour_buckets()
+        .map(|bucket| HourBucket {
+            states_seen: StatesSeen(bucket.states_seen),
+            gpus: bucket.gpus,
+            hours: i64::from(bucket.hours),
+            minutes: bucket.minutes.map(i64::from),
+        })
+        .collect();
+    hour_buckets.sort_by_key(|bucket| (bucket.states_seen, bucket.gpus));
+    let mut minute_buckets: Vec<MinuteBucket> = sums
+        .minute_buckets()
+        .map(|bucket| MinuteBucket {
+            labels: text(texts, bucket.labels),
+            gpus: bucket.gpus,
+            minutes: bucket.minutes.map(i64::from),
+        })
+        .collect();
+    minute_buckets.sort_by(|a, b| (&a.labels, a.gpus).cmp(&(&b.labels, b.gpus)));
+    let [
+        out_external_bytes,
+        out_internal_bytes,
+        in_bytes,
+        size_byte_minutes,
+    ] = sums.meter_sums();
+    Fold {
+        hour_buckets,
+        minute_buckets,
+        present_minutes: i64::from(sums.present_minutes),
+        out_external_bytes,
+        out_internal_bytes,
+        in_bytes,
+        size_byte_minutes,
+        first_hour: first_hour + i64::from(sums.first_index),
+        last_hour: first_hour + i64::from(sums.last_index),
+        zone: text(texts, sums.zone),
+        labels: text(texts, sums.labels),
+        max_gpus: sums.max_gpus(),
+        rollup_rows: i64::from(sums.rollup_rows),
+    }
 }
 
 fn broken(detail: String) -> DataFusionError {
@@ -356,7 +428,10 @@ impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Result<Self> {
         match bytes.strip_prefix(MAGIC) {
             Some(bytes) => Ok(Self { bytes }),
-            None => Err(broken("it does not start with tally-fold-1".to_owned())),
+            None => Err(broken(format!(
+                "it does not start with {}",
+                String::from_utf8_lossy(MAGIC)
+            ))),
         }
     }
 
@@ -388,6 +463,14 @@ impl<'a> Reader<'a> {
     /// Bytes not read yet.
     fn remaining(&self) -> usize {
         self.bytes.len()
+    }
+
+    fn skip(&mut self, length: usize) -> Result<()> {
+        self.bytes = self
+            .bytes
+            .get(length..)
+            .ok_or_else(|| broken("it ends early".to_owned()))?;
+        Ok(())
     }
 
     fn text(&mut self) -> Result<&'a str> {
