@@ -33,6 +33,23 @@ use crate::usage::{HourStates, ResourceUsage};
 
 type Labels = BTreeMap<String, String>;
 
+/// The portions of one time charge by (label group, GPU configuration), in that order.
+/// **Why a vector, not a map:** nearly every resource has one, and a map's node is an
+/// allocation of over a kilobyte per charge of every resource.
+type Portions = Vec<((String, u16), Portion)>;
+
+/// The value of `key` in `items`, a default one pushed if it has none.
+fn value_of<K: PartialEq, V: Default>(items: &mut Vec<(K, V)>, key: K) -> &mut V {
+    let index = match items.iter().position(|(item, _)| *item == key) {
+        Some(index) => index,
+        None => {
+            items.push((key, V::default()));
+            items.len() - 1
+        }
+    };
+    &mut items[index].1
+}
+
 /// What is priced for one account besides its metered usage.
 pub struct AccountInputs<'a> {
     pub contract: &'a AccountContract,
@@ -137,17 +154,20 @@ fn append_account_lines(
             },
         };
         let mut first_charge_hours = None;
-        let mut charged: BTreeMap<&str, Decimal> = BTreeMap::new();
+        // Each charge's amount, for surcharges of it (a product has a few charges).
+        let mut charged: Vec<(&str, Decimal)> = Vec::new();
         for (charge_index, charge) in charges {
             let portions = context.time_portions(charge).map_err(fail)?;
             if first_charge_hours.is_none() {
-                let hours = portions.values().try_fold(Decimal::ZERO, |sum, portion| {
-                    add(sum, portion.hours, "billed hours")
-                });
+                let hours = portions
+                    .iter()
+                    .try_fold(Decimal::ZERO, |sum, (_, portion)| {
+                        add(sum, portion.hours, "billed hours")
+                    });
                 first_charge_hours = Some(hours.map_err(fail)?);
             }
             for ((group, gpus), portion) in portions {
-                let sum = charged.entry(charge.name.as_str()).or_default();
+                let sum = value_of(&mut charged, charge.name.as_str());
                 *sum = add(*sum, portion.amount, "charge amount").map_err(fail)?;
                 if product.group_by.is_empty() {
                     if let Some(line) = context.time_line(charge, gpus, &portion) {
@@ -167,7 +187,10 @@ fn append_account_lines(
                 .option
                 .as_ref()
                 .is_none_or(|option| terms.options.contains(option));
-            let base = charged.get(surcharge.of.as_str()).copied();
+            let base = charged
+                .iter()
+                .find(|(name, _)| *name == surcharge.of)
+                .map(|(_, amount)| *amount);
             if let (true, Some(base)) = (enabled, base)
                 && let Some(line) = context.surcharge_line(surcharge, base).map_err(fail)?
             {
@@ -391,13 +414,10 @@ impl Context<'_> {
         labels_from_text(text).map_err(|e| format!("labels '{text}' in the rollups: {e}"))
     }
 
-    /// The portions of one time charge, by (label group, GPU configuration).
-    fn time_portions(
-        &self,
-        charge: &TimeCharge,
-    ) -> Result<BTreeMap<(String, u16), Portion>, String> {
+    /// The portions of one time charge.
+    fn time_portions(&self, charge: &TimeCharge) -> Result<Portions, String> {
         let usage = self.usage;
-        let mut inputs: BTreeMap<(String, u16), TimeInputs> = BTreeMap::new();
+        let mut inputs: Vec<((String, u16), TimeInputs)> = Vec::new();
         if charge.quantity == TimeQuantity::StartedPeriods {
             return self.period_portions(charge);
         }
@@ -409,9 +429,7 @@ impl Context<'_> {
                     continue;
                 }
                 let gpus = if charge.per_gpu { bucket.gpus } else { 0 };
-                let entry = inputs
-                    .entry((group_text(self.product, &labels), gpus))
-                    .or_default();
+                let entry = value_of(&mut inputs, (group_text(self.product, &labels), gpus));
                 entry.weighted_minutes = add(
                     entry.weighted_minutes,
                     weighted_minutes(charge, &bucket.minutes)?,
@@ -423,7 +441,7 @@ impl Context<'_> {
             // is one unit, selected and grouped by the labels of its last hour.
             let labels = self.labels(&usage.labels)?;
             if !charge.applies_to(&labels) {
-                return Ok(BTreeMap::new());
+                return Ok(Vec::new());
             }
             let group = group_text(self.product, &labels);
             for bucket in &usage.hour_buckets {
@@ -434,7 +452,7 @@ impl Context<'_> {
                     .map(|state| charge.factor(state))
                     .max()
                     .unwrap_or(Decimal::ZERO);
-                let entry = inputs.entry((group.clone(), gpus)).or_default();
+                let entry = value_of(&mut inputs, (group.clone(), gpus));
                 entry.weighted_hours = add(
                     entry.weighted_hours,
                     mul(Decimal::from(bucket.hours), factor, "hours")?,
@@ -447,11 +465,12 @@ impl Context<'_> {
                 )?;
             }
         }
-        let mut portions = BTreeMap::new();
+        inputs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut portions = Vec::with_capacity(inputs.len());
         for (key, input) in inputs {
             let portion = self.portion(charge, key.1, input)?;
             if !portion.amount.is_zero() {
-                portions.insert(key, portion);
+                portions.push((key, portion));
             }
         }
         Ok(portions)
@@ -460,10 +479,7 @@ impl Context<'_> {
     /// Every period of the contract that starts in the month, paid in full in advance
     /// (T2) at the largest factor among the states seen in its hours of the month; by
     /// GPU configuration (the largest in the period) for per-GPU prices.
-    fn period_portions(
-        &self,
-        charge: &TimeCharge,
-    ) -> Result<BTreeMap<(String, u16), Portion>, String> {
+    fn period_portions(&self, charge: &TimeCharge) -> Result<Portions, String> {
         let interval = self.terms.interval;
         let start = self
             .terms
@@ -471,11 +487,12 @@ impl Context<'_> {
             .ok_or_else(|| format!("the contract's {} interval has no start", interval.as_str()))?;
         let labels = self.labels(&self.usage.labels)?;
         if !charge.applies_to(&labels) {
-            return Ok(BTreeMap::new());
+            return Ok(Vec::new());
         }
         let group = group_text(self.product, &labels);
         let zone = self.month.time_zone;
-        let mut portions: BTreeMap<(String, u16), Portion> = BTreeMap::new();
+        // In the order of `periods`: by GPU configuration, as the portions are sorted.
+        let mut portions = Portions::new();
         let mut periods: BTreeMap<u16, (Decimal, Vec<String>)> = BTreeMap::new();
         for index in 0.. {
             let Some(period_start) = period_start(start, zone, interval, index) else {
@@ -517,7 +534,7 @@ impl Context<'_> {
         for (gpus, (quantity, starts)) in periods {
             let (price, price_note) = unit_price(charge, gpus)?;
             let unit = pricing_unit(charge.per).to_lowercase();
-            portions.insert(
+            portions.push((
                 (group.clone(), gpus),
                 Portion {
                     quantity,
@@ -532,7 +549,7 @@ impl Context<'_> {
                         starts.join(", ")
                     ),
                 },
-            );
+            ));
         }
         Ok(portions)
     }
