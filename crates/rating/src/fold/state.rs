@@ -30,8 +30,8 @@ pub(super) fn encode(fold: &mut MonthFold) -> Vec<u8> {
     let first_hour = fold.month.first_hour;
     let mut out = Writer(Vec::with_capacity(64 + fold.sums.len() * 160));
     out.0.extend_from_slice(MAGIC);
-    out.count(fold.texts.values.len());
-    for text in &fold.texts.values {
+    out.count(fold.texts.len());
+    for text in fold.texts.iter() {
         out.text(text);
     }
     out.count(fold.sums.len());
