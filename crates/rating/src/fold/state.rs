@@ -56,21 +56,7 @@ pub(super) fn encode(fold: &mut MonthFold) -> Vec<u8> {
 /// Adds the folds of `shard`'s accounts in another accumulator's state to `fold`.
 pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8], shard: Shard) -> Result<()> {
     let mut input = Reader::new(bytes)?;
-    // Their text ids as ours, and whether each is an account of the shard.
-    let texts = input.count()?;
-    // Counts come from the bytes: grown as read, not reserved up front.
-    let mut ours = Vec::new();
-    let mut held = Vec::new();
-    for _ in 0..texts {
-        let text = input.text()?;
-        ours.push(fold.texts.id(text));
-        held.push(shard.holds(text));
-    }
-    let id = |theirs: u32| {
-        ours.get(theirs as usize)
-            .copied()
-            .ok_or_else(|| broken(format!("text {theirs} of a table of {}", ours.len())))
-    };
+    let mut texts = StateTexts::read(&mut input)?;
     for _ in 0..input.count()? {
         let resource_id = input.text()?;
         // Given a slot when a part of it is the shard's: every slot has sums.
@@ -79,13 +65,11 @@ pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8], shard: Shard) -> Result<
             let account_id = input.u32()?;
             let (kind, sku) = (input.u32()?, input.u32()?);
             let length = input.count()?;
-            let holds = held
-                .get(account_id as usize)
-                .ok_or_else(|| broken(format!("text {account_id} of a table of {}", held.len())))?;
-            if !holds {
+            if !texts.held(account_id, shard)? {
                 input.skip(length)?;
                 continue;
             }
+            let mut id = |theirs: u32| texts.ours(theirs, &mut fold.texts);
             let identity = Identity {
                 account_id: id(account_id)?,
                 kind: id(kind)?,
@@ -94,7 +78,7 @@ pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8], shard: Shard) -> Result<
             let end = input.remaining().checked_sub(length).ok_or_else(|| {
                 broken(format!("resource '{resource_id}' is longer than the state"))
             })?;
-            let (theirs, their_hours) = input.sums()?.compact(&id, fold.month.first_hour)?;
+            let (theirs, their_hours) = input.sums()?.compact(&mut id, fold.month.first_hour)?;
             if input.remaining() != end {
                 return Err(broken(format!(
                     "the sums of resource '{resource_id}' are not {length} bytes long"
@@ -107,6 +91,52 @@ pub(super) fn merge(fold: &mut MonthFold, bytes: &[u8], shard: Shard) -> Result<
         }
     }
     input.end()
+}
+
+/// A state's text table as the merge uses it: each text mapped to the merging fold's id,
+/// and each account to whether the shard holds it, when a part first needs it. **Why
+/// lazily:** every shard reads every partition's state, and most of a state's texts are
+/// other shards' accounts; mapping them all would cost shards × partitions × texts.
+struct StateTexts<'a> {
+    texts: Vec<&'a str>,
+    ours: Vec<Option<u32>>,
+    held: Vec<Option<bool>>,
+}
+
+impl<'a> StateTexts<'a> {
+    fn read(input: &mut Reader<'a>) -> Result<Self> {
+        // Counts come from the bytes: grown as read, not reserved up front.
+        let mut texts = Vec::new();
+        for _ in 0..input.count()? {
+            texts.push(input.text()?);
+        }
+        Ok(Self {
+            ours: vec![None; texts.len()],
+            held: vec![None; texts.len()],
+            texts,
+        })
+    }
+
+    fn text(&self, theirs: u32) -> Result<&'a str> {
+        self.texts
+            .get(theirs as usize)
+            .copied()
+            .ok_or_else(|| broken(format!("text {theirs} of a table of {}", self.texts.len())))
+    }
+
+    /// Their text `theirs` as an id of `texts`.
+    fn ours(&mut self, theirs: u32, texts: &mut Texts) -> Result<u32> {
+        let text = self.text(theirs)?;
+        let ours = &mut self.ours[theirs as usize];
+        Ok(*ours.get_or_insert_with(|| texts.id(text)))
+    }
+
+    /// Whether `shard` holds the account of their text `account_id`.
+    fn held(&mut self, account_id: u32, shard: Shard) -> Result<bool> {
+        let text = self.text(account_id)?;
+        let held = &mut self.held[account_id as usize];
+        Ok(*held.get_or_insert_with(|| shard.holds(text)))
+    }
 }
 
 /// Up to `count - 1` accounts that cut the resources of `bytes` (a state, its resources
@@ -321,7 +351,7 @@ impl StateSums {
     /// against what the compact form holds.
     fn compact(
         self,
-        id: &impl Fn(u32) -> Result<u32>,
+        id: &mut impl FnMut(u32) -> Result<u32>,
         first_hour: i64,
     ) -> Result<(Sums, [u64; HOUR_WORDS])> {
         fn narrow<T: TryFrom<i64>>(value: i64, what: &str) -> Result<T> {
