@@ -1,6 +1,6 @@
 //! A month of hourly rollups for `resources` resources, deterministic from a seed, written
 //! with the aggregator's own writer (`tally_aggregator::write`): one file per hour, rows
-//! sorted by account and resource, zstd, dictionary-encoded.
+//! sorted by account and resource, encoded as that writer does.
 //!
 //! The fleet is spread over the four reference tariffs: 10 resources per account, each
 //! account on one tariff. Per tariff the mix is mostly servers, some GPU servers (Trooper

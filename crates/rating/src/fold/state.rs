@@ -144,10 +144,7 @@ impl<'a> StateTexts<'a> {
 /// many resources, sorted; fewer if there are fewer accounts.
 pub(super) fn splits(bytes: &[u8], count: usize) -> Result<Vec<String>> {
     let mut input = Reader::new(bytes)?;
-    let mut texts = Vec::new();
-    for _ in 0..input.count()? {
-        texts.push(input.text()?);
-    }
+    let texts = StateTexts::read(&mut input)?;
     let resources = input.count()?;
     // The first account of about a thousand resources: enough to cut evenly, few to sort.
     let every = (resources / 1024).max(1);
@@ -155,15 +152,12 @@ pub(super) fn splits(bytes: &[u8], count: usize) -> Result<Vec<String>> {
     for resource in 0..resources {
         input.text()?;
         for part in 0..input.count()? {
-            let account_id = input.u32()? as usize;
+            let account_id = input.u32()?;
             input.skip(2 * size_of::<u32>())?;
             let length = input.count()?;
             input.skip(length)?;
             if resource % every == 0 && part == 0 {
-                let text = texts.get(account_id).ok_or_else(|| {
-                    broken(format!("text {account_id} of a table of {}", texts.len()))
-                })?;
-                sampled.push(*text);
+                sampled.push(texts.text(account_id)?);
             }
         }
     }
