@@ -270,6 +270,22 @@ pub fn shard_splits(states: &[&[u8]], count: usize) -> Result<Vec<String>> {
     }
 }
 
+/// The shards that `splits` (as [`shard_splits`] gives them) cut the accounts into, in
+/// account order: the first and the last unbounded.
+pub fn shards_between(splits: &[String]) -> Vec<Shard<'_>> {
+    let bounds: Vec<Option<&str>> = std::iter::once(None)
+        .chain(splits.iter().map(|split| Some(split.as_str())))
+        .chain([None])
+        .collect();
+    bounds
+        .windows(2)
+        .map(|bounds| Shard {
+            from: bounds[0],
+            to: bounds[1],
+        })
+        .collect()
+}
+
 /// The accounts from `from` up to but not including `to` (unbounded where `None`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Shard<'a> {
@@ -2011,19 +2027,9 @@ mod tests {
             let states: Vec<&[u8]> = states.iter().map(Vec::as_slice).collect();
             let splits = super::shard_splits(&states, 3).expect("splits");
             assert_eq!(splits.len(), 2, "{splits:?}");
-            let bounds: Vec<Option<&str>> = std::iter::once(None)
-                .chain(splits.iter().map(|split| Some(split.as_str())))
-                .chain([None])
-                .collect();
-            let shards: Vec<_> = bounds
-                .windows(2)
-                .map(|bounds| {
-                    let shard = Shard {
-                        from: bounds[0],
-                        to: bounds[1],
-                    };
-                    super::merge_states(&states, FIRST_HOUR, 744, shard)
-                })
+            let shards: Vec<_> = super::shards_between(&splits)
+                .into_iter()
+                .map(|shard| super::merge_states(&states, FIRST_HOUR, 744, shard))
                 .collect();
             let whole = super::merge_states(&states, FIRST_HOUR, 744, Shard::ALL);
             (shards, whole)

@@ -389,19 +389,15 @@ impl MonthRollups {
             .map_err(|_| internal(format!("month {} has no hours", self.month.label)))?;
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let splits = fold::shard_splits(&binary_states(&batches)?, threads)?;
-        let bounds: Vec<Option<&String>> = std::iter::once(None)
-            .chain(splits.iter().map(Some))
-            .chain([None])
-            .collect();
         // Merged in shards of accounts side by side, each shard's usage sorted: the shards
         // one after the other are the month's, sorted. On the runtime's workers, not threads
         // of their own: the scan ran there, and its freed memory is reused where a new
         // thread's allocations fault in fresh pages (which made the merge slower than on
         // one core).
-        let tasks: Vec<_> = bounds
-            .windows(2)
-            .map(|bounds| {
-                let (from, to) = (bounds[0].cloned(), bounds[1].cloned());
+        let tasks: Vec<_> = fold::shards_between(&splits)
+            .into_iter()
+            .map(|shard| {
+                let (from, to) = (shard.from.map(str::to_owned), shard.to.map(str::to_owned));
                 let batches = Arc::clone(&batches);
                 tokio::spawn(async move {
                     let shard = fold::Shard {
